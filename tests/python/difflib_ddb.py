@@ -309,6 +309,9 @@ class Report:
         return "\n".join(lines)
 
 
+SESSION_REPORT = Report()  # filled by test_differential.py, printed by conftest.py
+
+
 def compare_sequence(expected_ep: str, actual_ep: str, seq: Sequence,
                      deliberate: dict[str, str], report: Report) -> list[Difference]:
     exp = run_sequence(expected_ep, seq)

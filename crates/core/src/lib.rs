@@ -1,1 +1,14 @@
-//! placeholder
+//! onggi's core: the algorithms that make a cluster, as pure state machines.
+//!
+//! **Architecture invariant:** nothing in this crate performs I/O, reads a clock or draws hidden
+//! randomness. Time arrives as an argument (`physical_ms`), randomness as a seeded generator, so a
+//! deterministic simulator can run whole clusters from a seed. The node crate is the thin shell
+//! that feeds these machines real time, sockets and disks.
+//!
+//! Today this holds the pieces a single node already needs and the cluster will build on:
+//! hybrid logical clocks ([`hlc`]), the versioned item record every replica stores ([`record`]),
+//! and the placement-aware key layout ([`keys`]).
+
+pub mod hlc;
+pub mod keys;
+pub mod record;

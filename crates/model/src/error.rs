@@ -42,7 +42,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Validation => "com.amazon.coral.validate#ValidationException",
             ErrorKind::Serialization => "com.amazon.coral.service#SerializationException",
-            ErrorKind::UnknownOperation => "com.amazon.coral.service#UnknownOperationException",
+            ErrorKind::UnknownOperation => "com.amazonaws.dynamodb.v20120810#UnknownOperationException",
             ErrorKind::MissingAuthenticationToken => "com.amazon.coral.service#MissingAuthenticationTokenException",
             ErrorKind::UnrecognizedClient => "com.amazon.coral.service#UnrecognizedClientException",
             ErrorKind::ResourceNotFound => "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException",

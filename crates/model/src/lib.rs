@@ -5,9 +5,12 @@
 //! server, in the deterministic simulator, and inside consensus retries (which may evaluate an
 //! update more than once).
 
+pub mod codec;
 pub mod error;
 pub mod expr;
 pub mod number;
+pub mod ops;
+pub mod table;
 pub mod value;
 
 pub use error::{DynamoError, ErrorKind};

@@ -218,6 +218,19 @@ impl Number {
         Number::from_parts(negative, coefficient, exponent_part - fraction_digits + pending_zeros)
     }
 
+    /// The canonical parts `(negative, coefficient, exponent)`: the value is
+    /// `(-1)^negative × coefficient × 10^exponent`.
+    pub fn parts(&self) -> (bool, u128, i16) {
+        (self.negative, self.coefficient, self.exponent)
+    }
+
+    /// Rebuilds a number from [`Number::parts`]; `None` unless the parts are canonical and within
+    /// DynamoDB's limits (used when decoding stored bytes).
+    pub fn from_canonical_parts(negative: bool, coefficient: u128, exponent: i16) -> Option<Number> {
+        let number = Number::from_parts(negative, coefficient, i64::from(exponent)).ok()?;
+        (number.parts() == (negative, coefficient, exponent)).then_some(number)
+    }
+
     /// Whether this number is below zero.
     pub fn is_negative(&self) -> bool {
         self.negative

@@ -1,0 +1,171 @@
+//! The table catalog: every table's schema, durable in the `catalog` tree and cached in memory.
+//!
+//! Each table's items live in their own storage tree, named after the table's unique id (not its
+//! name), so that a table deleted and created again under the same name never sees old data, and
+//! dropping a table is dropping its tree. Live statistics (item count, size) are kept in memory,
+//! adjusted by every write, and recounted from storage when the node starts.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use onggi_core::record::Record;
+use onggi_model::codec::ITEM_FORMAT_VERSION;
+use onggi_model::table::{TABLE_SCHEMA_FORMAT_VERSION, TableSchema};
+use onggi_model::value::item_size_bytes;
+use onggi_storage::{Direction, Durability, Engine, StorageError, Tree, WriteBatch, commit_async};
+
+/// Name of the tree holding table schemas.
+pub const CATALOG_TREE: &str = "catalog";
+const TABLE_KEY_PREFIX: &str = "table/";
+
+/// A table known to this node.
+pub struct TableHandle {
+    /// Its schema.
+    pub schema: TableSchema,
+    /// The storage tree of its items.
+    pub tree: Tree,
+    /// Items currently stored (tombstones excluded).
+    pub item_count: AtomicI64,
+    /// Bytes of the items currently stored, as DynamoDB counts item size.
+    pub size_bytes: AtomicI64,
+}
+
+impl TableHandle {
+    /// Adjusts the statistics after a write replaced `old` by `new` (sizes in bytes).
+    pub fn account(&self, old_size: Option<usize>, new_size: Option<usize>) {
+        let count_delta = i64::from(new_size.is_some()) - i64::from(old_size.is_some());
+        let size_delta = new_size.unwrap_or(0) as i64 - old_size.unwrap_or(0) as i64;
+        self.item_count.fetch_add(count_delta, Ordering::Relaxed);
+        self.size_bytes.fetch_add(size_delta, Ordering::Relaxed);
+    }
+}
+
+/// The name of the storage tree holding a table's items.
+pub fn items_tree_name(schema: &TableSchema) -> String {
+    format!("items.{}", schema.id)
+}
+
+/// All tables of this node.
+pub struct Catalog {
+    engine: Arc<dyn Engine>,
+    catalog_tree: Tree,
+    tables: RwLock<BTreeMap<String, Arc<TableHandle>>>,
+    /// Serializes control-plane changes (create, update, delete) so that each one reads and
+    /// writes the catalog without interference.
+    pub(crate) changes: tokio::sync::Mutex<()>,
+}
+
+impl Catalog {
+    /// Loads every table's schema and recounts its statistics.
+    pub fn load(engine: Arc<dyn Engine>) -> Result<Catalog, String> {
+        let catalog_tree = engine.open_tree(CATALOG_TREE).map_err(|error| error.to_string())?;
+        let mut tables = BTreeMap::new();
+        let entries = engine
+            .range(&catalog_tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward)
+            .map_err(|error| error.to_string())?;
+        for entry in entries {
+            let (key, value) = entry.map_err(|error| error.to_string())?;
+            let schema: TableSchema = serde_json::from_slice(&value)
+                .map_err(|error| format!("catalog entry {} is unreadable: {error}", String::from_utf8_lossy(&key)))?;
+            if schema.format_version != TABLE_SCHEMA_FORMAT_VERSION {
+                return Err(format!(
+                    "table {} was described in schema format {}; this build reads {TABLE_SCHEMA_FORMAT_VERSION}",
+                    schema.name, schema.format_version
+                ));
+            }
+            let tree = engine.open_tree(&items_tree_name(&schema)).map_err(|error| error.to_string())?;
+            let handle = TableHandle { schema, tree, item_count: AtomicI64::new(0), size_bytes: AtomicI64::new(0) };
+            recount(&*engine, &handle)?;
+            tables.insert(handle.schema.name.clone(), Arc::new(handle));
+        }
+        // The item encoding version is recorded per record; this assertion keeps the two in step.
+        debug_assert_eq!(ITEM_FORMAT_VERSION, 1);
+        Ok(Catalog { engine, catalog_tree, tables: RwLock::new(tables), changes: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The table named `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<Arc<TableHandle>> {
+        self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    }
+
+    /// Every table name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    /// Durably records a new or changed schema and publishes it. The caller holds `changes`.
+    pub async fn store(&self, schema: TableSchema) -> Result<Arc<TableHandle>, StorageError> {
+        let tree = self.engine.open_tree(&items_tree_name(&schema))?;
+        let mut batch = WriteBatch::new();
+        let encoded = serde_json::to_vec(&schema).expect("schemas always serialize");
+        batch.put(&self.catalog_tree, format!("{TABLE_KEY_PREFIX}{}", schema.name).into_bytes(), encoded);
+        commit_async(&*self.engine, batch, Durability::Sync).await?;
+        let mut tables = self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (item_count, size_bytes) = match tables.get(&schema.name) {
+            Some(previous) if previous.schema.id == schema.id => {
+                (previous.item_count.load(Ordering::Relaxed), previous.size_bytes.load(Ordering::Relaxed))
+            }
+            _ => (0, 0),
+        };
+        let handle = Arc::new(TableHandle {
+            schema,
+            tree,
+            item_count: AtomicI64::new(item_count),
+            size_bytes: AtomicI64::new(size_bytes),
+        });
+        tables.insert(handle.schema.name.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Durably removes a table and its data. The caller holds `changes`.
+    pub async fn remove(&self, name: &str) -> Result<Option<Arc<TableHandle>>, StorageError> {
+        let Some(handle) = self.get(name) else { return Ok(None) };
+        let mut batch = WriteBatch::new();
+        batch.delete(&self.catalog_tree, format!("{TABLE_KEY_PREFIX}{name}").into_bytes());
+        commit_async(&*self.engine, batch, Durability::Sync).await?;
+        self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        // The catalog no longer names the tree, so a crash from here on leaves only an orphan tree,
+        // which the next start removes.
+        self.engine.drop_tree(&items_tree_name(&handle.schema))?;
+        Ok(Some(handle))
+    }
+
+    /// Drops item trees that no catalog entry names (left by a crash during DeleteTable).
+    pub fn drop_orphan_trees(&self) -> Result<usize, StorageError> {
+        let named: Vec<String> = self
+            .tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|table| items_tree_name(&table.schema))
+            .collect();
+        let mut dropped = 0;
+        for tree in self.engine.list_trees()? {
+            if tree.starts_with("items.") && !named.contains(&tree) {
+                self.engine.drop_tree(&tree)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+fn recount(engine: &dyn Engine, handle: &TableHandle) -> Result<(), String> {
+    let (mut count, mut size) = (0i64, 0i64);
+    for entry in engine
+        .range(&handle.tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward)
+        .map_err(|error| error.to_string())?
+    {
+        let (_, value) = entry.map_err(|error| error.to_string())?;
+        let record = Record::decode(&value).map_err(|error| format!("table {}: {error}", handle.schema.name))?;
+        if let Some(item) = record.item {
+            count += 1;
+            size += item_size_bytes(&item) as i64;
+        }
+    }
+    handle.item_count.store(count, Ordering::Relaxed);
+    handle.size_bytes.store(size, Ordering::Relaxed);
+    Ok(())
+}

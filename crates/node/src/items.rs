@@ -1,0 +1,398 @@
+//! Single-item operations: PutItem, GetItem, UpdateItem, DeleteItem.
+//!
+//! Every write follows the same steps:
+//! 1. validate the whole request (table, values, key, expressions, return-value options) — a
+//!    request that fails here has touched nothing;
+//! 2. lock the item's stripe, read its current record;
+//! 3. evaluate the condition and compute the new item with pure functions of the old one;
+//! 4. write the new record (or a tombstone) with a fresh HLC timestamp, durably;
+//! 5. release the stripe and answer.
+//!
+//! The lock is held across the durable write, so a conditional write or an update never acts on a
+//! version that another in-flight write is replacing. Writes to different stripes proceed in
+//! parallel and share fsyncs through the engine's group commit.
+
+use onggi_core::keys::item_key;
+use onggi_core::record::Record;
+use onggi_model::ops::{
+    CapacityUnits, ConsumedCapacity, DeleteItemInput, GetItemInput, GetItemOutput, PutItemInput, RequestContext,
+    UpdateItemInput, WriteItemOutput,
+};
+use onggi_model::table::{ItemKey, required_table_name};
+use onggi_model::value::{ITEM_SIZE_BYTES_MAX, item_from_json, item_size_bytes};
+use onggi_model::{DynamoError, ErrorKind, Item};
+use onggi_storage::{Durability, WriteBatch, commit_async};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::Node;
+use crate::catalog::TableHandle;
+use crate::expressions;
+use crate::tables::{storage_error, table_not_found};
+
+/// Number of item lock stripes: enough that unrelated items rarely share one at hundreds of
+/// concurrent writers, small enough to cost nothing (a few tens of KB).
+const LOCK_STRIPES: usize = 4096;
+
+/// Per-item mutual exclusion, striped by a hash of the storage key.
+pub(crate) struct LockStripes(Box<[Mutex<()>]>);
+
+impl LockStripes {
+    pub(crate) fn new() -> LockStripes {
+        LockStripes((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect())
+    }
+
+    async fn lock(&self, table: &TableHandle, key: &[u8]) -> MutexGuard<'_, ()> {
+        let mut hashed = Vec::with_capacity(table.schema.id.len() + key.len());
+        hashed.extend_from_slice(table.schema.id.as_bytes());
+        hashed.extend_from_slice(key);
+        let stripe = xxhash_rust::xxh3::xxh3_64(&hashed) as usize % self.0.len();
+        self.0[stripe].lock().await
+    }
+}
+
+/// What a write asks to get back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReturnValues {
+    None,
+    AllOld,
+    UpdatedOld,
+    AllNew,
+    UpdatedNew,
+}
+
+fn parse_return_values(value: Option<&str>, allowed: &[ReturnValues]) -> Result<ReturnValues, DynamoError> {
+    let parsed = match value {
+        None | Some("NONE") => ReturnValues::None,
+        Some("ALL_OLD") => ReturnValues::AllOld,
+        Some("UPDATED_OLD") => ReturnValues::UpdatedOld,
+        Some("ALL_NEW") => ReturnValues::AllNew,
+        Some("UPDATED_NEW") => ReturnValues::UpdatedNew,
+        Some(other) => {
+            return Err(DynamoError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'returnValues' failed to satisfy constraint: Member must satisfy enum value set: [ALL_NEW, UPDATED_OLD, ALL_OLD, NONE, UPDATED_NEW]"
+            )));
+        }
+    };
+    if !allowed.contains(&parsed) {
+        return Err(DynamoError::validation("Return values set to invalid value"));
+    }
+    Ok(parsed)
+}
+
+fn parse_return_on_failure(value: Option<&str>) -> Result<bool, DynamoError> {
+    match value {
+        None | Some("NONE") => Ok(false),
+        Some("ALL_OLD") => Ok(true),
+        Some(other) => Err(DynamoError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'returnValuesOnConditionCheckFailure' failed to satisfy constraint: Member must satisfy enum value set: [ALL_OLD, NONE]"
+        ))),
+    }
+}
+
+/// Which capacity report a request asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CapacityReport {
+    None,
+    Total,
+    Indexes,
+}
+
+fn parse_capacity_report(value: Option<&str>) -> Result<CapacityReport, DynamoError> {
+    match value {
+        None | Some("NONE") => Ok(CapacityReport::None),
+        Some("TOTAL") => Ok(CapacityReport::Total),
+        Some("INDEXES") => Ok(CapacityReport::Indexes),
+        Some(other) => Err(DynamoError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'returnConsumedCapacity' failed to satisfy constraint: Member must satisfy enum value set: [INDEXES, TOTAL, NONE]"
+        ))),
+    }
+}
+
+fn parse_item_collection_metrics(value: Option<&str>) -> Result<(), DynamoError> {
+    match value {
+        None | Some("NONE") | Some("SIZE") => Ok(()),
+        Some(other) => Err(DynamoError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'returnItemCollectionMetrics' failed to satisfy constraint: Member must satisfy enum value set: [SIZE, NONE]"
+        ))),
+    }
+}
+
+fn capacity(report: CapacityReport, table: &str, units: f64) -> Option<ConsumedCapacity> {
+    match report {
+        CapacityReport::None => None,
+        CapacityReport::Total => Some(ConsumedCapacity {
+            table_name: table.to_string(),
+            capacity_units: units,
+            read_capacity_units: None,
+            write_capacity_units: None,
+            table: None,
+        }),
+        CapacityReport::Indexes => Some(ConsumedCapacity {
+            table_name: table.to_string(),
+            capacity_units: units,
+            read_capacity_units: None,
+            write_capacity_units: None,
+            table: Some(CapacityUnits { capacity_units: units, read_capacity_units: None, write_capacity_units: None }),
+        }),
+    }
+}
+
+/// Write capacity units: one per started KB of the larger of the old and new item.
+fn write_units(old: Option<&Item>, new: Option<&Item>) -> f64 {
+    let size = old.map_or(0, item_size_bytes).max(new.map_or(0, item_size_bytes));
+    size.div_ceil(1024).max(1) as f64
+}
+
+/// Read capacity units: one per started 4 KB, halved for eventually consistent reads.
+fn read_units(item: Option<&Item>, consistent: bool) -> f64 {
+    let units = item.map_or(0, item_size_bytes).div_ceil(4096).max(1) as f64;
+    if consistent { units } else { units / 2.0 }
+}
+
+fn required_map<'a>(
+    value: Option<&'a onggi_model::ops::JsonMap>,
+    member: &str,
+) -> Result<&'a onggi_model::ops::JsonMap, DynamoError> {
+    value.ok_or_else(|| {
+        DynamoError::validation(format!(
+            "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
+        ))
+    })
+}
+
+fn condition_failed(old: Option<&Item>, return_old: bool) -> DynamoError {
+    let mut error = DynamoError::new(ErrorKind::ConditionalCheckFailed, "The conditional request failed");
+    if return_old {
+        error.item = old.cloned();
+    }
+    error
+}
+
+impl Node {
+    fn table(&self, name: &str) -> Result<std::sync::Arc<TableHandle>, DynamoError> {
+        self.inner.catalog.get(name).ok_or_else(table_not_found)
+    }
+
+    /// Reads the current item at `key`, `None` when absent or deleted.
+    fn read_current(&self, table: &TableHandle, key: &[u8]) -> Result<Option<Item>, DynamoError> {
+        let Some(bytes) = self.inner.engine.get(&table.tree, key).map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let record = Record::decode(&bytes)
+            .map_err(|error| DynamoError::internal(format!("stored record unreadable: {error}")))?;
+        Ok(record.item)
+    }
+
+    /// Writes `item` (or a tombstone) as the new version of `key`, durably.
+    async fn write_current(&self, table: &TableHandle, key: Vec<u8>, item: Option<Item>) -> Result<(), DynamoError> {
+        let record = Record { timestamp: self.inner.timestamp(), item };
+        let mut batch = WriteBatch::new();
+        batch.put(&table.tree, key, record.encode());
+        commit_async(&*self.inner.engine, batch, Durability::Sync).await.map_err(storage_error)
+    }
+
+    pub(crate) async fn put_item_impl(&self, input: PutItemInput) -> Result<WriteItemOutput, DynamoError> {
+        let name = required_table_name(input.table_name.as_deref())?;
+        let raw_item = required_map(input.item.as_ref(), "item")?;
+        let return_values =
+            parse_return_values(input.return_values.as_deref(), &[ReturnValues::None, ReturnValues::AllOld])?;
+        let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
+        let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
+        parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
+        let prepared = expressions::for_put(&input)?;
+        let table = self.table(name)?;
+        let item = item_from_json(raw_item)?;
+        let ItemKey { partition, sort } = table.schema.key_of_item(&item)?;
+        let new_size = item_size_bytes(&item);
+        if new_size > ITEM_SIZE_BYTES_MAX {
+            return Err(DynamoError::validation("Item size has exceeded the maximum allowed size"));
+        }
+        let key = item_key(&partition, sort.as_ref());
+
+        let _guard = self.inner.locks.lock(&table, &key).await;
+        let old = self.read_current(&table, &key)?;
+        if !prepared.check(old.as_ref())? {
+            return Err(condition_failed(old.as_ref(), return_old_on_failure));
+        }
+        let units = write_units(old.as_ref(), Some(&item));
+        self.write_current(&table, key, Some(item)).await?;
+        table.account(old.as_ref().map(item_size_bytes), Some(new_size));
+        Ok(WriteItemOutput {
+            attributes: if return_values == ReturnValues::AllOld { old } else { None },
+            consumed_capacity: capacity(report, name, units),
+        })
+    }
+
+    pub(crate) async fn get_item_impl(&self, input: GetItemInput) -> Result<GetItemOutput, DynamoError> {
+        let name = required_table_name(input.table_name.as_deref())?;
+        let raw_key = required_map(input.key.as_ref(), "key")?;
+        let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
+        let prepared = expressions::for_get(&input)?;
+        let table = self.table(name)?;
+        let key_item = item_from_json(raw_key)?;
+        let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
+        let key = item_key(&partition, sort.as_ref());
+        let consistent = input.consistent_read.unwrap_or(false);
+        let item = if consistent {
+            // A consistent read waits for any in-flight write of this item to be durable and
+            // acknowledged, so it never returns a version that a crash could still take back.
+            let _guard = self.inner.locks.lock(&table, &key).await;
+            self.read_current(&table, &key)?
+        } else {
+            self.read_current(&table, &key)?
+        };
+        let units = read_units(item.as_ref(), consistent);
+        Ok(GetItemOutput {
+            item: item.map(|item| prepared.project(item)),
+            consumed_capacity: capacity(report, name, units),
+        })
+    }
+
+    pub(crate) async fn update_item_impl(&self, input: UpdateItemInput) -> Result<WriteItemOutput, DynamoError> {
+        let name = required_table_name(input.table_name.as_deref())?;
+        let raw_key = required_map(input.key.as_ref(), "key")?;
+        let return_values = parse_return_values(
+            input.return_values.as_deref(),
+            &[
+                ReturnValues::None,
+                ReturnValues::AllOld,
+                ReturnValues::UpdatedOld,
+                ReturnValues::AllNew,
+                ReturnValues::UpdatedNew,
+            ],
+        )?;
+        let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
+        let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
+        parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
+        let prepared = expressions::for_update(&input)?;
+        let table = self.table(name)?;
+        let key_item = item_from_json(raw_key)?;
+        let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
+        let key = item_key(&partition, sort.as_ref());
+
+        let _guard = self.inner.locks.lock(&table, &key).await;
+        let old = self.read_current(&table, &key)?;
+        if !prepared.check(old.as_ref())? {
+            return Err(condition_failed(old.as_ref(), return_old_on_failure));
+        }
+        // An update of a missing item creates it from its key.
+        let base = old.clone().unwrap_or_else(|| key_item.clone());
+        let outcome = prepared.apply_update(&base, &table.schema)?;
+        let new = outcome.item;
+        let new_size = item_size_bytes(&new);
+        if new_size > ITEM_SIZE_BYTES_MAX {
+            return Err(DynamoError::validation("Item size to update has exceeded the maximum allowed size"));
+        }
+        let units = write_units(old.as_ref(), Some(&new));
+        let attributes = match return_values {
+            ReturnValues::None => None,
+            ReturnValues::AllOld => old.clone(),
+            ReturnValues::AllNew => Some(new.clone()),
+            ReturnValues::UpdatedOld => {
+                old.as_ref().map(|old| (outcome.project_updated)(old)).filter(|item| !item.is_empty())
+            }
+            ReturnValues::UpdatedNew => Some((outcome.project_updated)(&new)).filter(|item| !item.is_empty()),
+        };
+        self.write_current(&table, key, Some(new)).await?;
+        table.account(old.as_ref().map(item_size_bytes), Some(new_size));
+        Ok(WriteItemOutput { attributes, consumed_capacity: capacity(report, name, units) })
+    }
+
+    pub(crate) async fn delete_item_impl(&self, input: DeleteItemInput) -> Result<WriteItemOutput, DynamoError> {
+        let name = required_table_name(input.table_name.as_deref())?;
+        let raw_key = required_map(input.key.as_ref(), "key")?;
+        let return_values =
+            parse_return_values(input.return_values.as_deref(), &[ReturnValues::None, ReturnValues::AllOld])?;
+        let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
+        let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
+        parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
+        let prepared = expressions::for_delete(&input)?;
+        let table = self.table(name)?;
+        let key_item = item_from_json(raw_key)?;
+        let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
+        let key = item_key(&partition, sort.as_ref());
+
+        let _guard = self.inner.locks.lock(&table, &key).await;
+        let old = self.read_current(&table, &key)?;
+        if !prepared.check(old.as_ref())? {
+            return Err(condition_failed(old.as_ref(), return_old_on_failure));
+        }
+        let units = write_units(old.as_ref(), None);
+        if old.is_some() {
+            // A tombstone, not a removal: replicas must later agree that the item is gone.
+            self.write_current(&table, key, None).await?;
+            table.account(old.as_ref().map(item_size_bytes), None);
+        }
+        Ok(WriteItemOutput {
+            attributes: if return_values == ReturnValues::AllOld { old } else { None },
+            consumed_capacity: capacity(report, name, units),
+        })
+    }
+}
+
+/// Implements the DynamoDB operations by delegating to the node's table and item paths.
+impl onggi_model::ops::Backend for Node {
+    async fn create_table(
+        &self,
+        context: &RequestContext,
+        input: onggi_model::table::CreateTableInput,
+    ) -> Result<onggi_model::ops::TableDescriptionOutput, DynamoError> {
+        self.create_table_impl(context, input).await
+    }
+
+    async fn describe_table(
+        &self,
+        context: &RequestContext,
+        input: onggi_model::ops::TableNameInput,
+    ) -> Result<onggi_model::ops::DescribeTableOutput, DynamoError> {
+        self.describe_table_impl(context, input).await
+    }
+
+    async fn list_tables(
+        &self,
+        _context: &RequestContext,
+        input: onggi_model::ops::ListTablesInput,
+    ) -> Result<onggi_model::ops::ListTablesOutput, DynamoError> {
+        self.list_tables_impl(input).await
+    }
+
+    async fn update_table(
+        &self,
+        context: &RequestContext,
+        input: onggi_model::ops::UpdateTableInput,
+    ) -> Result<onggi_model::ops::TableDescriptionOutput, DynamoError> {
+        self.update_table_impl(context, input).await
+    }
+
+    async fn delete_table(
+        &self,
+        context: &RequestContext,
+        input: onggi_model::ops::TableNameInput,
+    ) -> Result<onggi_model::ops::TableDescriptionOutput, DynamoError> {
+        self.delete_table_impl(context, input).await
+    }
+
+    async fn put_item(&self, _context: &RequestContext, input: PutItemInput) -> Result<WriteItemOutput, DynamoError> {
+        self.put_item_impl(input).await
+    }
+
+    async fn get_item(&self, _context: &RequestContext, input: GetItemInput) -> Result<GetItemOutput, DynamoError> {
+        self.get_item_impl(input).await
+    }
+
+    async fn update_item(
+        &self,
+        _context: &RequestContext,
+        input: UpdateItemInput,
+    ) -> Result<WriteItemOutput, DynamoError> {
+        self.update_item_impl(input).await
+    }
+
+    async fn delete_item(
+        &self,
+        _context: &RequestContext,
+        input: DeleteItemInput,
+    ) -> Result<WriteItemOutput, DynamoError> {
+        self.delete_item_impl(input).await
+    }
+}

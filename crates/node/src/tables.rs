@@ -1,0 +1,239 @@
+//! Table operations: CreateTable, DescribeTable, ListTables, UpdateTable, DeleteTable.
+//!
+//! Tables become ACTIVE at once: creating one is writing its schema durably and opening an empty
+//! tree, which takes milliseconds, so there is no CREATING phase to wait through (test suites
+//! create and drop hundreds of tables).
+
+use onggi_model::DynamoError;
+use onggi_model::ErrorKind;
+use onggi_model::ops::{
+    DescribeTableOutput, ListTablesInput, ListTablesOutput, RequestContext, TableDescriptionOutput, TableNameInput,
+    UpdateTableInput,
+};
+use onggi_model::table::{
+    BillingMode, CreateTableInput, required_table_name, validate_create_table, validate_table_name,
+};
+
+use crate::describe::describe;
+use crate::{Node, wall_clock_ms};
+
+/// Most tables a node holds (DynamoDB's default account quota is 2,500).
+pub const TABLES_MAX: usize = 2500;
+/// Largest `Limit` of ListTables.
+const LIST_TABLES_LIMIT_MAX: i64 = 100;
+
+pub(crate) fn storage_error(error: impl std::fmt::Display) -> DynamoError {
+    DynamoError::internal(format!("storage failure: {error}"))
+}
+
+pub(crate) fn table_not_found() -> DynamoError {
+    DynamoError::resource_not_found("Cannot do operations on a non-existent table")
+}
+
+impl Node {
+    pub(crate) fn region<'a>(&'a self, context: &'a RequestContext) -> &'a str {
+        if context.region.is_empty() { &self.inner.default_region } else { &context.region }
+    }
+
+    pub(crate) async fn create_table_impl(
+        &self,
+        context: &RequestContext,
+        input: CreateTableInput,
+    ) -> Result<TableDescriptionOutput, DynamoError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let schema = validate_create_table(&input, id, wall_clock_ms())?;
+        if let Some(specification) = &input.stream_specification
+            && specification.get("StreamEnabled").and_then(serde_json::Value::as_bool) == Some(true)
+        {
+            return Err(DynamoError::validation("onggi does not support DynamoDB Streams yet"));
+        }
+        let catalog = &self.inner.catalog;
+        let _change = catalog.changes.lock().await;
+        if catalog.get(&schema.name).is_some() {
+            return Err(DynamoError::new(ErrorKind::ResourceInUse, format!("Table already exists: {}", schema.name)));
+        }
+        if catalog.names().len() >= TABLES_MAX {
+            return Err(DynamoError::new(
+                ErrorKind::LimitExceeded,
+                format!("Subscriber limit exceeded: a node holds at most {TABLES_MAX} tables"),
+            ));
+        }
+        let handle = catalog.store(schema).await.map_err(storage_error)?;
+        tracing::info!(table = %handle.schema.name, id = %handle.schema.id, "table created");
+        Ok(TableDescriptionOutput { table_description: describe(&handle, "ACTIVE", self.region(context)) })
+    }
+
+    pub(crate) async fn describe_table_impl(
+        &self,
+        context: &RequestContext,
+        input: TableNameInput,
+    ) -> Result<DescribeTableOutput, DynamoError> {
+        let name = required_table_name(input.table_name.as_deref())?;
+        let table = self.inner.catalog.get(name).ok_or_else(|| {
+            DynamoError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
+        })?;
+        Ok(DescribeTableOutput { table: describe(&table, "ACTIVE", self.region(context)) })
+    }
+
+    pub(crate) async fn list_tables_impl(&self, input: ListTablesInput) -> Result<ListTablesOutput, DynamoError> {
+        let limit = input.limit.unwrap_or(LIST_TABLES_LIMIT_MAX);
+        if limit < 1 {
+            return Err(DynamoError::validation(format!(
+                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"
+            )));
+        }
+        if limit > LIST_TABLES_LIMIT_MAX {
+            return Err(DynamoError::validation(format!(
+                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value less than or equal to 100"
+            )));
+        }
+        if let Some(start) = &input.exclusive_start_table_name {
+            validate_table_name(start)?;
+        }
+        let remaining: Vec<String> = self
+            .inner
+            .catalog
+            .names()
+            .into_iter()
+            .filter(|name| input.exclusive_start_table_name.as_ref().is_none_or(|start| name > start))
+            .collect();
+        let limit = limit as usize;
+        let more = remaining.len() > limit;
+        let table_names: Vec<String> = remaining.into_iter().take(limit).collect();
+        let last_evaluated_table_name = if more { table_names.last().cloned() } else { None };
+        Ok(ListTablesOutput { table_names, last_evaluated_table_name })
+    }
+
+    pub(crate) async fn update_table_impl(
+        &self,
+        context: &RequestContext,
+        input: UpdateTableInput,
+    ) -> Result<TableDescriptionOutput, DynamoError> {
+        let name = required_table_name(input.table_name.as_deref())?;
+        if input.global_secondary_index_updates.as_ref().is_some_and(|updates| !updates.is_empty()) {
+            return Err(DynamoError::validation(
+                "onggi does not support GlobalSecondaryIndexUpdates yet (creating or deleting indexes on an existing table)",
+            ));
+        }
+        if input.replica_updates.is_some() {
+            return Err(DynamoError::validation("onggi does not support global table replicas"));
+        }
+        if let Some(specification) = &input.stream_specification
+            && specification.get("StreamEnabled").and_then(serde_json::Value::as_bool) == Some(true)
+        {
+            return Err(DynamoError::validation("onggi does not support DynamoDB Streams yet"));
+        }
+        let requested_mode = match input.billing_mode.as_deref() {
+            None => None,
+            Some("PROVISIONED") => Some(BillingMode::Provisioned),
+            Some("PAY_PER_REQUEST") => Some(BillingMode::PayPerRequest),
+            Some(other) => {
+                return Err(DynamoError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'billingMode' failed to satisfy constraint: Member must satisfy enum value set: [PROVISIONED, PAY_PER_REQUEST]"
+                )));
+            }
+        };
+        if requested_mode.is_none()
+            && input.provisioned_throughput.is_none()
+            && input.deletion_protection_enabled.is_none()
+            && input.sse_specification.is_none()
+            && input.table_class.is_none()
+            && input.stream_specification.is_none()
+        {
+            return Err(DynamoError::validation(
+                "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled, GlobalSecondaryIndexUpdates or SSESpecification or ReplicaUpdates is required",
+            ));
+        }
+        let catalog = &self.inner.catalog;
+        let _change = catalog.changes.lock().await;
+        let table = catalog.get(name).ok_or_else(table_not_found)?;
+        let mut schema = table.schema.clone();
+        let mode = requested_mode.unwrap_or(schema.billing_mode);
+        match mode {
+            BillingMode::PayPerRequest => {
+                if input.provisioned_throughput.is_some() {
+                    return Err(DynamoError::validation(
+                        "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
+                    ));
+                }
+                if schema.billing_mode != BillingMode::PayPerRequest {
+                    schema.pay_per_request_since_ms = Some(wall_clock_ms());
+                }
+                schema.read_capacity_units = 0;
+                schema.write_capacity_units = 0;
+                for index in &mut schema.global_indexes {
+                    index.provisioned_throughput = None;
+                }
+            }
+            BillingMode::Provisioned => {
+                let throughput = match input.provisioned_throughput {
+                    Some(throughput) => throughput,
+                    None if schema.billing_mode == BillingMode::Provisioned => {
+                        onggi_model::table::ProvisionedThroughput {
+                            read_capacity_units: Some(schema.read_capacity_units),
+                            write_capacity_units: Some(schema.write_capacity_units),
+                        }
+                    }
+                    None => {
+                        return Err(DynamoError::validation(
+                            "One or more parameter values were invalid: ProvisionedThroughput must be specified when BillingMode is PROVISIONED",
+                        ));
+                    }
+                };
+                let (Some(read), Some(write)) = (throughput.read_capacity_units, throughput.write_capacity_units)
+                else {
+                    return Err(DynamoError::validation(
+                        "One or more parameter values were invalid: ReadCapacityUnits and WriteCapacityUnits must both be specified when BillingMode is PROVISIONED",
+                    ));
+                };
+                for (value, what) in [(read, "readCapacityUnits"), (write, "writeCapacityUnits")] {
+                    if value < 1 {
+                        return Err(DynamoError::validation(format!(
+                            "1 validation error detected: Value '{value}' at 'provisionedThroughput.{what}' failed to satisfy constraint: Member must have value greater than or equal to 1"
+                        )));
+                    }
+                }
+                if input.provisioned_throughput.is_some()
+                    && schema.billing_mode == BillingMode::Provisioned
+                    && read == schema.read_capacity_units
+                    && write == schema.write_capacity_units
+                    && requested_mode.is_none()
+                {
+                    return Err(DynamoError::validation(format!(
+                        "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {}. Requested ReadCapacityUnits: {read}. Current WriteCapacityUnits provisioned for the table: {}. Requested WriteCapacityUnits: {write}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits.",
+                        schema.read_capacity_units, schema.write_capacity_units
+                    )));
+                }
+                schema.read_capacity_units = read;
+                schema.write_capacity_units = write;
+            }
+        }
+        schema.billing_mode = mode;
+        if let Some(protection) = input.deletion_protection_enabled {
+            schema.deletion_protection = protection;
+        }
+        let handle = catalog.store(schema).await.map_err(storage_error)?;
+        Ok(TableDescriptionOutput { table_description: describe(&handle, "ACTIVE", self.region(context)) })
+    }
+
+    pub(crate) async fn delete_table_impl(
+        &self,
+        context: &RequestContext,
+        input: TableNameInput,
+    ) -> Result<TableDescriptionOutput, DynamoError> {
+        let name = required_table_name(input.table_name.as_deref())?;
+        let catalog = &self.inner.catalog;
+        let _change = catalog.changes.lock().await;
+        let table = catalog.get(name).ok_or_else(table_not_found)?;
+        if table.schema.deletion_protection {
+            return Err(DynamoError::validation(format!(
+                "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first."
+            )));
+        }
+        // Describe before removing, so the description carries the final statistics.
+        let description = describe(&table, "DELETING", self.region(context));
+        catalog.remove(name).await.map_err(storage_error)?;
+        tracing::info!(table = %name, "table deleted");
+        Ok(TableDescriptionOutput { table_description: description })
+    }
+}
