@@ -1,0 +1,264 @@
+//! Applying an update to an item.
+//!
+//! Semantics, as DynamoDB Local shows them:
+//! - every `SET` operand is evaluated against the item *before* the update (`SET a = :v, b = a`
+//!   gives `b` the old `a`);
+//! - `SET`, `ADD` and `DELETE` then apply in textual order; `REMOVE`s apply last, highest list
+//!   index first, so that `REMOVE l[1], l[2]` removes the elements that *were* at 1 and 2;
+//! - writing at a list index past the end appends; writing under a missing parent (or into a
+//!   scalar) is "invalid for update"; removing a missing attribute, map key or list element is a
+//!   no-op, but removing under a missing parent is invalid;
+//! - `ADD` creates a missing attribute; `DELETE` of the last elements of a set removes it.
+//!
+//! The function is pure: the same update on the same item always gives the same outcome, which a
+//! consensus retry relies on.
+
+use std::collections::BTreeSet;
+
+use crate::error::DynamoError;
+use crate::value::{AttributeValue, Item};
+
+use super::ast::{Operand, Path, PathElement, Update, UpdateAction};
+use super::eval::lookup;
+
+/// The result of applying an update.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdateOutcome {
+    /// The item after the update.
+    pub item: Item,
+    /// The document paths the update wrote, in textual order.
+    pub updated_paths: Vec<Path>,
+    /// The top-level attributes the update wrote (the caller refuses updates of key attributes).
+    pub written_attributes: BTreeSet<String>,
+}
+
+fn missing_attribute() -> DynamoError {
+    DynamoError::validation("The provided expression refers to an attribute that does not exist in the item")
+}
+
+fn wrong_type() -> DynamoError {
+    DynamoError::validation("An operand in the update expression has an incorrect data type")
+}
+
+fn invalid_path() -> DynamoError {
+    DynamoError::validation("The document path provided in the update expression is invalid for update")
+}
+
+/// Evaluates a `SET` operand against the item before the update.
+fn evaluate(operand: &Operand, item: &Item) -> Result<AttributeValue, DynamoError> {
+    match operand {
+        Operand::Path(path) => lookup(item, path).cloned().ok_or_else(missing_attribute),
+        Operand::Value(value) => Ok(value.clone()),
+        Operand::IfNotExists(path, fallback) => match lookup(item, path) {
+            Some(value) => Ok(value.clone()),
+            None => evaluate(fallback, item),
+        },
+        Operand::ListAppend(first, second) => {
+            let first = evaluate(first, item)?;
+            let second = evaluate(second, item)?;
+            match (first, second) {
+                (AttributeValue::L(mut first), AttributeValue::L(second)) => {
+                    first.extend(second);
+                    Ok(AttributeValue::L(first))
+                }
+                _ => Err(wrong_type()),
+            }
+        }
+        Operand::Plus(left, right) | Operand::Minus(left, right) => {
+            let left = evaluate(left, item)?;
+            let right = evaluate(right, item)?;
+            let (AttributeValue::N(left), AttributeValue::N(right)) = (left, right) else {
+                return Err(wrong_type());
+            };
+            let result =
+                if matches!(operand, Operand::Plus(..)) { left.checked_add(&right) } else { left.checked_sub(&right) };
+            result.map(AttributeValue::N).map_err(|error| DynamoError::validation(error.message()))
+        }
+        // `size` is refused in updates during resolution.
+        Operand::Size(_) => Err(wrong_type()),
+    }
+}
+
+/// The container that holds the last element of `path`: `None` when a parent is missing or
+/// is not the container the next step needs.
+enum Slot<'i> {
+    Top(&'i mut Item, &'i str),
+    Member(&'i mut std::collections::BTreeMap<String, AttributeValue>, &'i str),
+    Element(&'i mut Vec<AttributeValue>, usize),
+}
+
+fn slot<'i>(item: &'i mut Item, path: &'i Path) -> Result<Slot<'i>, DynamoError> {
+    let elements = path.elements();
+    if elements.len() == 1 {
+        return Ok(Slot::Top(item, path.attribute_name()));
+    }
+    let mut current = item.get_mut(path.attribute_name()).ok_or_else(invalid_path)?;
+    for element in &elements[1..elements.len() - 1] {
+        current = match (element, current) {
+            (PathElement::Name(name), AttributeValue::M(map)) => map.get_mut(name).ok_or_else(invalid_path)?,
+            (PathElement::Index(index), AttributeValue::L(list)) => list.get_mut(*index).ok_or_else(invalid_path)?,
+            _ => return Err(invalid_path()),
+        };
+    }
+    match (elements.last().expect("non-empty"), current) {
+        (PathElement::Name(name), AttributeValue::M(map)) => Ok(Slot::Member(map, name)),
+        (PathElement::Index(index), AttributeValue::L(list)) => Ok(Slot::Element(list, *index)),
+        _ => Err(invalid_path()),
+    }
+}
+
+impl Slot<'_> {
+    fn get(&self) -> Option<&AttributeValue> {
+        match self {
+            Slot::Top(item, name) => item.get(*name),
+            Slot::Member(map, name) => map.get(*name),
+            Slot::Element(list, index) => list.get(*index),
+        }
+    }
+
+    /// Writes the value; an index past the end of a list appends.
+    fn put(self, value: AttributeValue) {
+        match self {
+            Slot::Top(item, name) => {
+                item.insert(name.to_string(), value);
+            }
+            Slot::Member(map, name) => {
+                map.insert(name.to_string(), value);
+            }
+            Slot::Element(list, index) => match list.get_mut(index) {
+                Some(element) => *element = value,
+                None => list.push(value),
+            },
+        }
+    }
+
+    fn remove(self) {
+        match self {
+            Slot::Top(item, name) => {
+                item.remove(name);
+            }
+            Slot::Member(map, name) => {
+                map.remove(name);
+            }
+            Slot::Element(list, index) => {
+                if index < list.len() {
+                    list.remove(index);
+                }
+            }
+        }
+    }
+}
+
+/// Sorted union of two sorted, duplicate-free vectors.
+fn union<T: Ord + Clone>(left: &[T], right: &[T]) -> Vec<T> {
+    let mut merged: Vec<T> = left.iter().chain(right).cloned().collect();
+    merged.sort();
+    merged.dedup();
+    merged
+}
+
+fn difference<T: Ord + Clone>(left: &[T], right: &[T]) -> Vec<T> {
+    left.iter().filter(|element| right.binary_search(element).is_err()).cloned().collect()
+}
+
+fn add(existing: Option<&AttributeValue>, operand: &AttributeValue) -> Result<AttributeValue, DynamoError> {
+    let Some(existing) = existing else {
+        return Ok(operand.clone());
+    };
+    match (existing, operand) {
+        (AttributeValue::N(left), AttributeValue::N(right)) => {
+            left.checked_add(right).map(AttributeValue::N).map_err(|error| DynamoError::validation(error.message()))
+        }
+        (AttributeValue::Ss(left), AttributeValue::Ss(right)) => Ok(AttributeValue::Ss(union(left, right))),
+        (AttributeValue::Ns(left), AttributeValue::Ns(right)) => Ok(AttributeValue::Ns(union(left, right))),
+        (AttributeValue::Bs(left), AttributeValue::Bs(right)) => Ok(AttributeValue::Bs(union(left, right))),
+        _ => Err(wrong_type()),
+    }
+}
+
+/// `None`: the set became empty and the attribute goes away.
+fn delete(existing: &AttributeValue, operand: &AttributeValue) -> Result<Option<AttributeValue>, DynamoError> {
+    let remaining = match (existing, operand) {
+        (AttributeValue::Ss(left), AttributeValue::Ss(right)) => AttributeValue::Ss(difference(left, right)),
+        (AttributeValue::Ns(left), AttributeValue::Ns(right)) => AttributeValue::Ns(difference(left, right)),
+        (AttributeValue::Bs(left), AttributeValue::Bs(right)) => AttributeValue::Bs(difference(left, right)),
+        _ => return Err(wrong_type()),
+    };
+    let empty = match &remaining {
+        AttributeValue::Ss(set) => set.is_empty(),
+        AttributeValue::Ns(set) => set.is_empty(),
+        AttributeValue::Bs(set) => set.is_empty(),
+        _ => unreachable!("built as a set above"),
+    };
+    Ok(if empty { None } else { Some(remaining) })
+}
+
+impl Update {
+    /// Applies the update to `item` (the existing item, or an item holding only the key when
+    /// there is none), returning the new item and what was written.
+    pub fn apply(&self, item: &Item) -> Result<UpdateOutcome, DynamoError> {
+        // Every SET operand reads the item as it was before the update.
+        let mut set_values = Vec::new();
+        for action in &self.actions {
+            if let UpdateAction::Set(_, operand) = action {
+                set_values.push(evaluate(operand, item)?);
+            }
+        }
+        let mut set_values = set_values.into_iter();
+        let mut updated = item.clone();
+        for action in &self.actions {
+            match action {
+                UpdateAction::Set(path, _) => {
+                    let value = set_values.next().expect("one value per SET action");
+                    slot(&mut updated, path)?.put(value);
+                }
+                UpdateAction::Add(path, operand) => {
+                    let target = slot(&mut updated, path)?;
+                    let sum = add(target.get(), operand)?;
+                    target.put(sum);
+                }
+                UpdateAction::Delete(path, operand) => {
+                    let target = slot(&mut updated, path)?;
+                    let Some(existing) = target.get() else {
+                        continue;
+                    };
+                    match delete(existing, operand)? {
+                        Some(remaining) => target.put(remaining),
+                        None => target.remove(),
+                    }
+                }
+                UpdateAction::Remove(_) => {}
+            }
+        }
+        // Removals last, in descending path order: later list indexes go first, so every
+        // index means the element that was there before the update.
+        let mut removals: Vec<&Path> = self
+            .actions
+            .iter()
+            .filter_map(|action| if let UpdateAction::Remove(path) = action { Some(path) } else { None })
+            .collect();
+        removals.sort_by(|left, right| right.cmp(left));
+        for path in removals {
+            slot(&mut updated, path)?.remove();
+        }
+        Ok(UpdateOutcome {
+            item: updated,
+            updated_paths: self.actions.iter().map(|action| action.path().clone()).collect(),
+            written_attributes: self.actions.iter().map(|action| action.path().attribute_name().to_string()).collect(),
+        })
+    }
+}
+
+impl UpdateOutcome {
+    /// The attributes to return for `ReturnValues` `UPDATED_OLD` (pass the old item) or
+    /// `UPDATED_NEW` (pass [`UpdateOutcome::item`]).
+    ///
+    /// DynamoDB Local returns each written top-level attribute whole (not only the nested paths
+    /// written), and leaves out attributes absent from the given item; we do the same.
+    pub fn project_updated(&self, item: &Item) -> Item {
+        self.written_attributes
+            .iter()
+            .filter_map(|name| item.get(name).map(|value| (name.clone(), value.clone())))
+            .collect()
+    }
+}

