@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import copy
 import difflib
 import glob
 import http.client
@@ -70,6 +69,9 @@ VOLATILE_KEYS = {
     "ReplicaTableClassSummary", "LastUpdateDateTime", "InaccessibleEncryptionDateTime",
     "ArchivalDateTime",
 }
+# Fields onggi sends on purpose that DynamoDB Local omits (real DynamoDB sends them): dropped from
+# both sides. TableId: real DynamoDB's DescribeTable has it; DynamoDB Local's does not.
+DROPPED_KEYS = {"TableId"}
 SET_TYPES = ("SS", "NS", "BS")
 
 
@@ -167,6 +169,8 @@ def _normalize_value(v: Any) -> Any:
     if isinstance(v, dict):
         out = {}
         for k, x in v.items():
+            if k in DROPPED_KEYS:
+                continue
             if k in VOLATILE_KEYS:
                 out[k] = "<volatile>"
             elif k in SET_TYPES and isinstance(x, list) and len(v) == 1:
@@ -244,7 +248,17 @@ class Sequence:
         return names
 
 
+def resolve_sequence_path(path: str) -> str:
+    """Accept a path, a path relative to sequences/, or a bare sequence name."""
+    for cand in (path, os.path.join(SEQ_DIR, path), os.path.join(SEQ_DIR, path + ".json"),
+                 os.path.join(SEQ_DIR, os.path.basename(path))):
+        if os.path.isfile(cand):
+            return cand
+    raise FileNotFoundError(path)
+
+
 def load_sequence(path: str) -> Sequence:
+    path = resolve_sequence_path(path)
     with open(path) as f:
         doc = json.load(f)
     steps = []
@@ -402,4 +416,6 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    import signal
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet when piped into head/less
     sys.exit(_main(sys.argv[1:]))

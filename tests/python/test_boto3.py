@@ -11,12 +11,14 @@ import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import boto3
 import pytest
 from boto3.dynamodb.conditions import Attr
 from boto3.dynamodb.types import Binary
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from conftest import make_client, unique_table_name
+from conftest import ACCESS_KEY, REGION, SECRET_KEY, make_client, unique_table_name
 
 HASH_S = dict(KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
               AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
@@ -194,10 +196,8 @@ def test_list_tables_pagination(ddb):
 
 def test_list_tables_limit_validation(target):
     # Limit above 100 is rejected by the server (boto3 parameter validation turned off).
-    from botocore.config import Config
-    import boto3
-    c = boto3.client("dynamodb", endpoint_url=target.endpoint, region_name="us-east-1",
-                     aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+    c = boto3.client("dynamodb", endpoint_url=target.endpoint, region_name=REGION,
+                     aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
                      config=Config(parameter_validation=False, retries={"max_attempts": 1}))
     with pytest.raises(ClientError) as ei:
         c.list_tables(Limit=101)
@@ -904,3 +904,30 @@ def test_separate_client_sees_writes(target, tbl):
     c1 = make_client(target.endpoint)
     c1.put_item(TableName=tbl, Item={"pk": {"S": "x"}, "v": {"S": "1"}})
     assert c2.get_item(TableName=tbl, Key={"pk": {"S": "x"}}, ConsistentRead=True)["Item"]["v"] == {"S": "1"}
+
+
+def test_update_sets_every_type(ddb, tbl):
+    # UpdateItem SET stores values of every type exactly as PutItem would.
+    values = {k: v for k, v in ALL_TYPES.items() if k != "pk"}
+    names = {f"#a{i}": k for i, k in enumerate(values)}
+    vals = {f":v{i}": v for i, v in enumerate(values.values())}
+    expr = "SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values)))
+    r = ddb.update_item(TableName=tbl, Key={"pk": {"S": "k1"}}, UpdateExpression=expr, ExpressionAttributeNames=names,
+                        ExpressionAttributeValues=vals, ReturnValues="UPDATED_NEW")
+    assert norm_item(r["Attributes"]) == norm_item(values)
+    assert norm_item(get(ddb, tbl, {"pk": {"S": "k1"}})) == norm_item(ALL_TYPES)
+
+
+def test_range_key_size_limit(ddb, table_name):
+    # Range keys may be 1024 bytes (binary here); 1025 is rejected and nothing is stored.
+    create(ddb, table_name, key=dict(
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "B"}]))
+    ddb.put_item(TableName=table_name, Item={"pk": {"S": "p"}, "sk": {"B": b"\x01" * 1024}})
+    with pytest.raises(ClientError) as ei:
+        ddb.put_item(TableName=table_name, Item={"pk": {"S": "q"}, "sk": {"B": b"\x01" * 1025}})
+    assert err(ei) == ("ValidationException", "Hash primary key values must be under 2048 bytes, and range primary "
+                                              "key values must be under 1024 bytes")
+    assert get(ddb, table_name, {"pk": {"S": "p"}, "sk": {"B": b"\x01" * 1024}}) is not None
+    r = ddb.get_item(TableName=table_name, Key={"pk": {"S": "q"}, "sk": {"B": b"\x01" * 1024}}, ConsistentRead=True)
+    assert "Item" not in r

@@ -8,7 +8,6 @@ Differences listed in deliberate_differences.json are reported but do not fail.
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest

@@ -23,7 +23,10 @@ pub struct CredentialScope {
 /// Parses the `Authorization` header (absent: `None`).
 pub fn parse_authorization(header: Option<&str>) -> Result<CredentialScope, DynamoError> {
     let Some(header) = header else {
-        return Err(DynamoError::new(ErrorKind::MissingAuthenticationToken, "Request is missing Authentication Token"));
+        return Err(DynamoError::new(
+            ErrorKind::MissingAuthenticationToken,
+            "Request must contain either a valid (registered) AWS access key ID or X.509 certificate.",
+        ));
     };
     let incomplete = || {
         DynamoError::new(

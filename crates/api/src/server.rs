@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use onggi_model::ops::{DYNAMODB_OPERATIONS, RequestContext};
 use onggi_model::{DynamoError, ErrorKind};
@@ -38,11 +38,20 @@ pub struct ServerConfig {
     pub request_body_bytes_max: usize,
     /// How long shutdown waits for in-flight requests before dropping connections.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Most connections served at once; further ones wait to be accepted.
+    pub connections_max: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { request_body_bytes_max: 16 * 1024 * 1024, shutdown_grace: Duration::from_secs(10) }
+        ServerConfig {
+            request_body_bytes_max: 16 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            connections_max: 4096,
+        }
     }
 }
 
@@ -55,7 +64,10 @@ pub async fn serve<B: Backend>(
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
     let graceful = GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that opens a connection and never finishes its headers must not hold it forever.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.connections_max));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -68,6 +80,12 @@ pub async fn serve<B: Backend>(
                     continue;
                 }
             },
+            () = &mut shutdown => break,
+        };
+        // Past the connection limit, new connections wait in the listen backlog instead of
+        // exhausting memory and file descriptors.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
@@ -84,6 +102,7 @@ pub async fn serve<B: Backend>(
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

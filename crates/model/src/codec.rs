@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::number::Number;
-use crate::value::{AttributeValue, Item, NESTING_DEPTH_MAX};
+use crate::value::{AttributeValue, CONTAINER_DEPTH_MAX, Item};
 
 /// The version of this encoding.
 pub const ITEM_FORMAT_VERSION: u8 = 1;
@@ -222,7 +222,7 @@ impl<'a> Reader<'a> {
                 let count = self.length()?;
                 AttributeValue::Bs((0..count).map(|_| self.slice().map(<[u8]>::to_vec)).collect::<Result<_, _>>()?)
             }
-            TAG_M | TAG_L if depth >= NESTING_DEPTH_MAX => return Err(CodecError("nested too deep")),
+            TAG_M | TAG_L if depth >= CONTAINER_DEPTH_MAX => return Err(CodecError("nested too deep")),
             TAG_M => AttributeValue::M(self.map(depth + 1)?),
             TAG_L => {
                 let count = self.length()?;

@@ -43,7 +43,7 @@ impl ErrorKind {
             ErrorKind::Validation => "com.amazon.coral.validate#ValidationException",
             ErrorKind::Serialization => "com.amazon.coral.service#SerializationException",
             ErrorKind::UnknownOperation => "com.amazonaws.dynamodb.v20120810#UnknownOperationException",
-            ErrorKind::MissingAuthenticationToken => "com.amazon.coral.service#MissingAuthenticationTokenException",
+            ErrorKind::MissingAuthenticationToken => "com.amazonaws.dynamodb.v20120810#MissingAuthenticationToken",
             ErrorKind::UnrecognizedClient => "com.amazon.coral.service#UnrecognizedClientException",
             ErrorKind::ResourceNotFound => "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException",
             ErrorKind::ResourceInUse => "com.amazonaws.dynamodb.v20120810#ResourceInUseException",

@@ -9,7 +9,6 @@
 //! in its own order, after the body has been read — validation belongs to the backend, not to
 //! the JSON parser.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
@@ -40,14 +39,14 @@ pub struct PutItemInput {
     pub table_name: Option<String>,
     pub item: Option<JsonMap>,
     pub condition_expression: Option<String>,
-    pub expression_attribute_names: Option<BTreeMap<String, String>>,
+    pub expression_attribute_names: Option<JsonMap>,
     pub expression_attribute_values: Option<JsonMap>,
     pub return_values: Option<String>,
     pub return_values_on_condition_check_failure: Option<String>,
     pub return_consumed_capacity: Option<String>,
     pub return_item_collection_metrics: Option<String>,
     pub expected: Option<Json>,
-    pub conditional_operator: Option<String>,
+    pub conditional_operator: Option<Json>,
 }
 
 /// GetItem's input.
@@ -57,7 +56,7 @@ pub struct GetItemInput {
     pub table_name: Option<String>,
     pub key: Option<JsonMap>,
     pub projection_expression: Option<String>,
-    pub expression_attribute_names: Option<BTreeMap<String, String>>,
+    pub expression_attribute_names: Option<JsonMap>,
     pub attributes_to_get: Option<Json>,
     pub consistent_read: Option<bool>,
     pub return_consumed_capacity: Option<String>,
@@ -71,7 +70,7 @@ pub struct UpdateItemInput {
     pub key: Option<JsonMap>,
     pub update_expression: Option<String>,
     pub condition_expression: Option<String>,
-    pub expression_attribute_names: Option<BTreeMap<String, String>>,
+    pub expression_attribute_names: Option<JsonMap>,
     pub expression_attribute_values: Option<JsonMap>,
     pub return_values: Option<String>,
     pub return_values_on_condition_check_failure: Option<String>,
@@ -79,7 +78,7 @@ pub struct UpdateItemInput {
     pub return_item_collection_metrics: Option<String>,
     pub attribute_updates: Option<Json>,
     pub expected: Option<Json>,
-    pub conditional_operator: Option<String>,
+    pub conditional_operator: Option<Json>,
 }
 
 /// DeleteItem's input.
@@ -89,14 +88,14 @@ pub struct DeleteItemInput {
     pub table_name: Option<String>,
     pub key: Option<JsonMap>,
     pub condition_expression: Option<String>,
-    pub expression_attribute_names: Option<BTreeMap<String, String>>,
+    pub expression_attribute_names: Option<JsonMap>,
     pub expression_attribute_values: Option<JsonMap>,
     pub return_values: Option<String>,
     pub return_values_on_condition_check_failure: Option<String>,
     pub return_consumed_capacity: Option<String>,
     pub return_item_collection_metrics: Option<String>,
     pub expected: Option<Json>,
-    pub conditional_operator: Option<String>,
+    pub conditional_operator: Option<Json>,
 }
 
 /// Capacity consumed by one request, when the client asks for it.

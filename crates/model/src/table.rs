@@ -275,131 +275,140 @@ pub fn required_table_name(name: Option<&str>) -> Result<&str, DynamoError> {
     Ok(name)
 }
 
+/// Which key schema is being checked: the messages differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyContext {
+    Table,
+    LocalIndex,
+    GlobalIndex,
+}
+
+const KEY_NAME_LENGTH_MESSAGE: &str =
+    "Names of key attributes and attributes projected into an index must be between 1 and 255 characters, inclusive";
+
 fn parse_key_schema(
     elements: &[KeySchemaElement],
     definitions: &[(String, KeyType)],
-    context: &str,
+    context: KeyContext,
 ) -> Result<KeySchema, DynamoError> {
-    if elements.is_empty() || elements.len() > 2 {
-        return Err(validation(format!(
-            "1 validation error detected: Value '{}' at '{context}' failed to satisfy constraint: Member must have length {}",
-            elements.len(),
-            if elements.is_empty() { "greater than or equal to 1" } else { "less than or equal to 2" }
-        )));
+    if elements.is_empty() {
+        return Err(validation(
+            "No defined key schema.  A key schema containing at least a hash key must be defined for all tables",
+        ));
     }
-    let mut names = Vec::new();
-    for (position, element) in elements.iter().enumerate() {
-        let name = element.attribute_name.as_deref().ok_or_else(|| {
-            validation(format!(
-                "1 validation error detected: Value null at '{context}.{}.member.attributeName' failed to satisfy constraint: Member must not be null",
-                position + 1
-            ))
-        })?;
-        let key_type = element.key_type.as_deref().ok_or_else(|| {
-            validation(format!(
-                "1 validation error detected: Value null at '{context}.{}.member.keyType' failed to satisfy constraint: Member must not be null",
-                position + 1
-            ))
-        })?;
-        if key_type != "HASH" && key_type != "RANGE" {
-            return Err(validation(format!(
-                "1 validation error detected: Value '{key_type}' at '{context}.{}.member.keyType' failed to satisfy constraint: Member must satisfy enum value set: [HASH, RANGE]",
-                position + 1
-            )));
-        }
-        names.push((name, key_type));
+    if elements.len() > 2 {
+        return Err(validation(
+            "Key Schema too big.  Key Schema must at most consist of the hash and range key of a table",
+        ));
     }
-    if names[0].1 != "HASH" {
-        return Err(validation("Invalid KeySchema: The first KeySchemaElement is not a HASH key type"));
+    let names: Vec<&str> = elements.iter().map(|element| element.attribute_name.as_deref().unwrap_or("")).collect();
+    if names.len() == 2 && names[0] == names[1] {
+        return Err(validation("Two keys can not have the same name"));
     }
-    if names.len() == 2 {
-        if names[1].1 != "RANGE" {
-            return Err(validation("Invalid KeySchema: The second KeySchemaElement is not a RANGE key type"));
+    if names.iter().any(|name| name.is_empty() || name.len() > 255) {
+        return Err(validation(KEY_NAME_LENGTH_MESSAGE));
+    }
+    let kinds: Vec<&str> = elements.iter().map(|element| element.key_type.as_deref().unwrap_or("")).collect();
+    match kinds.iter().filter(|kind| **kind == "HASH").count() {
+        0 => {
+            return Err(validation(
+                "No Hash Key specified in schema.  All Dynamo DB tables must have exactly one hash key",
+            ));
         }
-        if names[0].0 == names[1].0 {
-            return Err(validation("Both the Hash Key and the Range Key element in the KeySchema have the same name"));
+        1 => {}
+        _ => {
+            return Err(validation(
+                "Too many hash keys specified.  All Dynamo DB tables must have exactly one hash key",
+            ));
         }
+    }
+    if kinds[0] != "HASH" || kinds.get(1).is_some_and(|kind| *kind != "RANGE") {
+        return Err(validation(
+            "Invalid key order. Hash Key must be specified first in key schema, Range Key must be specifed second",
+        ));
     }
     let lookup = |name: &str| definitions.iter().find(|(defined, _)| defined == name).map(|(_, key_type)| *key_type);
-    let missing: Vec<&str> = names.iter().map(|(name, _)| *name).filter(|name| lookup(name).is_none()).collect();
-    if !missing.is_empty() {
-        let defined: Vec<&str> = definitions.iter().map(|(name, _)| name.as_str()).collect();
-        return Err(validation(format!(
-            "One or more parameter values were invalid: Some index key attributes are not defined in AttributeDefinitions. Keys: [{}], AttributeDefinitions: [{}]",
-            missing.join(", "),
-            defined.join(", ")
-        )));
-    }
-    let attribute = |name: &str| KeyAttribute { name: name.to_string(), value_type: lookup(name).expect("checked") };
-    Ok(KeySchema { partition: attribute(names[0].0), sort: names.get(1).map(|(name, _)| attribute(name)) })
+    let missing = |position: usize| -> DynamoError {
+        match (context, position) {
+            (KeyContext::Table, 0) => validation("Hash Key not specified in Attribute Definitions.  Type unknown."),
+            (KeyContext::Table, _) => validation("Range Key not specified in Attribute Definitions.  Type unknown."),
+            (KeyContext::LocalIndex, _) => {
+                validation("Local Secondary Index range key not specified in Attribute Definitions.Type unknown.")
+            }
+            (KeyContext::GlobalIndex, _) => {
+                validation(format!("Attribute {} is not defined in AttributeDefinitions", names[position]))
+            }
+        }
+    };
+    let attribute = |position: usize| -> Result<KeyAttribute, DynamoError> {
+        let name = names[position];
+        let value_type = lookup(name).ok_or_else(|| missing(position))?;
+        Ok(KeyAttribute { name: name.to_string(), value_type })
+    };
+    let partition = attribute(0)?;
+    let sort = if names.len() == 2 { Some(attribute(1)?) } else { None };
+    Ok(KeySchema { partition, sort })
 }
 
 fn parse_projection(projection: Option<&Projection>) -> Result<Projection, DynamoError> {
-    let projection = projection.cloned().unwrap_or_default();
+    let projection = projection.cloned().ok_or_else(|| validation("Indexes must have a projection specified"))?;
     match projection.projection_type.as_deref() {
-        None | Some("ALL") | Some("KEYS_ONLY") if projection.non_key_attributes.is_some() => Err(validation(
-            "One or more parameter values were invalid: ProjectionType is ALL or KEYS_ONLY, but NonKeyAttributes is specified",
-        )),
-        Some("INCLUDE") if projection.non_key_attributes.as_ref().is_none_or(Vec::is_empty) => Err(validation(
-            "One or more parameter values were invalid: ProjectionType is INCLUDE, but NonKeyAttributes is not specified",
-        )),
-        None => Err(validation("One or more parameter values were invalid: Unknown ProjectionType: null")),
-        Some("ALL" | "KEYS_ONLY" | "INCLUDE") => Ok(projection),
-        Some(other) => Err(validation(format!(
-            "1 validation error detected: Value '{other}' at 'projection.projectionType' failed to satisfy constraint: Member must satisfy enum value set: [ALL, INCLUDE, KEYS_ONLY]"
-        ))),
-    }
-}
-
-fn validate_throughput(throughput: &ProvisionedThroughput) -> Result<(i64, i64), DynamoError> {
-    let (Some(read), Some(write)) = (throughput.read_capacity_units, throughput.write_capacity_units) else {
-        return Err(validation(
-            "One or more parameter values were invalid: ReadCapacityUnits and WriteCapacityUnits must both be specified when BillingMode is PROVISIONED",
-        ));
-    };
-    for (value, what) in [(read, "readCapacityUnits"), (write, "writeCapacityUnits")] {
-        if value < 1 {
-            return Err(validation(format!(
-                "1 validation error detected: Value '{value}' at 'provisionedThroughput.{what}' failed to satisfy constraint: Member must have value greater than or equal to 1"
-            )));
+        Some("ALL" | "KEYS_ONLY") if projection.non_key_attributes.is_some() => {
+            Err(validation("No attributes should be specified to be projected unless projection type is INCLUDE"))
         }
+        Some("INCLUDE") if projection.non_key_attributes.as_ref().is_none_or(Vec::is_empty) => Err(validation(
+            "If Projection type INCLUDE is specified, some non-key attributes to include in the projection must be specified as well",
+        )),
+        Some("INCLUDE") => {
+            let attributes = projection.non_key_attributes.as_deref().unwrap_or_default();
+            if attributes.iter().any(|name| name.is_empty() || name.len() > 255) {
+                return Err(validation(KEY_NAME_LENGTH_MESSAGE));
+            }
+            let mut sorted = attributes.to_vec();
+            sorted.sort();
+            if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
+                return Err(validation("Cannot have two attributes with the same name"));
+            }
+            Ok(projection)
+        }
+        Some("ALL" | "KEYS_ONLY") => Ok(projection),
+        None if projection.non_key_attributes.is_none() => Err(validation("Indexes must have a projection specified")),
+        _ => Err(validation("Projection type must be INCLUDE, ALL, or KEYS_ONLY")),
     }
-    Ok((read, write))
 }
 
-/// Validates a CreateTable request into a schema (id and times are filled by the caller).
+fn validate_throughput(throughput: &ProvisionedThroughput, index: bool) -> Result<(i64, i64), DynamoError> {
+    match (throughput.read_capacity_units, throughput.write_capacity_units) {
+        (Some(read), Some(write)) if read >= 1 && write >= 1 => Ok((read, write)),
+        _ if index => Err(validation("Index read and write throughput must be at least 1, and cannot be null")),
+        _ => Err(validation("Table read and write throughput must be at least 1, and cannot be null")),
+    }
+}
+
+/// Validates a CreateTable request into a schema (id and times are filled by the caller), with
+/// DynamoDB Local's messages, in its order.
 pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) -> Result<TableSchema, DynamoError> {
-    let name = required_table_name(input.table_name.as_deref())?;
-    let definitions_input = input.attribute_definitions.as_ref().ok_or_else(|| {
-        validation("1 validation error detected: Value null at 'attributeDefinitions' failed to satisfy constraint: Member must not be null")
-    })?;
-    let key_input = input.key_schema.as_ref().ok_or_else(|| {
-        validation("1 validation error detected: Value null at 'keySchema' failed to satisfy constraint: Member must not be null")
-    })?;
+    // CreateTable reports a missing name as an invalid one.
+    let name = input.table_name.as_deref().unwrap_or("");
+    validate_table_name(name)?;
+    let definitions_input = input
+        .attribute_definitions
+        .as_deref()
+        .filter(|definitions| !definitions.is_empty())
+        .ok_or_else(|| validation("No Attribute Schema Defined"))?;
     let mut definitions: Vec<(String, KeyType)> = Vec::new();
-    for (position, definition) in definitions_input.iter().enumerate() {
-        let attribute_name = definition.attribute_name.clone().ok_or_else(|| {
-            validation(format!(
-                "1 validation error detected: Value null at 'attributeDefinitions.{}.member.attributeName' failed to satisfy constraint: Member must not be null",
-                position + 1
-            ))
-        })?;
-        let type_text = definition.attribute_type.as_deref().ok_or_else(|| {
-            validation(format!(
-                "1 validation error detected: Value null at 'attributeDefinitions.{}.member.attributeType' failed to satisfy constraint: Member must not be null",
-                position + 1
-            ))
-        })?;
-        let key_type = KeyType::parse(type_text).ok_or_else(|| {
-            validation(format!(
-                "1 validation error detected: Value '{type_text}' at 'attributeDefinitions.{}.member.attributeType' failed to satisfy constraint: Member must satisfy enum value set: [B, N, S]",
-                position + 1
-            ))
-        })?;
+    for definition in definitions_input {
+        let attribute_name = definition.attribute_name.clone().unwrap_or_default();
+        let key_type = definition
+            .attribute_type
+            .as_deref()
+            .and_then(KeyType::parse)
+            .ok_or_else(|| validation("Member must satisfy enum value set: [B, N, S]"))?;
+        if attribute_name.is_empty() || attribute_name.len() > 255 {
+            return Err(validation(KEY_NAME_LENGTH_MESSAGE));
+        }
         if definitions.iter().any(|(existing, _)| *existing == attribute_name) {
-            return Err(validation(format!(
-                "Invalid Attribute Definitions: Duplicate AttributeName found: {attribute_name}"
-            )));
+            return Err(validation("Cannot have two attributes with the same name"));
         }
         definitions.push((attribute_name, key_type));
     }
@@ -414,10 +423,11 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
         }
     };
 
-    let key = parse_key_schema(key_input, &definitions, "keySchema")?;
+    let key = parse_key_schema(input.key_schema.as_deref().unwrap_or_default(), &definitions, KeyContext::Table)?;
 
     let (read_capacity_units, write_capacity_units) = match billing_mode {
         BillingMode::PayPerRequest => {
+            // Real DynamoDB refuses this combination (DynamoDB Local ignores the throughput).
             if input.provisioned_throughput.is_some() {
                 return Err(validation(
                     "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
@@ -426,84 +436,78 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
             (0, 0)
         }
         BillingMode::Provisioned => {
-            let throughput = input.provisioned_throughput.as_ref().ok_or_else(|| {
-                validation("One or more parameter values were invalid: ReadCapacityUnits and WriteCapacityUnits must both be specified when BillingMode is PROVISIONED")
-            })?;
-            validate_throughput(throughput)?
+            let throughput = input
+                .provisioned_throughput
+                .as_ref()
+                .ok_or_else(|| validation("No provisioned throughput specified for the table"))?;
+            validate_throughput(throughput, false)?
         }
     };
 
-    let mut used: Vec<&str> = key.names().collect();
-    let mut index_names: Vec<String> = Vec::new();
-    let mut local_indexes = Vec::new();
-    for index in input.local_secondary_indexes.iter().flatten() {
-        let schema = validate_index(index, &definitions, &mut index_names, "localSecondaryIndexes")?;
-        if schema.key.partition.name != key.partition.name {
+    let mut local_indexes: Vec<IndexSchema> = Vec::new();
+    if let Some(indexes) = &input.local_secondary_indexes {
+        if indexes.is_empty() {
+            return Err(validation("LSI list is empty/invalid"));
+        }
+        for index in indexes {
+            let schema = validate_index(index, &definitions, KeyContext::LocalIndex, &key)?;
+            if local_indexes.iter().any(|existing| existing.name == schema.name) {
+                return Err(validation("Two local secondary indices have the same name"));
+            }
+            local_indexes.push(schema);
+        }
+        if local_indexes.len() > LOCAL_INDEXES_MAX {
             return Err(validation(
-                "One or more parameter values were invalid: Index KeySchema does not have the same leading hash key as table KeySchema for index: "
-                    .to_string()
-                    + &schema.name
-                    + ". index hash key: "
-                    + &schema.key.partition.name
-                    + ", table hash key: "
-                    + &key.partition.name,
+                "One or more parameter values were invalid: Number of LocalSecondaryIndexes exceeds per-table limit of 5",
             ));
         }
-        if schema.key.sort.is_none() || key.sort.is_none() {
-            return Err(validation(format!(
-                "One or more parameter values were invalid: Table KeySchema does not have a range key, which is required when specifying a LocalSecondaryIndex"
-            )));
+    }
+    let mut global_indexes: Vec<IndexSchema> = Vec::new();
+    if let Some(indexes) = &input.global_secondary_indexes {
+        if indexes.is_empty() {
+            return Err(validation("GSI list is empty/invalid"));
         }
-        local_indexes.push(schema);
-    }
-    if input.local_secondary_indexes.as_ref().is_some_and(Vec::is_empty) {
-        return Err(validation("One or more parameter values were invalid: List of LocalSecondaryIndexes is empty"));
-    }
-    if local_indexes.len() > LOCAL_INDEXES_MAX {
-        return Err(validation(
-            "One or more parameter values were invalid: Number of LocalSecondaryIndexes exceeds per-table limit of 5",
-        ));
-    }
-    let mut global_indexes = Vec::new();
-    for index in input.global_secondary_indexes.iter().flatten() {
-        let mut schema = validate_index(index, &definitions, &mut index_names, "globalSecondaryIndexes")?;
-        match billing_mode {
-            BillingMode::Provisioned => {
-                let throughput = index.provisioned_throughput.as_ref().ok_or_else(|| {
-                    validation(format!(
-                        "One or more parameter values were invalid: ProvisionedThroughput must be specified for index: {}",
-                        schema.name
-                    ))
-                })?;
-                validate_throughput(throughput)?;
+        for index in indexes {
+            let mut schema = validate_index(index, &definitions, KeyContext::GlobalIndex, &key)?;
+            if global_indexes.iter().any(|existing| existing.name == schema.name) {
+                return Err(validation("Two global secondary indices have the same name"));
             }
-            BillingMode::PayPerRequest => {
-                if index.provisioned_throughput.is_some() {
-                    return Err(validation(format!(
-                        "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {} when BillingMode is PAY_PER_REQUEST",
-                        schema.name
-                    )));
+            if local_indexes.iter().any(|existing| existing.name == schema.name) {
+                return Err(validation(
+                    "Local Secondary Indices AND Global Secondary Indices must have different names",
+                ));
+            }
+            match billing_mode {
+                BillingMode::Provisioned => {
+                    let throughput = index.provisioned_throughput.as_ref().ok_or_else(|| {
+                        validation("No provisioned throughput specified for the global secondary index")
+                    })?;
+                    validate_throughput(throughput, true)?;
                 }
-                schema.provisioned_throughput = None;
+                BillingMode::PayPerRequest => {
+                    if index.provisioned_throughput.is_some() {
+                        return Err(validation(format!(
+                            "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {} when BillingMode is PAY_PER_REQUEST",
+                            schema.name
+                        )));
+                    }
+                    schema.provisioned_throughput = None;
+                }
             }
+            global_indexes.push(schema);
         }
-        global_indexes.push(schema);
+        if global_indexes.len() > GLOBAL_INDEXES_MAX {
+            return Err(DynamoError::new(
+                ErrorKind::LimitExceeded,
+                "One or more parameter values were invalid: Number of GlobalSecondaryIndexes exceeds per-table limit of 20",
+            ));
+        }
     }
-    if input.global_secondary_indexes.as_ref().is_some_and(Vec::is_empty) {
-        return Err(validation("One or more parameter values were invalid: List of GlobalSecondaryIndexes is empty"));
-    }
-    if global_indexes.len() > GLOBAL_INDEXES_MAX {
-        return Err(DynamoError::new(
-            ErrorKind::LimitExceeded,
-            "One or more parameter values were invalid: Number of GlobalSecondaryIndexes exceeds per-table limit of 20",
-        ));
-    }
-    for index in local_indexes.iter().chain(&global_indexes) {
-        used.extend(index.key.names());
-    }
+    let used: Vec<&str> =
+        key.names().chain(local_indexes.iter().chain(&global_indexes).flat_map(|index| index.key.names())).collect();
     if definitions.iter().any(|(name, _)| !used.contains(&name.as_str())) {
         return Err(validation(
-            "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
+            "The number of attributes in key schema must match the number of attributes defined in attribute definitions.",
         ));
     }
 
@@ -527,25 +531,20 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
 fn validate_index(
     index: &IndexDefinition,
     definitions: &[(String, KeyType)],
-    seen_names: &mut Vec<String>,
-    context: &str,
+    context: KeyContext,
+    table_key: &KeySchema,
 ) -> Result<IndexSchema, DynamoError> {
-    let name = index.index_name.clone().ok_or_else(|| {
-        validation(format!(
-            "1 validation error detected: Value null at '{context}.1.member.indexName' failed to satisfy constraint: Member must not be null"
-        ))
-    })?;
+    let name = index.index_name.clone().unwrap_or_default();
     validate_table_name(&name)?;
-    if seen_names.contains(&name) {
-        return Err(validation(format!("One or more parameter values were invalid: Duplicate index name: {name}")));
+    let key = parse_key_schema(index.key_schema.as_deref().unwrap_or_default(), definitions, context)?;
+    if context == KeyContext::LocalIndex {
+        if key.partition.name != table_key.partition.name {
+            return Err(validation("Local Secondary indices must have the same hash key as the main table"));
+        }
+        if key.sort.is_none() || table_key.sort.is_none() {
+            return Err(validation("Local secondary indices must have a range key"));
+        }
     }
-    seen_names.push(name.clone());
-    let key_input = index.key_schema.as_ref().ok_or_else(|| {
-        validation(format!(
-            "1 validation error detected: Value null at '{context}.1.member.keySchema' failed to satisfy constraint: Member must not be null"
-        ))
-    })?;
-    let key = parse_key_schema(key_input, definitions, &format!("{context}.1.member.keySchema"))?;
     let projection = parse_projection(index.projection.as_ref())?;
     Ok(IndexSchema { name, key, projection, provisioned_throughput: index.provisioned_throughput })
 }
@@ -574,13 +573,11 @@ impl TableSchema {
     /// Checks a `Key` parameter (GetItem, UpdateItem, DeleteItem): exactly the key attributes.
     pub fn key_from_key_map(&self, key: &Item) -> Result<ItemKey, DynamoError> {
         let expected = 1 + usize::from(self.key.sort.is_some());
-        if key.len() != expected || !self.key.names().all(|name| key.contains_key(name)) {
-            return Err(validation("The provided key element does not match the schema"));
+        if key.len() != expected {
+            return Err(validation("The number of conditions on the keys is invalid"));
         }
-        for attribute in std::iter::once(&self.key.partition).chain(&self.key.sort) {
-            if !attribute.value_type.matches(&key[&attribute.name]) {
-                return Err(validation("The provided key element does not match the schema"));
-            }
+        if !self.key.names().all(|name| key.contains_key(name)) {
+            return Err(validation("The provided key element does not match the schema"));
         }
         self.key_of_item(key)
     }
@@ -593,13 +590,11 @@ impl TableSchema {
     ) -> Result<AttributeValue, DynamoError> {
         let value =
             item.get(&attribute.name).ok_or_else(|| validation("One of the required keys was not given a value"))?;
+        if !matches!(value, AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)) {
+            return Err(validation("Invalid attribute value type"));
+        }
         if !attribute.value_type.matches(value) {
-            return Err(validation(format!(
-                "One or more parameter values were invalid: Type mismatch for key {} expected: {} actual: {}",
-                attribute.name,
-                attribute.value_type.as_str(),
-                value.value_type()
-            )));
+            return Err(validation("One or more parameter values were invalid: Type mismatch for key"));
         }
         let size = value.size_bytes();
         if size == 0 {
@@ -612,15 +607,10 @@ impl TableSchema {
                 attribute.name
             )));
         }
-        if partition && size > PARTITION_KEY_BYTES_MAX {
-            return Err(validation(format!(
-                "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of{PARTITION_KEY_BYTES_MAX} bytes"
-            )));
-        }
-        if !partition && size > SORT_KEY_BYTES_MAX {
-            return Err(validation(format!(
-                "One or more parameter values were invalid: Aggregated size of all range keys has exceeded the size limit of {SORT_KEY_BYTES_MAX} bytes"
-            )));
+        if (partition && size > PARTITION_KEY_BYTES_MAX) || (!partition && size > SORT_KEY_BYTES_MAX) {
+            return Err(validation(
+                "Hash primary key values must be under 2048 bytes, and range primary key values must be under 1024 bytes",
+            ));
         }
         Ok(value.clone())
     }

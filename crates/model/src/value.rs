@@ -19,8 +19,14 @@ use serde_json::Value as Json;
 use crate::error::DynamoError;
 use crate::number::Number;
 
-/// Deepest nesting of lists and maps DynamoDB accepts.
+/// Deepest nesting DynamoDB accepts, counting the item itself as the first level: an attribute
+/// value may hold at most 31 levels of lists and maps.
 pub const NESTING_DEPTH_MAX: usize = 32;
+/// Deepest nesting of lists and maps inside one attribute value.
+pub const CONTAINER_DEPTH_MAX: usize = NESTING_DEPTH_MAX - 1;
+/// DynamoDB's message when an item nests too deeply.
+pub const NESTING_MESSAGE: &str =
+    "Nesting Levels have exceeded supported limits: Attributes in the item have nested levels beyond supported limit";
 /// Largest item, counting attribute names and values as DynamoDB counts them.
 pub const ITEM_SIZE_BYTES_MAX: usize = 400 * 1024;
 
@@ -163,8 +169,9 @@ impl AttributeValue {
     }
 }
 
+/// One byte per two significant digits, one more, and one more for a negative number.
 fn number_size_bytes(number: &Number) -> usize {
-    (number.significant_digits() as usize).div_ceil(2) + 1
+    (number.significant_digits() as usize).div_ceil(2) + 1 + usize::from(number.is_negative())
 }
 
 /// Size of an item as DynamoDB counts it: every attribute name plus its value.
@@ -248,16 +255,18 @@ fn from_json_at_depth(json: &Json, depth: usize) -> Result<AttributeValue, Dynam
         ValueType::Bs => {
             let mut blobs = json_array(body)?.iter().map(decode_binary).collect::<Result<Vec<_>, _>>()?;
             if blobs.is_empty() {
-                return Err(validation("One or more parameter values were invalid: An binary set  may not be empty"));
+                return Err(validation("One or more parameter values were invalid: Binary sets should not be empty"));
             }
             blobs.sort();
             if has_adjacent_duplicates(&blobs) {
-                return Err(validation("Input collection contains duplicates"));
+                return Err(validation(
+                    "One or more parameter values were invalid: Input collection of type BS contains duplicates.",
+                ));
             }
             AttributeValue::Bs(blobs)
         }
-        ValueType::M | ValueType::L if depth >= NESTING_DEPTH_MAX => {
-            return Err(validation("Nesting Levels have exceeded supported limits"));
+        ValueType::M | ValueType::L if depth >= CONTAINER_DEPTH_MAX => {
+            return Err(validation(NESTING_MESSAGE));
         }
         ValueType::M => {
             let Json::Object(members) = body else {
@@ -265,6 +274,9 @@ fn from_json_at_depth(json: &Json, depth: usize) -> Result<AttributeValue, Dynam
             };
             let mut map = BTreeMap::new();
             for (name, member) in members {
+                if name.is_empty() {
+                    return Err(validation("Empty attribute name"));
+                }
                 map.insert(name.clone(), from_json_at_depth(member, depth + 1)?);
             }
             AttributeValue::M(map)
@@ -326,6 +338,9 @@ fn decode_binary(json: &Json) -> Result<Vec<u8>, DynamoError> {
 pub fn item_from_json(json: &serde_json::Map<String, Json>) -> Result<Item, DynamoError> {
     let mut item = Item::new();
     for (name, value) in json {
+        if name.is_empty() {
+            return Err(validation("Empty attribute name"));
+        }
         item.insert(name.clone(), AttributeValue::from_json(value)?);
     }
     Ok(item)
@@ -428,12 +443,12 @@ mod tests {
     #[test]
     fn limits_nesting_depth() {
         let mut value = json!({"S": "leaf"});
-        for _ in 0..NESTING_DEPTH_MAX {
+        for _ in 0..CONTAINER_DEPTH_MAX {
             value = json!({"L": [value]});
         }
-        assert_eq!(parse(value.clone()).unwrap().depth(), NESTING_DEPTH_MAX);
-        let too_deep = json!({"L": [value]});
-        assert_eq!(parse(too_deep).unwrap_err(), "Nesting Levels have exceeded supported limits");
+        assert_eq!(parse(value.clone()).unwrap().depth(), CONTAINER_DEPTH_MAX);
+        let too_deep = json!({"M": {"x": value}});
+        assert_eq!(parse(too_deep).unwrap_err(), NESTING_MESSAGE);
     }
 
     #[test]

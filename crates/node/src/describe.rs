@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use onggi_model::ops::{BillingModeSummary, IndexDescription, ProvisionedThroughputDescription, TableDescription};
-use onggi_model::table::{AttributeDefinition, BillingMode, IndexSchema};
+use onggi_model::table::{AttributeDefinition, IndexSchema};
 
 use crate::catalog::TableHandle;
 
@@ -57,11 +57,10 @@ pub fn describe(table: &TableHandle, status: &str, region: &str) -> TableDescrip
         item_count: table.item_count.load(Ordering::Relaxed).max(0) as u64,
         table_arn: arn.clone(),
         table_id: schema.id.clone(),
-        billing_mode_summary: (schema.billing_mode == BillingMode::PayPerRequest).then(|| BillingModeSummary {
-            billing_mode: BillingMode::PayPerRequest.as_str().to_string(),
-            last_update_to_pay_per_request_date_time: seconds(
-                schema.pay_per_request_since_ms.unwrap_or(schema.created_ms),
-            ),
+        // DynamoDB describes the billing mode once a table has ever been on demand.
+        billing_mode_summary: schema.pay_per_request_since_ms.map(|since_ms| BillingModeSummary {
+            billing_mode: schema.billing_mode.as_str().to_string(),
+            last_update_to_pay_per_request_date_time: seconds(since_ms),
         }),
         local_secondary_indexes: (!schema.local_indexes.is_empty())
             .then(|| schema.local_indexes.iter().map(|schema| index(schema, false)).collect()),

@@ -1,56 +1,98 @@
-//! The bridge between requests and the pure expression language of `onggi_model::expr`.
+//! The bridge between request members and the pure expression language of `onggi_model::expr`.
 //!
-//! (Interim: expressions are refused until the expression module lands.)
+//! Each operation gathers its expression members (and legacy parameters) into one
+//! [`RequestExpressions`], which resolves placeholders and reports DynamoDB's first error for the
+//! request as a whole. The resolved trees are owned and pure, so the node can evaluate them while
+//! holding an item's lock — and a consensus retry could evaluate them again.
 
+use onggi_model::expr::{Operation, RequestExpressions, ResolvedExpressions, UpdateOutcome};
 use onggi_model::ops::{DeleteItemInput, GetItemInput, PutItemInput, UpdateItemInput};
 use onggi_model::table::TableSchema;
 use onggi_model::{DynamoError, Item};
 
 /// The expressions of one request, parsed, resolved and checked.
-pub(crate) struct Prepared {}
-
-/// The result of applying an update.
-pub(crate) struct UpdateOutcome {
-    /// The item after the update.
-    pub item: Item,
-    /// Projects an item onto the paths the update touched (for `UPDATED_OLD` / `UPDATED_NEW`).
-    pub project_updated: Box<dyn Fn(&Item) -> Item + Send>,
-}
-
-fn unsupported(what: bool) -> Result<(), DynamoError> {
-    if what { Err(DynamoError::validation("expressions are not supported yet")) } else { Ok(()) }
+pub(crate) struct Prepared {
+    resolved: ResolvedExpressions,
 }
 
 pub(crate) fn for_put(input: &PutItemInput) -> Result<Prepared, DynamoError> {
-    unsupported(input.condition_expression.is_some() || input.expected.is_some())?;
-    Ok(Prepared {})
+    let mut request = RequestExpressions::new(Operation::PutItem);
+    request.condition = input.condition_expression.as_deref();
+    request.names = input.expression_attribute_names.as_ref();
+    request.values = input.expression_attribute_values.as_ref();
+    request.expected = input.expected.as_ref();
+    request.conditional_operator = input.conditional_operator.as_ref();
+    Ok(Prepared { resolved: request.resolve()? })
 }
 
 pub(crate) fn for_get(input: &GetItemInput) -> Result<Prepared, DynamoError> {
-    unsupported(input.projection_expression.is_some() || input.attributes_to_get.is_some())?;
-    Ok(Prepared {})
+    let mut request = RequestExpressions::new(Operation::GetItem);
+    request.projection = input.projection_expression.as_deref();
+    request.names = input.expression_attribute_names.as_ref();
+    request.attributes_to_get = input.attributes_to_get.as_ref();
+    Ok(Prepared { resolved: request.resolve()? })
 }
 
-pub(crate) fn for_update(input: &UpdateItemInput) -> Result<Prepared, DynamoError> {
-    unsupported(input.condition_expression.is_some() || input.update_expression.is_some())?;
-    Ok(Prepared {})
+pub(crate) fn for_update(input: &UpdateItemInput, schema: &TableSchema) -> Result<Prepared, DynamoError> {
+    let mut request = RequestExpressions::new(Operation::UpdateItem);
+    request.condition = input.condition_expression.as_deref();
+    request.update = input.update_expression.as_deref();
+    request.names = input.expression_attribute_names.as_ref();
+    request.values = input.expression_attribute_values.as_ref();
+    request.expected = input.expected.as_ref();
+    request.conditional_operator = input.conditional_operator.as_ref();
+    request.attribute_updates = input.attribute_updates.as_ref();
+    let resolved = request.resolve()?;
+    // Key attributes are refused from the expression itself, before the item is read.
+    if let Some(update) = &resolved.update {
+        for action in &update.actions {
+            let attribute = action.path().attribute_name();
+            if schema.key.names().any(|key| key == attribute) {
+                return Err(DynamoError::validation(format!(
+                    "One or more parameter values were invalid: Cannot update attribute {attribute}. This attribute is part of the key"
+                )));
+            }
+        }
+    }
+    Ok(Prepared { resolved })
 }
 
 pub(crate) fn for_delete(input: &DeleteItemInput) -> Result<Prepared, DynamoError> {
-    unsupported(input.condition_expression.is_some() || input.expected.is_some())?;
-    Ok(Prepared {})
+    let mut request = RequestExpressions::new(Operation::DeleteItem);
+    request.condition = input.condition_expression.as_deref();
+    request.names = input.expression_attribute_names.as_ref();
+    request.values = input.expression_attribute_values.as_ref();
+    request.expected = input.expected.as_ref();
+    request.conditional_operator = input.conditional_operator.as_ref();
+    Ok(Prepared { resolved: request.resolve()? })
 }
 
 impl Prepared {
-    pub(crate) fn check(&self, _old: Option<&Item>) -> Result<bool, DynamoError> {
-        Ok(true)
+    /// Whether the request's condition holds for the current item (`None`: no item).
+    pub(crate) fn check(&self, current: Option<&Item>) -> Result<bool, DynamoError> {
+        match &self.resolved.condition {
+            Some(condition) => condition.evaluate(current),
+            None => Ok(true),
+        }
     }
 
+    /// The item as the request's projection shows it.
     pub(crate) fn project(&self, item: Item) -> Item {
-        item
+        match &self.resolved.projection {
+            Some(projection) => projection.apply(&item),
+            None => item,
+        }
     }
 
-    pub(crate) fn apply_update(&self, base: &Item, _schema: &TableSchema) -> Result<UpdateOutcome, DynamoError> {
-        Ok(UpdateOutcome { item: base.clone(), project_updated: Box::new(|_| Item::new()) })
+    /// Applies the request's update to `base` (the current item, or the key alone).
+    pub(crate) fn apply_update(&self, base: &Item) -> Result<UpdateOutcome, DynamoError> {
+        match &self.resolved.update {
+            Some(update) => update.apply(base),
+            None => Ok(UpdateOutcome {
+                item: base.clone(),
+                updated_paths: Vec::new(),
+                written_attributes: Default::default(),
+            }),
+        }
     }
 }

@@ -62,21 +62,16 @@ enum ReturnValues {
 
 fn parse_return_values(value: Option<&str>, allowed: &[ReturnValues]) -> Result<ReturnValues, DynamoError> {
     let parsed = match value {
-        None | Some("NONE") => ReturnValues::None,
-        Some("ALL_OLD") => ReturnValues::AllOld,
-        Some("UPDATED_OLD") => ReturnValues::UpdatedOld,
-        Some("ALL_NEW") => ReturnValues::AllNew,
-        Some("UPDATED_NEW") => ReturnValues::UpdatedNew,
-        Some(other) => {
-            return Err(DynamoError::validation(format!(
-                "1 validation error detected: Value '{other}' at 'returnValues' failed to satisfy constraint: Member must satisfy enum value set: [ALL_NEW, UPDATED_OLD, ALL_OLD, NONE, UPDATED_NEW]"
-            )));
-        }
+        None | Some("NONE") => Some(ReturnValues::None),
+        Some("ALL_OLD") => Some(ReturnValues::AllOld),
+        Some("UPDATED_OLD") => Some(ReturnValues::UpdatedOld),
+        Some("ALL_NEW") => Some(ReturnValues::AllNew),
+        Some("UPDATED_NEW") => Some(ReturnValues::UpdatedNew),
+        Some(_) => None,
     };
-    if !allowed.contains(&parsed) {
-        return Err(DynamoError::validation("Return values set to invalid value"));
-    }
-    Ok(parsed)
+    parsed
+        .filter(|parsed| allowed.contains(parsed))
+        .ok_or_else(|| DynamoError::validation("Return values set to invalid value"))
 }
 
 fn parse_return_on_failure(value: Option<&str>) -> Result<bool, DynamoError> {
@@ -149,15 +144,12 @@ fn read_units(item: Option<&Item>, consistent: bool) -> f64 {
     if consistent { units } else { units / 2.0 }
 }
 
-fn required_map<'a>(
-    value: Option<&'a onggi_model::ops::JsonMap>,
-    member: &str,
-) -> Result<&'a onggi_model::ops::JsonMap, DynamoError> {
-    value.ok_or_else(|| {
-        DynamoError::validation(format!(
-            "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
-        ))
-    })
+fn required_item(value: Option<&onggi_model::ops::JsonMap>) -> Result<&onggi_model::ops::JsonMap, DynamoError> {
+    value.ok_or_else(|| DynamoError::validation("Item to put in PutItem cannot be null"))
+}
+
+fn required_key(value: Option<&onggi_model::ops::JsonMap>) -> Result<&onggi_model::ops::JsonMap, DynamoError> {
+    value.ok_or_else(|| DynamoError::validation("Cannot have null key for GetItem, DeleteItem, or UpdateItem"))
 }
 
 fn condition_failed(old: Option<&Item>, return_old: bool) -> DynamoError {
@@ -193,7 +185,7 @@ impl Node {
 
     pub(crate) async fn put_item_impl(&self, input: PutItemInput) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        let raw_item = required_map(input.item.as_ref(), "item")?;
+        let raw_item = required_item(input.item.as_ref())?;
         let return_values =
             parse_return_values(input.return_values.as_deref(), &[ReturnValues::None, ReturnValues::AllOld])?;
         let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
@@ -225,7 +217,7 @@ impl Node {
 
     pub(crate) async fn get_item_impl(&self, input: GetItemInput) -> Result<GetItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        let raw_key = required_map(input.key.as_ref(), "key")?;
+        let raw_key = required_key(input.key.as_ref())?;
         let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
         let prepared = expressions::for_get(&input)?;
         let table = self.table(name)?;
@@ -250,7 +242,7 @@ impl Node {
 
     pub(crate) async fn update_item_impl(&self, input: UpdateItemInput) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        let raw_key = required_map(input.key.as_ref(), "key")?;
+        let raw_key = required_key(input.key.as_ref())?;
         let return_values = parse_return_values(
             input.return_values.as_deref(),
             &[
@@ -264,8 +256,8 @@ impl Node {
         let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
         let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
         parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
-        let prepared = expressions::for_update(&input)?;
         let table = self.table(name)?;
+        let prepared = expressions::for_update(&input, &table.schema)?;
         let key_item = item_from_json(raw_key)?;
         let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
         let key = item_key(&partition, sort.as_ref());
@@ -277,8 +269,8 @@ impl Node {
         }
         // An update of a missing item creates it from its key.
         let base = old.clone().unwrap_or_else(|| key_item.clone());
-        let outcome = prepared.apply_update(&base, &table.schema)?;
-        let new = outcome.item;
+        let outcome = prepared.apply_update(&base)?;
+        let new = outcome.item.clone();
         let new_size = item_size_bytes(&new);
         if new_size > ITEM_SIZE_BYTES_MAX {
             return Err(DynamoError::validation("Item size to update has exceeded the maximum allowed size"));
@@ -289,9 +281,9 @@ impl Node {
             ReturnValues::AllOld => old.clone(),
             ReturnValues::AllNew => Some(new.clone()),
             ReturnValues::UpdatedOld => {
-                old.as_ref().map(|old| (outcome.project_updated)(old)).filter(|item| !item.is_empty())
+                old.as_ref().map(|old| outcome.project_updated(old)).filter(|item| !item.is_empty())
             }
-            ReturnValues::UpdatedNew => Some((outcome.project_updated)(&new)).filter(|item| !item.is_empty()),
+            ReturnValues::UpdatedNew => Some(outcome.project_updated(&new)).filter(|item| !item.is_empty()),
         };
         self.write_current(&table, key, Some(new)).await?;
         table.account(old.as_ref().map(item_size_bytes), Some(new_size));
@@ -300,7 +292,7 @@ impl Node {
 
     pub(crate) async fn delete_item_impl(&self, input: DeleteItemInput) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        let raw_key = required_map(input.key.as_ref(), "key")?;
+        let raw_key = required_key(input.key.as_ref())?;
         let return_values =
             parse_return_values(input.return_values.as_deref(), &[ReturnValues::None, ReturnValues::AllOld])?;
         let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;

@@ -50,7 +50,7 @@ impl Node {
         let catalog = &self.inner.catalog;
         let _change = catalog.changes.lock().await;
         if catalog.get(&schema.name).is_some() {
-            return Err(DynamoError::new(ErrorKind::ResourceInUse, format!("Table already exists: {}", schema.name)));
+            return Err(DynamoError::new(ErrorKind::ResourceInUse, "Cannot create preexisting table"));
         }
         if catalog.names().len() >= TABLES_MAX {
             return Err(DynamoError::new(
@@ -69,23 +69,17 @@ impl Node {
         input: TableNameInput,
     ) -> Result<DescribeTableOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        let table = self.inner.catalog.get(name).ok_or_else(|| {
-            DynamoError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
-        })?;
+        let table = self.inner.catalog.get(name).ok_or_else(table_not_found)?;
         Ok(DescribeTableOutput { table: describe(&table, "ACTIVE", self.region(context)) })
     }
 
     pub(crate) async fn list_tables_impl(&self, input: ListTablesInput) -> Result<ListTablesOutput, DynamoError> {
         let limit = input.limit.unwrap_or(LIST_TABLES_LIMIT_MAX);
         if limit < 1 {
-            return Err(DynamoError::validation(format!(
-                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"
-            )));
+            return Err(DynamoError::validation("Limit must be greater than or equal to 1"));
         }
         if limit > LIST_TABLES_LIMIT_MAX {
-            return Err(DynamoError::validation(format!(
-                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value less than or equal to 100"
-            )));
+            return Err(DynamoError::validation("Limit in ListTables must be <= 100"));
         }
         if let Some(start) = &input.exclusive_start_table_name {
             validate_table_name(start)?;
@@ -140,9 +134,7 @@ impl Node {
             && input.table_class.is_none()
             && input.stream_specification.is_none()
         {
-            return Err(DynamoError::validation(
-                "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled, GlobalSecondaryIndexUpdates or SSESpecification or ReplicaUpdates is required",
-            ));
+            return Err(DynamoError::validation("Nothing to update"));
         }
         let catalog = &self.inner.catalog;
         let _change = catalog.changes.lock().await;
@@ -226,9 +218,9 @@ impl Node {
         let _change = catalog.changes.lock().await;
         let table = catalog.get(name).ok_or_else(table_not_found)?;
         if table.schema.deletion_protection {
-            return Err(DynamoError::validation(format!(
-                "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first."
-            )));
+            return Err(DynamoError::validation(
+                "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first.",
+            ));
         }
         // Describe before removing, so the description carries the final statistics.
         let description = describe(&table, "DELETING", self.region(context));

@@ -22,13 +22,31 @@ fn main() {
         None => tempfile::tempdir().expect("create a temporary directory"),
     };
     println!("directory {}, {} s per measurement, 100-byte values", root.path().display(), duration.as_secs());
+    let idle = FjallEngine::open(root.path().join("idle"), FjallOptions::default()).expect("open the engine");
+    for table in 0..5 {
+        idle.open_tree(&format!("table-{table}")).expect("open a tree");
+    }
+    println!("resident memory with an idle engine and 5 empty trees: {} KiB", resident_kibibytes());
+    drop(idle);
     println!("{:>11} {:>22} {:>22} {:>8}", "committers", "group commit (c/s)", "fsync per commit (c/s)", "ratio");
     for (run, committers) in [1_usize, 16, 64].into_iter().enumerate() {
-        let grouped = measure(&root.path().join(format!("grouped-{run}")), FjallOptions::default(), committers, duration);
+        let grouped =
+            measure(&root.path().join(format!("grouped-{run}")), FjallOptions::default(), committers, duration);
         let single_options = FjallOptions { group_batches_max: 1, ..FjallOptions::default() };
         let single = measure(&root.path().join(format!("single-{run}")), single_options, committers, duration);
         println!("{committers:>11} {grouped:>22.0} {single:>22.0} {:>8.1}", grouped / single);
     }
+    println!("resident memory at the end: {} KiB", resident_kibibytes());
+}
+
+/// The process's resident set size from `/proc/self/status` (Linux), or 0 if unknown.
+fn resident_kibibytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs `committers` threads committing single-put `Sync` batches for `duration`; returns commits

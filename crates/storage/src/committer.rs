@@ -84,7 +84,8 @@ pub(crate) struct GroupLimits {
     pub(crate) group_bytes_max: usize,
 }
 
-/// The committer thread's body; returns when every sender is gone and the queue is empty.
+/// The committer thread's body; returns when every sender is gone and the queue is empty, after
+/// a final fsync of the journal.
 pub(crate) fn run(
     receiver: Receiver<Request>,
     database: Database,
@@ -126,6 +127,13 @@ pub(crate) fn run(
                 .unwrap_or_else(|| Err(StorageError::backend("commit", "internal error: the committer lost a result")));
             complete(on_done, result);
         }
+    }
+    // Shutdown: make everything written so far durable. Done here rather than in the engine's
+    // `Drop`, which may itself run on this thread (if a completion held the last engine handle).
+    if shared.usable().is_ok()
+        && let Err(error) = database.persist(PersistMode::SyncData)
+    {
+        shared.poison(format!("final journal fsync at shutdown failed: {error}"));
     }
 }
 
@@ -219,7 +227,8 @@ fn superseded(operations: &[WriteOperation]) -> Vec<bool> {
     }
     let mut seen = HashSet::with_capacity(operations.len());
     for (index, operation) in operations.iter().enumerate().rev() {
-        if !seen.insert((operation.tree(), operation.key())) {
+        // By name: `prepare` checked that every handle is live, so one name is one incarnation.
+        if !seen.insert((operation.tree().name(), operation.key())) {
             superseded[index] = true;
         }
     }

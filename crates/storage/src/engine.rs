@@ -83,7 +83,8 @@ pub trait Engine: Send + Sync + 'static {
     /// `on_done` may run on the calling thread before `commit` returns (always for the memory
     /// engine; for errors found before queueing with the fjall engine) or on the engine's
     /// committer thread. It must be quick and must not block (send on a channel, wake a task): a
-    /// slow completion delays every commit after it. A panic in it is caught and logged.
+    /// slow completion delays every commit after it, and one that waits for another commit or
+    /// for `flush` deadlocks the committer. A panic in it is caught and logged.
     ///
     /// Concurrent `Sync` commits share fsyncs (group commit). Batches complete in the order they
     /// were applied.
@@ -167,6 +168,9 @@ pub fn scan_prefix(
     engine.range(tree, lower, upper, direction)
 }
 
+/// A lower and an upper bound on keys.
+pub(crate) type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// Rewrites range bounds into equivalent ones that both engines accept, or returns `None` if the
 /// range is certainly empty.
 ///
@@ -174,10 +178,7 @@ pub fn scan_prefix(
 /// as none; an empty upper bound admits nothing; and a bound `b` longer than the limit can be cut
 /// to its first `KEY_BYTES_MAX` bytes `t` — a stored key is above `b` exactly when it is above `t`,
 /// and below `b` exactly when it is at most `t`. The result never makes `BTreeMap::range` panic.
-pub(crate) fn normalize_range(
-    lower: Bound<Vec<u8>>,
-    upper: Bound<Vec<u8>>,
-) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+pub(crate) fn normalize_range(lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>) -> Option<KeyRange> {
     let lower = match lower {
         Bound::Included(key) | Bound::Excluded(key) if key.is_empty() => Bound::Unbounded,
         Bound::Included(mut key) | Bound::Excluded(mut key) if key.len() > KEY_BYTES_MAX => {

@@ -11,12 +11,14 @@
 //! The defaults of [`FjallOptions`] aim at a whole server idling under about 30 MB: an 8 MiB block
 //! cache (filled lazily, so a fresh server uses almost none of it), memtables sealed at 8 MiB per
 //! tree, and at most 128 MiB of journal, which also bounds the unflushed memtable data of all trees
-//! together. Only trees that received writes since their last flush hold memtable memory.
+//! together. Only trees that received writes since their last flush hold memtable memory. Measured
+//! with `examples/commit_bench.rs`: a process with an open engine and five empty trees is 3.7 MiB
+//! resident.
 //!
 //! # Shutdown
 //!
-//! Dropping the engine closes the queue, lets the committer finish every queued commit (each gets
-//! its completion), joins the thread, then fsyncs the journal. Tree handles that outlive the
+//! Dropping the engine closes the queue; the committer finishes every queued commit (each gets its
+//! completion), fsyncs the journal and exits, and the drop waits for it. Tree handles that outlive the
 //! engine keep their keyspace's files open but can no longer be used for writes.
 
 use crate::committer::{self, GroupLimits, Request, Shared, keyspace_of};
@@ -26,7 +28,7 @@ use crate::{
     BoxIter, Completion, Direction, Durability, Engine, EngineId, StorageError, Tree, WriteBatch, commit_wait,
     validate_tree_name,
 };
-use fjall::{Database, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Readable};
+use fjall::{Database, KeyspaceCreateOptions, KvSeparationOptions, Readable};
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -359,16 +361,16 @@ impl Engine for FjallEngine {
 impl Drop for FjallEngine {
     fn drop(&mut self) {
         // Closing the queue lets the committer drain it, complete every request and exit.
+        // The committer then fsyncs the journal one last time and exits.
         drop(self.sender.take());
-        if let Some(committer) = self.committer.take()
-            && committer.join().is_err()
-        {
-            tracing::error!(path = %self.path.display(), "the storage committer thread panicked");
+        let Some(committer) = self.committer.take() else { return };
+        if committer.thread().id() == std::thread::current().id() {
+            // The last handle was dropped by a completion, on the committer itself: it cannot
+            // join itself, and it exits on its own once the completion returns.
+            return;
         }
-        if self.shared.usable().is_ok()
-            && let Err(error) = self.database.persist(PersistMode::SyncData)
-        {
-            tracing::error!(path = %self.path.display(), %error, "final journal fsync failed at shutdown");
+        if committer.join().is_err() {
+            tracing::error!(path = %self.path.display(), "the storage committer thread panicked");
         }
     }
 }

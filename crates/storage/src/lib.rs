@@ -85,6 +85,8 @@
 //! creates a directory, and refuses to open a directory whose marker differs or is missing from a
 //! non-empty directory. Any change to how this crate lays out data gets a new marker value.
 
+#![warn(missing_docs)]
+
 mod batch;
 mod committer;
 pub mod conformance;

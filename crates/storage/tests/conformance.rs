@@ -224,6 +224,49 @@ fn fjall_full_queue_refuses_commits() {
     commit_wait(&engine, batch, Durability::Sync).unwrap();
 }
 
+#[test]
+fn fjall_last_handle_dropped_inside_a_completion() {
+    let directory = tempfile::tempdir().unwrap();
+    let engine = Arc::new(FjallEngine::open(directory.path(), FjallOptions::default()).unwrap());
+    let tree = engine.open_tree("items").unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(&tree, b"k".to_vec(), b"v".to_vec());
+    drop(tree);
+
+    // The completion holds the last handle and drops it on the committer thread, which therefore
+    // runs the engine's `Drop`; that must neither deadlock nor lose the write.
+    let held = Arc::clone(&engine);
+    let (dropped_sender, dropped) = mpsc::channel::<()>();
+    let (result_sender, results) = mpsc::channel();
+    engine.commit(
+        batch,
+        Durability::Sync,
+        Box::new(move |result| {
+            dropped.recv_timeout(Duration::from_secs(30)).unwrap();
+            drop(held);
+            result_sender.send(result).unwrap();
+        }),
+    );
+    drop(engine);
+    dropped_sender.send(()).unwrap();
+    results.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+
+    // The committer thread releases the directory lock as it exits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let engine = loop {
+        match FjallEngine::open(directory.path(), FjallOptions::default()) {
+            Ok(engine) => break engine,
+            Err(error) if Instant::now() < deadline => {
+                assert!(error.to_string().contains("in use"), "{error}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => panic!("the engine was not released: {error}"),
+        }
+    };
+    let tree = engine.open_tree("items").unwrap();
+    assert_eq!(engine.get(&tree, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
 /// Selects the writer role of the crash test in the child process, and names its directory.
 const CRASH_DIRECTORY_VARIABLE: &str = "ONGGI_STORAGE_CRASH_WRITER_DIRECTORY";
 /// Which round of the crash test the child writes (keys are unique per round).

@@ -151,7 +151,9 @@ impl Condition {
                 let Some(subject) = value(subject) else {
                     return false;
                 };
-                candidates.iter().any(|candidate| value(candidate).is_some_and(|candidate| candidate.get() == subject.get()))
+                candidates
+                    .iter()
+                    .any(|candidate| value(candidate).is_some_and(|candidate| candidate.get() == subject.get()))
             }
             Condition::AttributeExists(path) => item.and_then(|item| lookup(item, path)).is_some(),
             Condition::AttributeNotExists(path) => item.and_then(|item| lookup(item, path)).is_none(),

@@ -168,10 +168,6 @@ impl Placeholders {
         Ok(placeholders)
     }
 
-    pub(crate) fn has_names(&self) -> bool {
-        !self.name_order.is_empty()
-    }
-
     pub(crate) fn has_values(&self) -> bool {
         !self.value_order.is_empty()
     }
@@ -246,10 +242,8 @@ pub(crate) fn java_hash_set_order<'k>(keys: &[&'k str]) -> Vec<&'k str> {
 /// Empty text, then the size limit.
 pub(crate) fn check_size(text: &str, kind: ExpressionKind) -> Result<(), DynamoError> {
     if text.len() > EXPRESSION_SIZE_BYTES_MAX {
-        return Err(kind.error(format!(
-            "Expression size has exceeded the maximum allowed size; expression size: {}",
-            text.len()
-        )));
+        return Err(kind
+            .error(format!("Expression size has exceeded the maximum allowed size; expression size: {}", text.len())));
     }
     Ok(())
 }
@@ -261,9 +255,7 @@ fn redundant_parentheses(kind: ExpressionKind) -> DynamoError {
 fn operand_has_redundant_parentheses(operand: &RawOperand) -> bool {
     match operand {
         RawOperand::Path(_) | RawOperand::Value(_) => false,
-        RawOperand::Paren(inner) => {
-            matches!(**inner, RawOperand::Paren(_)) || operand_has_redundant_parentheses(inner)
-        }
+        RawOperand::Paren(inner) => matches!(**inner, RawOperand::Paren(_)) || operand_has_redundant_parentheses(inner),
         RawOperand::Call(_, arguments) => arguments.iter().any(operand_has_redundant_parentheses),
         RawOperand::Plus(left, right) | RawOperand::Minus(left, right) => {
             operand_has_redundant_parentheses(left) || operand_has_redundant_parentheses(right)
@@ -276,7 +268,9 @@ fn condition_has_redundant_parentheses(condition: &RawCondition) -> bool {
         RawCondition::Compare(_, left, right) => {
             operand_has_redundant_parentheses(left) || operand_has_redundant_parentheses(right)
         }
-        RawCondition::Between(subject, low, high) => [subject, low, high].into_iter().any(operand_has_redundant_parentheses),
+        RawCondition::Between(subject, low, high) => {
+            [subject, low, high].into_iter().any(operand_has_redundant_parentheses)
+        }
         RawCondition::In(subject, list) => {
             operand_has_redundant_parentheses(subject) || list.iter().any(operand_has_redundant_parentheses)
         }
@@ -308,7 +302,9 @@ fn condition_operators(condition: &RawCondition) -> usize {
         RawCondition::Between(subject, low, high) => {
             1 + operand_operators(subject) + operand_operators(low) + operand_operators(high)
         }
-        RawCondition::In(subject, list) => 1 + operand_operators(subject) + list.iter().map(operand_operators).sum::<usize>(),
+        RawCondition::In(subject, list) => {
+            1 + operand_operators(subject) + list.iter().map(operand_operators).sum::<usize>()
+        }
         RawCondition::Call(_, arguments) => 1 + arguments.iter().map(operand_operators).sum::<usize>(),
         RawCondition::Not(inner) | RawCondition::Paren(inner) => {
             usize::from(matches!(condition, RawCondition::Not(_))) + condition_operators(inner)
@@ -322,10 +318,9 @@ fn condition_operators(condition: &RawCondition) -> usize {
 fn check_operator_count(count: usize, kind: ExpressionKind) -> Result<(), DynamoError> {
     if count > OPERATORS_MAX {
         // DynamoDB counts as it goes and stops at the first operator past the limit.
-        return Err(kind.error(format!(
-            "The expression contains too many operators; operator count: {}",
-            OPERATORS_MAX + 1
-        )));
+        return Err(
+            kind.error(format!("The expression contains too many operators; operator count: {}", OPERATORS_MAX + 1))
+        );
     }
     Ok(())
 }
@@ -368,14 +363,18 @@ impl NameCheck {
         };
         if self.kind == ExpressionKind::Update {
             if !function.allowed_in_update() {
-                return Err(self.kind.error(format!("The function is not allowed in an update expression; function: {name}")));
+                return Err(self
+                    .kind
+                    .error(format!("The function is not allowed in an update expression; function: {name}")));
             }
         } else if function.allowed_in_update() {
-            return Err(self.kind.error(format!("The function is not allowed in a condition expression; function: {name}")));
+            return Err(self
+                .kind
+                .error(format!("The function is not allowed in a condition expression; function: {name}")));
         } else if function.is_condition() != (position == Position::Condition) {
-            return Err(self.kind.error(format!(
-                "The function is not allowed to be used this way in an expression; function: {name}"
-            )));
+            return Err(self
+                .kind
+                .error(format!("The function is not allowed to be used this way in an expression; function: {name}")));
         }
         arguments.iter().try_for_each(|argument| self.operand(argument))
     }
@@ -456,17 +455,18 @@ impl Resolver<'_> {
         for element in &path.0 {
             elements.push(match element {
                 RawElement::Name(name) => PathElement::Name(name.clone()),
-                RawElement::Placeholder(placeholder) => PathElement::Name(self.placeholders.name(placeholder, self.kind)?),
+                RawElement::Placeholder(placeholder) => {
+                    PathElement::Name(self.placeholders.name(placeholder, self.kind)?)
+                }
                 RawElement::Index(digits) => {
                     PathElement::Index(digits.parse::<usize>().expect("index range checked before resolution"))
                 }
             });
         }
         if elements.len() > PATH_ELEMENTS_MAX {
-            return Err(self.kind.error(format!(
-                "The document path has too many nesting levels; nesting levels: {}",
-                elements.len()
-            )));
+            return Err(self
+                .kind
+                .error(format!("The document path has too many nesting levels; nesting levels: {}", elements.len())));
         }
         Ok(Path::new(elements))
     }
@@ -489,9 +489,9 @@ impl Resolver<'_> {
     fn require_path(&self, name: &str, operand: Operand) -> Result<Path, DynamoError> {
         match operand {
             Operand::Path(path) => Ok(path),
-            _ => Err(self.kind.error(format!(
-                "Operator or function requires a document path; operator or function: {name}"
-            ))),
+            _ => Err(self
+                .kind
+                .error(format!("Operator or function requires a document path; operator or function: {name}"))),
         }
     }
 
@@ -524,170 +524,197 @@ impl Resolver<'_> {
         Ok(())
     }
 
+    // The recursive functions only dispatch: each arm's work is in its own function, so the
+    // frames on the recursion path stay small (debug builds give a big match one frame holding
+    // every arm's temporaries, which overflowed the stack at ~20 levels).
     fn operand(&mut self, operand: &RawOperand) -> Result<Operand, DynamoError> {
-        Ok(match operand {
-            RawOperand::Path(path) => Operand::Path(self.path(path)?),
-            RawOperand::Value(placeholder) => Operand::Value(self.placeholders.value(placeholder, self.kind)?),
-            RawOperand::Paren(inner) => self.operand(inner)?,
-            RawOperand::Plus(left, right) | RawOperand::Minus(left, right) => {
-                let symbol = if matches!(operand, RawOperand::Plus(..)) { "+" } else { "-" };
-                let left = self.operand(left)?;
-                let right = self.operand(right)?;
-                self.check_types(symbol, &left, &[ValueType::N])?;
-                self.check_types(symbol, &right, &[ValueType::N])?;
-                if symbol == "+" {
-                    Operand::Plus(Box::new(left), Box::new(right))
-                } else {
-                    Operand::Minus(Box::new(left), Box::new(right))
-                }
+        match operand {
+            RawOperand::Path(path) => Ok(Operand::Path(self.path(path)?)),
+            RawOperand::Value(placeholder) => Ok(Operand::Value(self.placeholders.value(placeholder, self.kind)?)),
+            RawOperand::Paren(inner) => self.operand(inner),
+            RawOperand::Plus(left, right) => self.arithmetic("+", left, right),
+            RawOperand::Minus(left, right) => self.arithmetic("-", left, right),
+            RawOperand::Call(name, arguments) => self.operand_call(name, arguments),
+        }
+    }
+
+    #[inline(never)]
+    fn arithmetic(&mut self, symbol: &str, left: &RawOperand, right: &RawOperand) -> Result<Operand, DynamoError> {
+        let left = self.operand(left)?;
+        let right = self.operand(right)?;
+        self.check_types(symbol, &left, &[ValueType::N])?;
+        self.check_types(symbol, &right, &[ValueType::N])?;
+        Ok(if symbol == "+" {
+            Operand::Plus(Box::new(left), Box::new(right))
+        } else {
+            Operand::Minus(Box::new(left), Box::new(right))
+        })
+    }
+
+    #[inline(never)]
+    fn operand_call(&mut self, name: &str, arguments: &[RawOperand]) -> Result<Operand, DynamoError> {
+        let function = Function::parse(name).expect("function names checked before resolution");
+        let mut resolved = arguments.iter().map(|argument| self.operand(argument)).collect::<Result<Vec<_>, _>>()?;
+        self.arity(name, function, resolved.len())?;
+        Ok(match function {
+            Function::Size => {
+                const SIZED: [ValueType; 7] = [
+                    ValueType::S,
+                    ValueType::B,
+                    ValueType::Ss,
+                    ValueType::Ns,
+                    ValueType::Bs,
+                    ValueType::L,
+                    ValueType::M,
+                ];
+                self.check_types(name, &resolved[0], &SIZED)?;
+                Operand::Size(Box::new(resolved.remove(0)))
             }
-            RawOperand::Call(name, arguments) => {
-                let function = Function::parse(name).expect("function names checked before resolution");
-                let mut resolved = arguments.iter().map(|argument| self.operand(argument)).collect::<Result<Vec<_>, _>>()?;
-                self.arity(name, function, resolved.len())?;
-                match function {
-                    Function::Size => {
-                        const SIZED: [ValueType; 7] = [
-                            ValueType::S,
-                            ValueType::B,
-                            ValueType::Ss,
-                            ValueType::Ns,
-                            ValueType::Bs,
-                            ValueType::L,
-                            ValueType::M,
-                        ];
-                        self.check_types(name, &resolved[0], &SIZED)?;
-                        Operand::Size(Box::new(resolved.remove(0)))
-                    }
-                    Function::IfNotExists => {
-                        let fallback = resolved.pop().expect("arity checked");
-                        let path = self.require_path(name, resolved.pop().expect("arity checked"))?;
-                        Operand::IfNotExists(path, Box::new(fallback))
-                    }
-                    Function::ListAppend => {
-                        self.check_types(name, &resolved[0], &[ValueType::L])?;
-                        self.check_types(name, &resolved[1], &[ValueType::L])?;
-                        let second = resolved.pop().expect("arity checked");
-                        let first = resolved.pop().expect("arity checked");
-                        Operand::ListAppend(Box::new(first), Box::new(second))
-                    }
-                    _ => unreachable!("condition functions are refused in operand position before resolution"),
-                }
+            Function::IfNotExists => {
+                let fallback = resolved.pop().expect("arity checked");
+                let path = self.require_path(name, resolved.pop().expect("arity checked"))?;
+                Operand::IfNotExists(path, Box::new(fallback))
             }
+            Function::ListAppend => {
+                self.check_types(name, &resolved[0], &[ValueType::L])?;
+                self.check_types(name, &resolved[1], &[ValueType::L])?;
+                let second = resolved.pop().expect("arity checked");
+                let first = resolved.pop().expect("arity checked");
+                Operand::ListAppend(Box::new(first), Box::new(second))
+            }
+            _ => unreachable!("condition functions are refused in operand position before resolution"),
         })
     }
 
     fn condition(&mut self, condition: &RawCondition) -> Result<Condition, DynamoError> {
-        const ORDERED: [ValueType; 3] = [ValueType::N, ValueType::S, ValueType::B];
-        Ok(match condition {
-            RawCondition::Compare(comparator, left, right) => {
-                let left = self.operand(left)?;
-                let right = self.operand(right)?;
-                let symbol = comparator.as_str();
-                if !matches!(comparator, Comparator::Equal | Comparator::NotEqual) {
-                    self.check_types(symbol, &left, &ORDERED)?;
-                    self.check_types(symbol, &right, &ORDERED)?;
-                }
-                self.check_distinct(symbol, &left, &[&right])?;
-                Condition::Compare(*comparator, left, right)
-            }
-            RawCondition::Between(subject, low, high) => {
-                let subject = self.operand(subject)?;
-                let low = self.operand(low)?;
-                let high = self.operand(high)?;
-                for operand in [&subject, &low, &high] {
-                    self.check_types("BETWEEN", operand, &ORDERED)?;
-                }
-                self.check_distinct("BETWEEN", &subject, &[&low, &high])?;
-                if let (Operand::Value(low_value), Operand::Value(high_value)) = (&low, &high) {
-                    if low_value.value_type() != high_value.value_type() {
-                        return Err(self.kind.error(format!(
-                            "The BETWEEN operator requires same data type for lower and upper bounds; lower bound operand: {}, upper bound operand: {}",
-                            java_attribute_value(low_value),
-                            java_attribute_value(high_value)
-                        )));
-                    }
-                    if super::eval::compare_values(low_value, high_value) == Some(std::cmp::Ordering::Greater) {
-                        return Err(self.kind.error(format!(
-                            "The BETWEEN operator requires upper bound to be greater than or equal to lower bound; lower bound operand: {}, upper bound operand: {}",
-                            java_attribute_value(low_value),
-                            java_attribute_value(high_value)
-                        )));
-                    }
-                }
-                Condition::Between(subject, low, high)
-            }
-            RawCondition::In(subject, list) => {
-                let subject = self.operand(subject)?;
-                let list = list.iter().map(|operand| self.operand(operand)).collect::<Result<Vec<_>, _>>()?;
-                if list.len() > IN_OPERANDS_MAX {
-                    return Err(self.kind.error(format!(
-                        "The IN operator is provided with too many operands; number of operands: {}",
-                        list.len()
-                    )));
-                }
-                self.check_distinct("IN", &subject, &list.iter().collect::<Vec<_>>())?;
-                Condition::In(subject, list)
-            }
-            RawCondition::Call(name, arguments) => {
-                let function = Function::parse(name).expect("function names checked before resolution");
-                let mut resolved = arguments.iter().map(|argument| self.operand(argument)).collect::<Result<Vec<_>, _>>()?;
-                self.arity(name, function, resolved.len())?;
-                match function {
-                    Function::AttributeExists => Condition::AttributeExists(self.require_path(name, resolved.remove(0))?),
-                    Function::AttributeNotExists => {
-                        Condition::AttributeNotExists(self.require_path(name, resolved.remove(0))?)
-                    }
-                    Function::AttributeType => {
-                        let descriptor = resolved.pop().expect("arity checked");
-                        let path = self.require_path(name, resolved.pop().expect("arity checked"))?;
-                        let value_type = match descriptor {
-                            Operand::Value(AttributeValue::S(text)) => ValueType::parse(&text).ok_or_else(|| {
-                                self.kind.error(format!(
-                                    "Invalid attribute type name found; type: {text}, valid types: {{N,BS,L,B,NULL,M,S,SS,NS,BOOL}}"
-                                ))
-                            })?,
-                            Operand::Path(_) => {
-                                return Err(self.type_error(
-                                    name,
-                                    "{M,BOOL,DICT,S,L,HD,HDS,INTSET,DECIMAL,B,DOUBLESET,BS,DECIMALSET,SS,NS,INT,N,FLOAT,DOUBLE,NULL,FS}",
-                                ));
-                            }
-                            other => {
-                                let value_type = Self::static_type(&other).unwrap_or(ValueType::N);
-                                return Err(self.type_error(name, value_type));
-                            }
-                        };
-                        Condition::AttributeType(path, value_type)
-                    }
-                    Function::BeginsWith => {
-                        self.check_types(name, &resolved[0], &[ValueType::S, ValueType::B])?;
-                        self.check_types(name, &resolved[1], &[ValueType::S, ValueType::B])?;
-                        self.check_distinct(name, &resolved[0], &[&resolved[1]])?;
-                        let prefix = resolved.pop().expect("arity checked");
-                        Condition::BeginsWith(resolved.pop().expect("arity checked"), prefix)
-                    }
-                    Function::Contains => {
-                        self.check_distinct(name, &resolved[0], &[&resolved[1]])?;
-                        let member = resolved.pop().expect("arity checked");
-                        Condition::Contains(resolved.pop().expect("arity checked"), member)
-                    }
-                    _ => unreachable!("operand functions are refused in condition position before resolution"),
-                }
-            }
-            RawCondition::Not(inner) => Condition::Not(Box::new(self.condition(inner)?)),
-            RawCondition::Paren(inner) => self.condition(inner)?,
+        match condition {
+            RawCondition::Compare(comparator, left, right) => self.compare(*comparator, left, right),
+            RawCondition::Between(subject, low, high) => self.between(subject, low, high),
+            RawCondition::In(subject, list) => self.in_list(subject, list),
+            RawCondition::Call(name, arguments) => self.condition_call(name, arguments),
+            RawCondition::Not(inner) => Ok(Condition::Not(Box::new(self.condition(inner)?))),
+            RawCondition::Paren(inner) => self.condition(inner),
             RawCondition::And(left, right) => {
                 let left = self.condition(left)?;
-                Condition::And(Box::new(left), Box::new(self.condition(right)?))
+                Ok(Condition::And(Box::new(left), Box::new(self.condition(right)?)))
             }
             RawCondition::Or(left, right) => {
                 let left = self.condition(left)?;
-                Condition::Or(Box::new(left), Box::new(self.condition(right)?))
+                Ok(Condition::Or(Box::new(left), Box::new(self.condition(right)?)))
             }
+        }
+    }
+
+    #[inline(never)]
+    fn compare(
+        &mut self,
+        comparator: Comparator,
+        left: &RawOperand,
+        right: &RawOperand,
+    ) -> Result<Condition, DynamoError> {
+        let left = self.operand(left)?;
+        let right = self.operand(right)?;
+        let symbol = comparator.as_str();
+        if !matches!(comparator, Comparator::Equal | Comparator::NotEqual) {
+            self.check_types(symbol, &left, &ORDERED)?;
+            self.check_types(symbol, &right, &ORDERED)?;
+        }
+        self.check_distinct(symbol, &left, &[&right])?;
+        Ok(Condition::Compare(comparator, left, right))
+    }
+
+    #[inline(never)]
+    fn between(&mut self, subject: &RawOperand, low: &RawOperand, high: &RawOperand) -> Result<Condition, DynamoError> {
+        let subject = self.operand(subject)?;
+        let low = self.operand(low)?;
+        let high = self.operand(high)?;
+        for operand in [&subject, &low, &high] {
+            self.check_types("BETWEEN", operand, &ORDERED)?;
+        }
+        self.check_distinct("BETWEEN", &subject, &[&low, &high])?;
+        if let (Operand::Value(low_value), Operand::Value(high_value)) = (&low, &high) {
+            if low_value.value_type() != high_value.value_type() {
+                return Err(self.kind.error(format!(
+                    "The BETWEEN operator requires same data type for lower and upper bounds; lower bound operand: {}, upper bound operand: {}",
+                    java_attribute_value(low_value),
+                    java_attribute_value(high_value)
+                )));
+            }
+            if super::eval::compare_values(low_value, high_value) == Some(std::cmp::Ordering::Greater) {
+                return Err(self.kind.error(format!(
+                    "The BETWEEN operator requires upper bound to be greater than or equal to lower bound; lower bound operand: {}, upper bound operand: {}",
+                    java_attribute_value(low_value),
+                    java_attribute_value(high_value)
+                )));
+            }
+        }
+        Ok(Condition::Between(subject, low, high))
+    }
+
+    #[inline(never)]
+    fn in_list(&mut self, subject: &RawOperand, list: &[RawOperand]) -> Result<Condition, DynamoError> {
+        let subject = self.operand(subject)?;
+        let list = list.iter().map(|operand| self.operand(operand)).collect::<Result<Vec<_>, _>>()?;
+        if list.len() > IN_OPERANDS_MAX {
+            return Err(self.kind.error(format!(
+                "The IN operator is provided with too many operands; number of operands: {}",
+                list.len()
+            )));
+        }
+        self.check_distinct("IN", &subject, &list.iter().collect::<Vec<_>>())?;
+        Ok(Condition::In(subject, list))
+    }
+
+    #[inline(never)]
+    fn condition_call(&mut self, name: &str, arguments: &[RawOperand]) -> Result<Condition, DynamoError> {
+        let function = Function::parse(name).expect("function names checked before resolution");
+        let mut resolved = arguments.iter().map(|argument| self.operand(argument)).collect::<Result<Vec<_>, _>>()?;
+        self.arity(name, function, resolved.len())?;
+        Ok(match function {
+            Function::AttributeExists => Condition::AttributeExists(self.require_path(name, resolved.remove(0))?),
+            Function::AttributeNotExists => Condition::AttributeNotExists(self.require_path(name, resolved.remove(0))?),
+            Function::AttributeType => {
+                let descriptor = resolved.pop().expect("arity checked");
+                let path = self.require_path(name, resolved.pop().expect("arity checked"))?;
+                let value_type = match descriptor {
+                    Operand::Value(AttributeValue::S(text)) => ValueType::parse(&text).ok_or_else(|| {
+                        self.kind.error(format!(
+                            "Invalid attribute type name found; type: {text}, valid types: {{N,BS,L,B,NULL,M,S,SS,NS,BOOL}}"
+                        ))
+                    })?,
+                    Operand::Path(_) => {
+                        // DynamoDB Local's own wording, internal type names included.
+                        return Err(self.type_error(
+                            name,
+                            "{M,BOOL,DICT,S,L,HD,HDS,INTSET,DECIMAL,B,DOUBLESET,BS,DECIMALSET,SS,NS,INT,N,FLOAT,DOUBLE,NULL,FS}",
+                        ));
+                    }
+                    other => {
+                        let value_type = Self::static_type(&other).unwrap_or(ValueType::N);
+                        return Err(self.type_error(name, value_type));
+                    }
+                };
+                Condition::AttributeType(path, value_type)
+            }
+            Function::BeginsWith => {
+                self.check_types(name, &resolved[0], &[ValueType::S, ValueType::B])?;
+                self.check_types(name, &resolved[1], &[ValueType::S, ValueType::B])?;
+                self.check_distinct(name, &resolved[0], &[&resolved[1]])?;
+                let prefix = resolved.pop().expect("arity checked");
+                Condition::BeginsWith(resolved.pop().expect("arity checked"), prefix)
+            }
+            Function::Contains => {
+                self.check_distinct(name, &resolved[0], &[&resolved[1]])?;
+                let member = resolved.pop().expect("arity checked");
+                Condition::Contains(resolved.pop().expect("arity checked"), member)
+            }
+            _ => unreachable!("operand functions are refused in condition position before resolution"),
         })
     }
 }
+
+/// The types `<`, `<=`, `>`, `>=` and `BETWEEN` order.
+const ORDERED: [ValueType; 3] = [ValueType::N, ValueType::S, ValueType::B];
 
 /// Whether two paths overlap (one is a prefix of the other) or conflict (they diverge at one
 /// step where one indexes a list and the other looks up a map key).

@@ -15,9 +15,12 @@ use crate::error::DynamoError;
 
 use super::lexer::{Keyword, Token, TokenKind, tokenize};
 
-/// Deepest nesting of parentheses, `NOT`s and function calls the parser follows. DynamoDB's
-/// 4 KB expression limit would allow ~2000 levels; real expressions need a handful.
-pub const NESTING_DEPTH_MAX: usize = 100;
+/// Deepest nesting of parentheses, `NOT`s and function calls the parser follows, so that the
+/// recursion (parsing, resolution, evaluation, drop) stays far from the end of a 2 MB stack even
+/// in debug builds. DynamoDB itself accepts deeper nesting (up to its 300-operator limit); real
+/// expressions stay far below. Past the limit we answer with the message DynamoDB gives for the
+/// usual causes of deep nesting: redundant parentheses, or too many operators.
+pub const NESTING_DEPTH_MAX: usize = 64;
 
 /// One element of a document path as written.
 #[derive(Clone, Debug, PartialEq)]
@@ -246,10 +249,16 @@ impl<'a> Parser<'a> {
     fn enter(&mut self) -> Parsed<()> {
         self.depth += 1;
         if self.depth > NESTING_DEPTH_MAX {
-            return Err(self.kind.error(format!(
-                "The expression is nested too deeply; nesting levels: {}, limit: {}",
-                self.depth, NESTING_DEPTH_MAX
-            )));
+            // Past this depth every expression either nests parentheses directly (redundant) or
+            // has more than 300 operators; report what DynamoDB would.
+            let nested_parentheses = self.position >= 2
+                && self.tokens[self.position - 1].kind == TokenKind::OpenParen
+                && self.tokens[self.position - 2].kind == TokenKind::OpenParen;
+            return Err(if nested_parentheses {
+                self.kind.error("The expression has redundant parentheses;")
+            } else {
+                self.kind.error("The expression contains too many operators; operator count: 301")
+            });
         }
         Ok(())
     }
@@ -375,7 +384,8 @@ impl<'a> Parser<'a> {
             }
             self.bump();
             let right = self.not(false)?;
-            left = Expr::Condition(RawCondition::And(Box::new(left.into_condition()), Box::new(right.into_condition())));
+            left =
+                Expr::Condition(RawCondition::And(Box::new(left.into_condition()), Box::new(right.into_condition())));
         }
         Ok(left)
     }
