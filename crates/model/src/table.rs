@@ -646,19 +646,19 @@ mod tests {
             "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "x", "AttributeType": "S"}],
             "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}]
         }));
-        assert!(unused.unwrap_err().contains("does not exactly match"));
+        assert!(unused.unwrap_err().contains("must match the number of attributes defined"));
         let missing = create(json!({
             "TableName": "orders", "ProvisionedThroughput": {"ReadCapacityUnits": 1, "WriteCapacityUnits": 1},
             "AttributeDefinitions": [{"AttributeName": "x", "AttributeType": "S"}],
             "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}]
         }));
-        assert!(missing.unwrap_err().contains("Some index key attributes are not defined"));
+        assert_eq!(missing.unwrap_err(), "Hash Key not specified in Attribute Definitions.  Type unknown.");
         let no_throughput = create(json!({
             "TableName": "orders",
             "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
             "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}]
         }));
-        assert!(no_throughput.unwrap_err().contains("must both be specified"));
+        assert_eq!(no_throughput.unwrap_err(), "No provisioned throughput specified for the table");
         assert!(create(json!({"TableName": "ab"})).unwrap_err().contains("Invalid table/index name"));
     }
 }

@@ -169,9 +169,19 @@ impl AttributeValue {
     }
 }
 
-/// One byte per two significant digits, one more, and one more for a negative number.
+/// A number's size as DynamoDB counts it: one byte per base-100 digit of its mantissa (digits
+/// paired around the decimal point, as in Oracle's NUMBER format), one byte for the exponent, and
+/// one more for a negative number. Zero is one byte. (Pinned against DynamoDB Local: `1.5` is 3
+/// bytes, `0.5` and `100` are 2.)
 fn number_size_bytes(number: &Number) -> usize {
-    (number.significant_digits() as usize).div_ceil(2) + 1 + usize::from(number.is_negative())
+    if number.is_zero() {
+        return 1;
+    }
+    let (negative, _, exponent) = number.parts();
+    let lowest_position = i64::from(exponent);
+    let highest_position = lowest_position + i64::from(number.significant_digits()) - 1;
+    let base_100_digits = (highest_position.div_euclid(2) - lowest_position.div_euclid(2) + 1) as usize;
+    base_100_digits + 1 + usize::from(negative)
 }
 
 /// Size of an item as DynamoDB counts it: every attribute name plus its value.
@@ -457,7 +467,12 @@ mod tests {
             json!({"a": {"S": "xyz"}, "bb": {"N": "12345"}, "m": {"M": {"k": {"BOOL": true}}}}).as_object().unwrap(),
         )
         .unwrap();
-        // "a"+3, "bb"+(3+1), "m"+(3 + "k" + 1 + 1)
+        // "a"+3, "bb"+(3 base-100 digits + 1), "m"+(3 + "k" + 1 + 1)
         assert_eq!(item_size_bytes(&item), 4 + 6 + 7);
+        let size = |text: &str| AttributeValue::N(Number::parse(text).unwrap()).size_bytes();
+        let expected = [("0", 1), ("1", 2), ("-1", 3), ("12", 2), ("123", 3), ("100", 2), ("0.5", 2), ("1.5", 3), ("1E+100", 2)];
+        for (text, bytes) in expected {
+            assert_eq!(size(text), bytes, "{text}");
+        }
     }
 }

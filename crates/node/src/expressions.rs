@@ -10,9 +10,20 @@ use onggi_model::ops::{DeleteItemInput, GetItemInput, PutItemInput, UpdateItemIn
 use onggi_model::table::TableSchema;
 use onggi_model::{DynamoError, Item};
 
+/// The update expression's message for an operand of the wrong type.
+const INCORRECT_OPERAND_TYPE: &str = "An operand in the update expression has an incorrect data type";
+
 /// The expressions of one request, parsed, resolved and checked.
 pub(crate) struct Prepared {
     resolved: ResolvedExpressions,
+    /// The update came from legacy `AttributeUpdates`, whose type errors DynamoDB words differently.
+    legacy_update: bool,
+}
+
+impl From<ResolvedExpressions> for Prepared {
+    fn from(resolved: ResolvedExpressions) -> Prepared {
+        Prepared { resolved, legacy_update: false }
+    }
 }
 
 pub(crate) fn for_put(input: &PutItemInput) -> Result<Prepared, DynamoError> {
@@ -22,7 +33,7 @@ pub(crate) fn for_put(input: &PutItemInput) -> Result<Prepared, DynamoError> {
     request.values = input.expression_attribute_values.as_ref();
     request.expected = input.expected.as_ref();
     request.conditional_operator = input.conditional_operator.as_ref();
-    Ok(Prepared { resolved: request.resolve()? })
+    Ok(request.resolve()?.into())
 }
 
 pub(crate) fn for_get(input: &GetItemInput) -> Result<Prepared, DynamoError> {
@@ -30,7 +41,7 @@ pub(crate) fn for_get(input: &GetItemInput) -> Result<Prepared, DynamoError> {
     request.projection = input.projection_expression.as_deref();
     request.names = input.expression_attribute_names.as_ref();
     request.attributes_to_get = input.attributes_to_get.as_ref();
-    Ok(Prepared { resolved: request.resolve()? })
+    Ok(request.resolve()?.into())
 }
 
 pub(crate) fn for_update(input: &UpdateItemInput, schema: &TableSchema) -> Result<Prepared, DynamoError> {
@@ -54,7 +65,7 @@ pub(crate) fn for_update(input: &UpdateItemInput, schema: &TableSchema) -> Resul
             }
         }
     }
-    Ok(Prepared { resolved })
+    Ok(Prepared { resolved, legacy_update: input.attribute_updates.is_some() })
 }
 
 pub(crate) fn for_delete(input: &DeleteItemInput) -> Result<Prepared, DynamoError> {
@@ -64,7 +75,7 @@ pub(crate) fn for_delete(input: &DeleteItemInput) -> Result<Prepared, DynamoErro
     request.values = input.expression_attribute_values.as_ref();
     request.expected = input.expected.as_ref();
     request.conditional_operator = input.conditional_operator.as_ref();
-    Ok(Prepared { resolved: request.resolve()? })
+    Ok(request.resolve()?.into())
 }
 
 impl Prepared {
@@ -87,7 +98,13 @@ impl Prepared {
     /// Applies the request's update to `base` (the current item, or the key alone).
     pub(crate) fn apply_update(&self, base: &Item) -> Result<UpdateOutcome, DynamoError> {
         match &self.resolved.update {
-            Some(update) => update.apply(base),
+            Some(update) => update.apply(base).map_err(|error| {
+                if self.legacy_update && error.message == INCORRECT_OPERAND_TYPE {
+                    DynamoError::validation("Type mismatch for attribute to update")
+                } else {
+                    error
+                }
+            }),
             None => Ok(UpdateOutcome {
                 item: base.clone(),
                 updated_paths: Vec::new(),

@@ -19,7 +19,7 @@ use onggi_model::ops::{
     UpdateItemInput, WriteItemOutput,
 };
 use onggi_model::table::{ItemKey, required_table_name};
-use onggi_model::value::{ITEM_SIZE_BYTES_MAX, item_from_json, item_size_bytes};
+use onggi_model::value::{CONTAINER_DEPTH_MAX, ITEM_SIZE_BYTES_MAX, item_from_json, item_size_bytes};
 use onggi_model::{DynamoError, ErrorKind, Item};
 use onggi_storage::{Durability, WriteBatch, commit_async};
 use tokio::sync::{Mutex, MutexGuard};
@@ -271,6 +271,9 @@ impl Node {
         let base = old.clone().unwrap_or_else(|| key_item.clone());
         let outcome = prepared.apply_update(&base)?;
         let new = outcome.item.clone();
+        if new.values().any(|value| value.depth() > CONTAINER_DEPTH_MAX) {
+            return Err(DynamoError::validation("Nesting Levels have exceeded supported limits"));
+        }
         let new_size = item_size_bytes(&new);
         if new_size > ITEM_SIZE_BYTES_MAX {
             return Err(DynamoError::validation("Item size to update has exceeded the maximum allowed size"));

@@ -324,16 +324,15 @@ fn attribute_updates(json: &Json) -> Result<Update, DynamoError> {
         actions.push(match (action, value) {
             ("PUT", Some(value)) => UpdateAction::Set(path, Operand::Value(value)),
             ("PUT", None) => {
-                return Err(invalid(format!(
-                    "Only DELETE action is allowed when no attribute value is specified: {attribute}"
-                )));
+                return Err(invalid("Only DELETE action is allowed when no attribute value is specified"));
             }
             ("DELETE", None) => UpdateAction::Remove(path),
             ("DELETE", Some(value)) => match value.value_type() {
                 ValueType::Ss | ValueType::Ns | ValueType::Bs => UpdateAction::Delete(path, value),
                 other => {
                     return Err(invalid(format!(
-                        "DELETE action with value is not supported for the type {other}"
+                        "DELETE action with value is not supported for the type {}",
+                        super::resolve::long_type_name(other)
                     )));
                 }
             },
@@ -347,18 +346,17 @@ fn attribute_updates(json: &Json) -> Result<Update, DynamoError> {
             ("ADD", Some(value)) => match value.value_type() {
                 ValueType::N | ValueType::Ss | ValueType::Ns | ValueType::Bs => UpdateAction::Add(path, value),
                 other => {
-                    return Err(invalid(format!("ADD action is not supported for the type {other}")));
+                    return Err(invalid(format!(
+                        "ADD action is not supported for the type {}",
+                        super::resolve::long_type_name(other)
+                    )));
                 }
             },
             ("ADD", None) => {
-                return Err(invalid(format!(
-                    "Only DELETE action is allowed when no attribute value is specified: {attribute}"
-                )));
+                return Err(invalid("Only DELETE action is allowed when no attribute value is specified"));
             }
-            (other, _) => {
-                return Err(DynamoError::validation(format!(
-                    "1 validation error detected: Value '{other}' at 'attributeUpdates.{attribute}.member.action' failed to satisfy constraint: Member must satisfy enum value set: [ADD, PUT, DELETE]"
-                )));
+            _ => {
+                return Err(DynamoError::validation("Member must satisfy enum value set: [ADD, DELETE, PUT]"));
             }
         });
     }
@@ -377,7 +375,7 @@ fn attributes_to_get(json: &Json) -> Result<Projection, DynamoError> {
         };
         let path = Path::attribute(name.clone());
         if paths.contains(&path) {
-            return Err(invalid(format!("Duplicate value in attribute name: {name}")));
+            return Err(DynamoError::validation("Cannot have two attributes with the same name"));
         }
         paths.push(path);
     }

@@ -422,7 +422,7 @@ struct Resolver<'p> {
 }
 
 /// The type names DynamoDB prints for ADD and DELETE operands.
-fn long_type_name(value_type: ValueType) -> &'static str {
+pub(crate) fn long_type_name(value_type: ValueType) -> &'static str {
     match value_type {
         ValueType::S => "STRING",
         ValueType::N => "NUMBER",

@@ -94,7 +94,7 @@ impl Writer {
     /// The next (key index, version) to write: mostly fresh keys, sometimes a newer version of
     /// an earlier one.
     fn next_write(&mut self) -> (u64, u64) {
-        if self.next_index > 0 && self.next_random() % OVERWRITE_ONE_IN == 0 {
+        if self.next_index > 0 && self.next_random().is_multiple_of(OVERWRITE_ONE_IN) {
             let index = self.next_random() % self.next_index;
             (index, self.attempted[&index] + 1)
         } else {

@@ -93,7 +93,7 @@ async fn tables_and_items_survive_a_clean_restart() {
     assert_eq!(described.key_schema().len(), 2);
     assert_eq!(described.item_count(), Some(1));
     let tables = client.list_tables().send().await.expect("list tables");
-    assert_eq!(tables.table_names(), [table.clone()]);
+    assert_eq!(tables.table_names(), std::slice::from_ref(&table));
     let got = client
         .get_item()
         .table_name(&table)
