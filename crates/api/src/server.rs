@@ -94,7 +94,17 @@ pub async fn serve<B: Backend>(
         let service = service_fn(move |request| {
             let backend = backend.clone();
             let config = config.clone();
-            async move { Ok::<_, Infallible>(handle(&*backend, &config, request).await) }
+            async move {
+                // A bug that panics fails its own request with an internal error, never the node.
+                let response = CatchUnwind(Box::pin(handle(&*backend, &config, request))).await.unwrap_or_else(|_| {
+                    tracing::error!("request handler panicked; answering InternalServerError");
+                    error_response(
+                        &DynamoError::internal("The server encountered an internal error."),
+                        &next_request_id(),
+                    )
+                });
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
@@ -111,6 +121,22 @@ pub async fn serve<B: Backend>(
         () = tokio::time::sleep(config.shutdown_grace) => tracing::warn!("shutdown grace elapsed; dropping open connections"),
     }
     Ok(())
+}
+
+/// Runs a future, turning a panic inside it into an `Err` (like `std::panic::catch_unwind`).
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, context: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let future = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(context))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// A fresh request id: process-unique, 52 upper-case alphanumerics like DynamoDB's.

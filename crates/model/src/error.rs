@@ -28,6 +28,8 @@ pub enum ErrorKind {
     ConditionalCheckFailed,
     /// Too many tables or concurrent control-plane operations (HTTP 400).
     LimitExceeded,
+    /// The server is shedding load; retry with backoff (HTTP 400, retried by SDKs).
+    Throttling,
     /// The request body is larger than the server accepts (HTTP 413).
     RequestEntityTooLarge,
     /// Something failed inside the server; the request may be retried (HTTP 500).
@@ -49,6 +51,7 @@ impl ErrorKind {
             ErrorKind::ResourceInUse => "com.amazonaws.dynamodb.v20120810#ResourceInUseException",
             ErrorKind::ConditionalCheckFailed => "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
             ErrorKind::LimitExceeded => "com.amazonaws.dynamodb.v20120810#LimitExceededException",
+            ErrorKind::Throttling => "com.amazon.coral.availability#ThrottlingException",
             ErrorKind::RequestEntityTooLarge => "com.amazon.coral.service#RequestEntityTooLargeException",
             ErrorKind::InternalServer => "com.amazonaws.dynamodb.v20120810#InternalServerError",
             ErrorKind::ServiceUnavailable => "com.amazon.coral.availability#ServiceUnavailableException",

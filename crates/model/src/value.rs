@@ -470,7 +470,8 @@ mod tests {
         // "a"+3, "bb"+(3 base-100 digits + 1), "m"+(3 + "k" + 1 + 1)
         assert_eq!(item_size_bytes(&item), 4 + 6 + 7);
         let size = |text: &str| AttributeValue::N(Number::parse(text).unwrap()).size_bytes();
-        let expected = [("0", 1), ("1", 2), ("-1", 3), ("12", 2), ("123", 3), ("100", 2), ("0.5", 2), ("1.5", 3), ("1E+100", 2)];
+        let expected =
+            [("0", 1), ("1", 2), ("-1", 3), ("12", 2), ("123", 3), ("100", 2), ("0.5", 2), ("1.5", 3), ("1E+100", 2)];
         for (text, bytes) in expected {
             assert_eq!(size(text), bytes, "{text}");
         }

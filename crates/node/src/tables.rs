@@ -13,6 +13,7 @@ use onggi_model::ops::{
 use onggi_model::table::{
     BillingMode, CreateTableInput, required_table_name, validate_create_table, validate_table_name,
 };
+use onggi_storage::StorageError;
 
 use crate::describe::describe;
 use crate::{Node, wall_clock_ms};
@@ -22,8 +23,17 @@ pub const TABLES_MAX: usize = 2500;
 /// Largest `Limit` of ListTables.
 const LIST_TABLES_LIMIT_MAX: i64 = 100;
 
-pub(crate) fn storage_error(error: impl std::fmt::Display) -> DynamoError {
-    DynamoError::internal(format!("storage failure: {error}"))
+/// The client-facing error for a storage failure.
+pub(crate) fn storage_error(error: StorageError) -> DynamoError {
+    match error {
+        // A full commit queue is back-pressure: SDKs retry throttling errors with backoff.
+        StorageError::Overloaded { .. } => {
+            DynamoError::new(ErrorKind::Throttling, "Rate of requests exceeds the allowed throughput.")
+        }
+        // The table was deleted while the request was in flight.
+        StorageError::TreeDropped { .. } => table_not_found(),
+        other => DynamoError::internal(format!("storage failure: {other}")),
+    }
 }
 
 pub(crate) fn table_not_found() -> DynamoError {
