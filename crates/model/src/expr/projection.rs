@@ -58,7 +58,8 @@ fn insert(node: &mut Node, source: &AttributeValue, rest: &[PathElement]) -> boo
             let Node::Members(members) = node else { unreachable!("set just above") };
             let mut child_node = members.remove(name).unwrap_or(Node::Members(BTreeMap::new()));
             let found = insert(&mut child_node, child, rest);
-            if found {
+            // Keep what earlier paths put here even when this one was missing.
+            if found || !child_node.is_empty() {
                 members.insert(name.clone(), child_node);
             }
             found
@@ -73,7 +74,7 @@ fn insert(node: &mut Node, source: &AttributeValue, rest: &[PathElement]) -> boo
             let Node::Elements(elements) = node else { unreachable!("set just above") };
             let mut child_node = elements.remove(index).unwrap_or(Node::Members(BTreeMap::new()));
             let found = insert(&mut child_node, child, rest);
-            if found {
+            if found || !child_node.is_empty() {
                 elements.insert(*index, child_node);
             }
             found

@@ -966,7 +966,9 @@ fn update_outcome_lists_written_paths_and_attributes() {
     let old = outcome.project_updated(&item);
     assert_eq!(old.keys().cloned().collect::<Vec<_>>(), vec!["l", "m"]);
     let new = outcome.project_updated(&outcome.item);
-    assert_eq!(item_to_json(&new), json!({"l": {"L": []}, "m": {"M": {"k": {"S": "x"}}}, "x": {"N": "1"}}));
+    // Only the written paths, inside their parents; removed paths are gone from the new item.
+    assert_eq!(item_to_json(&old), json!({"l": {"L": [{"N": "1"}]}, "m": {"M": {"k": {"N": "1"}}}}));
+    assert_eq!(item_to_json(&new), json!({"m": {"M": {"k": {"S": "x"}}}, "x": {"N": "1"}}));
     // Applying twice from the same input gives the same outcome (consensus retries).
     let again = update("SET m.k = :s, x = :n REMOVE l[0], nope").unwrap().apply(&item).unwrap();
     assert_eq!(again, outcome);
@@ -1416,4 +1418,34 @@ fn nesting_at_the_limit_fits_a_small_stack() {
     assert_eq!(outcome, Ok(false));
     let deeper = format!("{}a = :n{}", "(NOT ".repeat(depth + 1), ")".repeat(depth + 1));
     assert!(condition(&deeper).is_err());
+}
+
+/// UPDATED_OLD / UPDATED_NEW project the written paths literally, as DynamoDB does (facts recorded
+/// by ScyllaDB Alternator's `test_update_item_returnvalues_nested`, run against DynamoDB).
+#[test]
+fn updated_values_are_the_literal_paths_written() {
+    let item = item_from_json(
+        json!({"p": {"S": "k"}, "a": {"M": {"b": {"S": "dog"}, "c": {"L": [{"N": "1"}, {"N": "2"}, {"N": "3"}]}}}})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    let returned = |text: &str, new: bool| {
+        let outcome = update(text).unwrap().apply(&item).unwrap();
+        item_to_json(&outcome.project_updated(if new { &outcome.item } else { &item }))
+    };
+    assert_eq!(returned("SET a.b = :n", false), json!({"a": {"M": {"b": {"S": "dog"}}}}));
+    assert_eq!(returned("SET a.b = :n", true), json!({"a": {"M": {"b": {"N": "1"}}}}));
+    // An append past the end is not at the path written, so nothing comes back.
+    assert_eq!(returned("SET a.c[100] = :n", true), json!({}));
+    // After REMOVE a.c[1], the element that moved into a.c[1] is what UPDATED_NEW shows.
+    assert_eq!(returned("REMOVE a.c[1]", true), json!({"a": {"M": {"c": {"L": [{"N": "3"}]}}}}));
+    assert_eq!(returned("REMOVE a.c[1], a.c[3]", false), json!({"a": {"M": {"c": {"L": [{"N": "2"}]}}}}));
+    assert_eq!(returned("SET a.x1 = :n", false), json!({}));
+    // Several appends past the end land in index order.
+    let appended = update("SET a.c[9] = :s, a.c[7] = :n").unwrap().apply(&item).unwrap();
+    assert_eq!(
+        item_to_json(&appended.item)["a"]["M"]["c"],
+        json!({"L": [{"N": "1"}, {"N": "2"}, {"N": "3"}, {"N": "1"}, {"S": "x"}]})
+    );
 }

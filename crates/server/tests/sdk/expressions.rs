@@ -276,10 +276,8 @@ async fn updated_new_and_updated_old_return_only_what_changed() {
 /// For nested paths, UPDATED_NEW / UPDATED_OLD return just the paths written or removed, wrapped
 /// in their parents, not whole top-level attributes: that is what DynamoDB does (as ScyllaDB's
 /// Alternator tests, checked against DynamoDB, record). DynamoDB Local returns whole top-level
-/// attributes instead, and onggi currently copies DynamoDB Local (`project_updated` in
-/// `onggi_model::expr::update`): ignored until that choice is settled.
+/// attributes instead; onggi follows DynamoDB (`project_updated` in `onggi_model::expr::update`).
 #[tokio::test]
-#[ignore = "onggi returns whole top-level attributes like DynamoDB Local; DynamoDB returns the nested paths alone"]
 async fn updated_values_of_nested_paths_are_the_paths_alone() {
     let env = TestEnv::start();
     let table = env.create_table("nestedreturn", ("pk", ScalarAttributeType::S), None).await;
