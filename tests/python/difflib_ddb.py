@@ -285,7 +285,11 @@ def load_deliberate() -> dict[str, str]:
 def cleanup_tables(endpoint: str, names: set[str]) -> None:
     """Best-effort delete of tables (left over from an interrupted earlier run)."""
     for n in sorted(names):
-        send(endpoint, "DeleteTable", {"TableName": n})
+        r = send(endpoint, "DeleteTable", {"TableName": n})
+        if r.status == 400 and "protected against deletion" in r.text:
+            # left behind with DeletionProtectionEnabled by an interrupted run: lift it, then delete
+            send(endpoint, "UpdateTable", {"TableName": n, "DeletionProtectionEnabled": False})
+            send(endpoint, "DeleteTable", {"TableName": n})
 
 
 def run_sequence(endpoint: str, seq: Sequence) -> list[tuple[Step, Response]]:
@@ -416,6 +420,15 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import signal
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet when piped into head/less
-    sys.exit(_main(sys.argv[1:]))
+    # Not SIGPIPE=SIG_DFL: that also kills the process silently (exit 141) when a server closes a
+    # keep-alive connection mid-write, bypassing send()'s retry. Stay quiet on a closed stdout instead.
+    import traceback
+    try:
+        rc = _main(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError as e:
+        if any(f.name == "send" for f in traceback.extract_tb(e.__traceback__)):
+            raise  # the server side, after send()'s retry
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # stdout closed (head/less)
+        rc = 1
+    sys.exit(rc)
