@@ -248,7 +248,8 @@ const OPERATIONS: [Operation; 6] = [
 /// bit 0 update, 1 condition, 2 filter, 3 projection, 4 key condition (none set: condition);
 /// bits 5–7 pick the operation. `flags`: bit 0 pass every pool name, bit 1 every pool value,
 /// bit 2 no `ExpressionAttributeNames`, bit 3 no `ExpressionAttributeValues`, bit 4 leave
-/// placeholders that are not in the pools undefined, bit 5 add a legacy `Expected` too.
+/// placeholders that are not in the pools undefined, bit 5 add a legacy `Expected` too, bit 6
+/// pass a map even when it is empty (otherwise an empty map is left out).
 pub fn expression(data: &[u8]) {
     let [slots, flags, rest @ ..] = data else { return };
     let Ok(text) = std::str::from_utf8(rest) else { return };
@@ -268,10 +269,11 @@ pub fn expression(data: &[u8]) {
 
     let mut request = RequestExpressions::new(OPERATIONS[usize::from(slots >> 5) % OPERATIONS.len()]);
     [request.update, request.condition, request.filter, request.projection, request.key_condition] = texts;
-    if flags & 0x04 == 0 {
+    let pass_empty = flags & 0x40 != 0;
+    if flags & 0x04 == 0 && (pass_empty || !names.is_empty()) {
         request.names = Some(&names);
     }
-    if flags & 0x08 == 0 {
+    if flags & 0x08 == 0 && (pass_empty || !values.is_empty()) {
         request.values = Some(&values);
     }
     if flags & 0x20 != 0 {
@@ -436,7 +438,7 @@ fn codec_expressions() -> &'static [ResolvedExpressions] {
         CASES
             .iter()
             .map(|(update, condition, projection)| {
-                let texts = [*update, *condition, *projection];
+                let texts = [*update, *condition];
                 let names = placeholder_map(&texts, b'#', name_pool(), false, false);
                 let values = placeholder_map(&texts, b':', value_pool(), false, false);
                 let mut request = RequestExpressions::new(Operation::UpdateItem);
@@ -446,6 +448,7 @@ fn codec_expressions() -> &'static [ResolvedExpressions] {
                 request.values = Some(&values);
                 let mut resolved = request.resolve().unwrap_or_else(|error| panic!("{update} / {condition}: {error:?}"));
                 let mut request = RequestExpressions::new(Operation::GetItem);
+                let names = placeholder_map(&[projection], b'#', name_pool(), false, false);
                 request.projection = Some(projection);
                 request.names = Some(&names);
                 resolved.projection = request.resolve().expect("projection resolves").projection;

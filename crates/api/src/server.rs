@@ -234,6 +234,11 @@ fn too_large(config: &ServerConfig) -> DynamoError {
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, DynamoError> {
     serde_json::from_slice(body).map_err(|error| {
+        // The JSON parser stops at 128 levels. Only attribute values nest in DynamoDB requests
+        // (two JSON levels per value level), so this is always a value nested past DynamoDB's 32.
+        if error.to_string().starts_with("recursion limit exceeded") {
+            return DynamoError::validation(onggi_model::value::NESTING_MESSAGE);
+        }
         // Data errors (a member of the wrong JSON type) and syntax errors are both
         // SerializationException in DynamoDB.
         DynamoError::serialization(match error.classify() {

@@ -110,6 +110,10 @@ pub struct ConsumedCapacity {
     pub write_capacity_units: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub table: Option<CapacityUnits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_secondary_indexes: Option<std::collections::BTreeMap<String, CapacityUnits>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_secondary_indexes: Option<std::collections::BTreeMap<String, CapacityUnits>>,
 }
 
 /// Capacity units of one table or index.

@@ -558,7 +558,74 @@ pub struct ItemKey {
     pub sort: Option<AttributeValue>,
 }
 
+impl IndexSchema {
+    /// The entry this index holds for `item`: the table's key, the index's key and the projected
+    /// attributes — or `None` when the item lacks an index key attribute (a sparse index skips
+    /// it). Used to cost index writes now, and to maintain indexes.
+    pub fn entry(&self, table_key: &KeySchema, item: &Item) -> Option<Item> {
+        if !self.key.names().all(|name| item.contains_key(name)) {
+            return None;
+        }
+        let keep = |name: &str| -> bool {
+            table_key.names().any(|key| key == name)
+                || self.key.names().any(|key| key == name)
+                || match self.projection.projection_type.as_deref() {
+                    Some("ALL") => true,
+                    Some("INCLUDE") => {
+                        self.projection.non_key_attributes.iter().flatten().any(|attribute| attribute == name)
+                    }
+                    _ => false,
+                }
+        };
+        Some(item.iter().filter(|(name, _)| keep(name)).map(|(name, value)| (name.clone(), value.clone())).collect())
+    }
+
+    /// Checks the index key attributes an item carries: scalar, of the declared type, non-empty
+    /// and within the key size limits (an item without them is simply not indexed).
+    fn check_item(&self, item: &Item, by_update: bool) -> Result<(), DynamoError> {
+        for (attribute, partition) in
+            std::iter::once((&self.key.partition, true)).chain(self.key.sort.iter().map(|sort| (sort, false)))
+        {
+            let Some(value) = item.get(&attribute.name) else { continue };
+            if !matches!(value, AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)) {
+                return Err(validation("Invalid attribute value type"));
+            }
+            if !attribute.value_type.matches(value) {
+                return Err(validation("One or more parameter values were invalid: Type mismatch for Index Key"));
+            }
+            let size = value.size_bytes();
+            if size == 0 {
+                let what = if matches!(value, AttributeValue::B(_)) { "binary" } else { "string" };
+                if by_update {
+                    return Err(validation(format!(
+                        "One or more parameter values are not valid. The update expression attempted to update a secondary index key to a value that is not supported. The AttributeValue for a key attribute cannot contain an empty {what} value."
+                    )));
+                }
+                return Err(validation(format!(
+                    "One or more parameter values are not valid. A value specified for a secondary index key is not supported. The AttributeValue for a key attribute cannot contain an empty {what} value. IndexName: {}, IndexKey: {}",
+                    self.name, attribute.name
+                )));
+            }
+            if (partition && size > PARTITION_KEY_BYTES_MAX) || (!partition && size > SORT_KEY_BYTES_MAX) {
+                return Err(validation("One or more parameter values were invalid: Size limit exceeded"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl TableSchema {
+    /// Every secondary index, local ones first.
+    pub fn indexes(&self) -> impl Iterator<Item = &IndexSchema> {
+        self.local_indexes.iter().chain(&self.global_indexes)
+    }
+
+    /// Checks the secondary-index key attributes of an item about to be stored (`by_update`: the
+    /// item is the result of an UpdateItem, whose messages differ slightly).
+    pub fn check_index_keys(&self, item: &Item, by_update: bool) -> Result<(), DynamoError> {
+        self.indexes().try_for_each(|index| index.check_item(item, by_update))
+    }
+
     /// Extracts and checks the key of a full item (PutItem): every key attribute present, of the
     /// declared type, non-empty and within the size limits.
     pub fn key_of_item(&self, item: &Item) -> Result<ItemKey, DynamoError> {

@@ -181,8 +181,12 @@ fn number_size_bytes(number: &Number) -> usize {
     let lowest_position = i64::from(exponent);
     let highest_position = lowest_position + i64::from(number.significant_digits()) - 1;
     let base_100_digits = (highest_position.div_euclid(2) - lowest_position.div_euclid(2) + 1) as usize;
-    base_100_digits + 1 + usize::from(negative)
+    // 38 digits need at most 20 base-100 digits; DynamoDB caps a number at 21 bytes in all.
+    (base_100_digits + 1 + usize::from(negative)).min(NUMBER_SIZE_BYTES_MAX)
 }
+
+/// The most bytes a number counts for.
+const NUMBER_SIZE_BYTES_MAX: usize = 21;
 
 /// Size of an item as DynamoDB counts it: every attribute name plus its value.
 pub fn item_size_bytes(item: &Item) -> usize {

@@ -78,7 +78,42 @@ pub(crate) fn for_delete(input: &DeleteItemInput) -> Result<Prepared, DynamoErro
     Ok(request.resolve()?.into())
 }
 
+/// Refuses document paths that look inside a key attribute (`pk.x`, `pk[0]`): key attributes are
+/// scalars, and DynamoDB says so rather than evaluating the path as missing.
+fn check_key_paths(resolved: &ResolvedExpressions, schema: &TableSchema) -> Result<(), DynamoError> {
+    let mut offending: Option<String> = None;
+    let mut visit = |path: &onggi_model::expr::Path| {
+        if offending.is_none()
+            && path.elements().len() > 1
+            && schema.key.names().any(|key| key == path.attribute_name())
+        {
+            offending = Some(path.attribute_name().to_string());
+        }
+    };
+    for condition in resolved.condition.iter().chain(&resolved.filter) {
+        condition.for_each_path(&mut visit);
+    }
+    if let Some(update) = &resolved.update {
+        update.for_each_path(&mut visit);
+    }
+    if let Some(projection) = &resolved.projection {
+        projection.paths.iter().for_each(&mut visit);
+    }
+    match offending {
+        Some(key) => Err(DynamoError::validation(format!(
+            "Key attributes must be scalars; list random access '[]' and map lookup '.' are not allowed: Key: {key}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Prepared {
+    /// Checks the expressions against the table's key schema.
+    pub(crate) fn check_against(self, schema: &TableSchema) -> Result<Prepared, DynamoError> {
+        check_key_paths(&self.resolved, schema)?;
+        Ok(self)
+    }
+
     /// Whether the request's condition holds for the current item (`None`: no item).
     pub(crate) fn check(&self, current: Option<&Item>) -> Result<bool, DynamoError> {
         match &self.resolved.condition {

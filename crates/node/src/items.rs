@@ -15,8 +15,7 @@
 use onggi_core::keys::item_key;
 use onggi_core::record::Record;
 use onggi_model::ops::{
-    CapacityUnits, ConsumedCapacity, DeleteItemInput, GetItemInput, GetItemOutput, PutItemInput, RequestContext,
-    UpdateItemInput, WriteItemOutput,
+    DeleteItemInput, GetItemInput, GetItemOutput, PutItemInput, RequestContext, UpdateItemInput, WriteItemOutput,
 };
 use onggi_model::table::{ItemKey, required_table_name};
 use onggi_model::value::{CONTAINER_DEPTH_MAX, ITEM_SIZE_BYTES_MAX, item_from_json, item_size_bytes};
@@ -25,6 +24,7 @@ use onggi_storage::{Durability, WriteBatch, commit_async};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::Node;
+use crate::capacity::{self, CapacityReport};
 use crate::catalog::TableHandle;
 use crate::expressions;
 use crate::tables::{storage_error, table_not_found};
@@ -84,25 +84,6 @@ fn parse_return_on_failure(value: Option<&str>) -> Result<bool, DynamoError> {
     }
 }
 
-/// Which capacity report a request asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CapacityReport {
-    None,
-    Total,
-    Indexes,
-}
-
-fn parse_capacity_report(value: Option<&str>) -> Result<CapacityReport, DynamoError> {
-    match value {
-        None | Some("NONE") => Ok(CapacityReport::None),
-        Some("TOTAL") => Ok(CapacityReport::Total),
-        Some("INDEXES") => Ok(CapacityReport::Indexes),
-        Some(other) => Err(DynamoError::validation(format!(
-            "1 validation error detected: Value '{other}' at 'returnConsumedCapacity' failed to satisfy constraint: Member must satisfy enum value set: [INDEXES, TOTAL, NONE]"
-        ))),
-    }
-}
-
 fn parse_item_collection_metrics(value: Option<&str>) -> Result<(), DynamoError> {
     match value {
         None | Some("NONE") | Some("SIZE") => Ok(()),
@@ -110,38 +91,6 @@ fn parse_item_collection_metrics(value: Option<&str>) -> Result<(), DynamoError>
             "1 validation error detected: Value '{other}' at 'returnItemCollectionMetrics' failed to satisfy constraint: Member must satisfy enum value set: [SIZE, NONE]"
         ))),
     }
-}
-
-fn capacity(report: CapacityReport, table: &str, units: f64) -> Option<ConsumedCapacity> {
-    match report {
-        CapacityReport::None => None,
-        CapacityReport::Total => Some(ConsumedCapacity {
-            table_name: table.to_string(),
-            capacity_units: units,
-            read_capacity_units: None,
-            write_capacity_units: None,
-            table: None,
-        }),
-        CapacityReport::Indexes => Some(ConsumedCapacity {
-            table_name: table.to_string(),
-            capacity_units: units,
-            read_capacity_units: None,
-            write_capacity_units: None,
-            table: Some(CapacityUnits { capacity_units: units, read_capacity_units: None, write_capacity_units: None }),
-        }),
-    }
-}
-
-/// Write capacity units: one per started KB of the larger of the old and new item.
-fn write_units(old: Option<&Item>, new: Option<&Item>) -> f64 {
-    let size = old.map_or(0, item_size_bytes).max(new.map_or(0, item_size_bytes));
-    size.div_ceil(1024).max(1) as f64
-}
-
-/// Read capacity units: one per started 4 KB, halved for eventually consistent reads.
-fn read_units(item: Option<&Item>, consistent: bool) -> f64 {
-    let units = item.map_or(0, item_size_bytes).div_ceil(4096).max(1) as f64;
-    if consistent { units } else { units / 2.0 }
 }
 
 fn required_item(value: Option<&onggi_model::ops::JsonMap>) -> Result<&onggi_model::ops::JsonMap, DynamoError> {
@@ -189,16 +138,18 @@ impl Node {
         let return_values =
             parse_return_values(input.return_values.as_deref(), &[ReturnValues::None, ReturnValues::AllOld])?;
         let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
-        let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
+        let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
         parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
         let prepared = expressions::for_put(&input)?;
         let table = self.table(name)?;
+        let prepared = prepared.check_against(&table.schema)?;
         let item = item_from_json(raw_item)?;
         let ItemKey { partition, sort } = table.schema.key_of_item(&item)?;
         let new_size = item_size_bytes(&item);
         if new_size > ITEM_SIZE_BYTES_MAX {
             return Err(DynamoError::validation("Item size has exceeded the maximum allowed size"));
         }
+        table.schema.check_index_keys(&item, false)?;
         let key = item_key(&partition, sort.as_ref());
 
         let _guard = self.inner.locks.lock(&table, &key).await;
@@ -206,21 +157,22 @@ impl Node {
         if !prepared.check(old.as_ref())? {
             return Err(condition_failed(old.as_ref(), return_old_on_failure));
         }
-        let units = write_units(old.as_ref(), Some(&item));
+        let consumed = capacity::for_write(report, &table.schema, old.as_ref(), Some(&item));
         self.write_current(&table, key, Some(item)).await?;
         table.account(old.as_ref().map(item_size_bytes), Some(new_size));
         Ok(WriteItemOutput {
             attributes: if return_values == ReturnValues::AllOld { old } else { None },
-            consumed_capacity: capacity(report, name, units),
+            consumed_capacity: consumed,
         })
     }
 
     pub(crate) async fn get_item_impl(&self, input: GetItemInput) -> Result<GetItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let raw_key = required_key(input.key.as_ref())?;
-        let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
+        let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
         let prepared = expressions::for_get(&input)?;
         let table = self.table(name)?;
+        let prepared = prepared.check_against(&table.schema)?;
         let key_item = item_from_json(raw_key)?;
         let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
         let key = item_key(&partition, sort.as_ref());
@@ -233,11 +185,8 @@ impl Node {
         } else {
             self.read_current(&table, &key)?
         };
-        let units = read_units(item.as_ref(), consistent);
-        Ok(GetItemOutput {
-            item: item.map(|item| prepared.project(item)),
-            consumed_capacity: capacity(report, name, units),
-        })
+        let consumed_capacity = capacity::for_read(report, name, item.as_ref(), consistent);
+        Ok(GetItemOutput { item: item.map(|item| prepared.project(item)), consumed_capacity })
     }
 
     pub(crate) async fn update_item_impl(&self, input: UpdateItemInput) -> Result<WriteItemOutput, DynamoError> {
@@ -254,10 +203,10 @@ impl Node {
             ],
         )?;
         let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
-        let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
+        let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
         parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
         let table = self.table(name)?;
-        let prepared = expressions::for_update(&input, &table.schema)?;
+        let prepared = expressions::for_update(&input, &table.schema)?.check_against(&table.schema)?;
         let key_item = item_from_json(raw_key)?;
         let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
         let key = item_key(&partition, sort.as_ref());
@@ -278,7 +227,9 @@ impl Node {
         if new_size > ITEM_SIZE_BYTES_MAX {
             return Err(DynamoError::validation("Item size to update has exceeded the maximum allowed size"));
         }
-        let units = write_units(old.as_ref(), Some(&new));
+        // The "update expression" wording is for UpdateExpression only; AttributeUpdates gets PutItem's.
+        table.schema.check_index_keys(&new, input.update_expression.is_some())?;
+        let consumed_capacity = capacity::for_write(report, &table.schema, old.as_ref(), Some(&new));
         let attributes = match return_values {
             ReturnValues::None => None,
             ReturnValues::AllOld => old.clone(),
@@ -290,7 +241,7 @@ impl Node {
         };
         self.write_current(&table, key, Some(new)).await?;
         table.account(old.as_ref().map(item_size_bytes), Some(new_size));
-        Ok(WriteItemOutput { attributes, consumed_capacity: capacity(report, name, units) })
+        Ok(WriteItemOutput { attributes, consumed_capacity })
     }
 
     pub(crate) async fn delete_item_impl(&self, input: DeleteItemInput) -> Result<WriteItemOutput, DynamoError> {
@@ -299,10 +250,11 @@ impl Node {
         let return_values =
             parse_return_values(input.return_values.as_deref(), &[ReturnValues::None, ReturnValues::AllOld])?;
         let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
-        let report = parse_capacity_report(input.return_consumed_capacity.as_deref())?;
+        let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
         parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
         let prepared = expressions::for_delete(&input)?;
         let table = self.table(name)?;
+        let prepared = prepared.check_against(&table.schema)?;
         let key_item = item_from_json(raw_key)?;
         let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
         let key = item_key(&partition, sort.as_ref());
@@ -312,7 +264,7 @@ impl Node {
         if !prepared.check(old.as_ref())? {
             return Err(condition_failed(old.as_ref(), return_old_on_failure));
         }
-        let units = write_units(old.as_ref(), None);
+        let consumed = capacity::for_write(report, &table.schema, old.as_ref(), None);
         if old.is_some() {
             // A tombstone, not a removal: replicas must later agree that the item is gone.
             self.write_current(&table, key, None).await?;
@@ -320,7 +272,7 @@ impl Node {
         }
         Ok(WriteItemOutput {
             attributes: if return_values == ReturnValues::AllOld { old } else { None },
-            consumed_capacity: capacity(report, name, units),
+            consumed_capacity: consumed,
         })
     }
 }

@@ -14,6 +14,7 @@
 //! and durable write. On a cluster this step becomes per-item consensus among the replicas; the
 //! evaluation functions stay the same pure functions.
 
+mod capacity;
 pub mod catalog;
 pub mod datadir;
 mod describe;

@@ -176,35 +176,22 @@ impl Node {
                             write_capacity_units: Some(schema.write_capacity_units),
                         }
                     }
-                    None => {
-                        return Err(DynamoError::validation(
-                            "One or more parameter values were invalid: ProvisionedThroughput must be specified when BillingMode is PROVISIONED",
-                        ));
-                    }
+                    None => return Err(DynamoError::validation("No provisioned throughput specified for the table")),
                 };
-                let (Some(read), Some(write)) = (throughput.read_capacity_units, throughput.write_capacity_units)
+                let (Some(read @ 1..), Some(write @ 1..)) =
+                    (throughput.read_capacity_units, throughput.write_capacity_units)
                 else {
                     return Err(DynamoError::validation(
-                        "One or more parameter values were invalid: ReadCapacityUnits and WriteCapacityUnits must both be specified when BillingMode is PROVISIONED",
+                        "Table read and write throughput must be at least 1, and cannot be null",
                     ));
                 };
-                for (value, what) in [(read, "readCapacityUnits"), (write, "writeCapacityUnits")] {
-                    if value < 1 {
-                        return Err(DynamoError::validation(format!(
-                            "1 validation error detected: Value '{value}' at 'provisionedThroughput.{what}' failed to satisfy constraint: Member must have value greater than or equal to 1"
-                        )));
-                    }
-                }
                 if input.provisioned_throughput.is_some()
                     && schema.billing_mode == BillingMode::Provisioned
                     && read == schema.read_capacity_units
                     && write == schema.write_capacity_units
                     && requested_mode.is_none()
                 {
-                    return Err(DynamoError::validation(format!(
-                        "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {}. Requested ReadCapacityUnits: {read}. Current WriteCapacityUnits provisioned for the table: {}. Requested WriteCapacityUnits: {write}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits.",
-                        schema.read_capacity_units, schema.write_capacity_units
-                    )));
+                    return Err(DynamoError::validation("The requested throughput value equals the current value"));
                 }
                 schema.read_capacity_units = read;
                 schema.write_capacity_units = write;

@@ -185,3 +185,68 @@ pub struct KeyCondition {
     /// One or two parts, on distinct attributes.
     pub parts: Vec<KeyPart>,
 }
+
+impl Operand {
+    /// Calls `visit` on every document path this operand reads.
+    pub fn for_each_path(&self, visit: &mut impl FnMut(&Path)) {
+        match self {
+            Operand::Path(path) => visit(path),
+            Operand::Value(_) => {}
+            Operand::Size(inner) => inner.for_each_path(visit),
+            Operand::IfNotExists(path, fallback) => {
+                visit(path);
+                fallback.for_each_path(visit);
+            }
+            Operand::ListAppend(left, right) | Operand::Plus(left, right) | Operand::Minus(left, right) => {
+                left.for_each_path(visit);
+                right.for_each_path(visit);
+            }
+        }
+    }
+}
+
+impl Condition {
+    /// Calls `visit` on every document path this condition reads.
+    pub fn for_each_path(&self, visit: &mut impl FnMut(&Path)) {
+        match self {
+            Condition::Compare(_, left, right)
+            | Condition::BeginsWith(left, right)
+            | Condition::Contains(left, right) => {
+                left.for_each_path(visit);
+                right.for_each_path(visit);
+            }
+            Condition::Between(subject, low, high) => {
+                for operand in [subject, low, high] {
+                    operand.for_each_path(visit);
+                }
+            }
+            Condition::In(subject, candidates) => {
+                subject.for_each_path(visit);
+                for candidate in candidates {
+                    candidate.for_each_path(visit);
+                }
+            }
+            Condition::AttributeExists(path)
+            | Condition::AttributeNotExists(path)
+            | Condition::AttributeType(path, _) => visit(path),
+            Condition::Not(inner) => inner.for_each_path(visit),
+            Condition::And(left, right) | Condition::Or(left, right) => {
+                left.for_each_path(visit);
+                right.for_each_path(visit);
+            }
+            Condition::True => {}
+        }
+    }
+}
+
+impl Update {
+    /// Calls `visit` on every document path this update writes or reads.
+    pub fn for_each_path(&self, visit: &mut impl FnMut(&Path)) {
+        for action in &self.actions {
+            visit(action.path());
+            if let UpdateAction::Set(_, operand) = action {
+                operand.for_each_path(visit);
+            }
+        }
+    }
+}

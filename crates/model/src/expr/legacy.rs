@@ -197,7 +197,12 @@ fn comparison(
             Box::new(Condition::Not(Box::new(Condition::Contains(subject, first())))),
         ),
         LegacyOperator::BeginsWith => Condition::BeginsWith(subject, first()),
-        LegacyOperator::In => Condition::In(subject, arguments.iter().cloned().map(Operand::Value).collect()),
+        LegacyOperator::In => {
+            if arguments.windows(2).any(|pair| pair[0].value_type() != pair[1].value_type()) {
+                return Err(invalid("AttributeValues inside AttributeValueList must be of same type"));
+            }
+            Condition::In(subject, arguments.iter().cloned().map(Operand::Value).collect())
+        }
         LegacyOperator::Between => {
             let (low, high) = (&arguments[0], &arguments[1]);
             if low.value_type() != high.value_type() {
@@ -260,6 +265,14 @@ fn expected(json: &Json, operator: Option<&Json>) -> Result<Condition, DynamoErr
         let exists = entry.get("Exists").filter(|json| !json.is_null());
         let operator_text = entry.get("ComparisonOperator").and_then(Json::as_str);
         let list = entry.get("AttributeValueList").filter(|json| !json.is_null());
+        if attribute.is_empty() {
+            return Err(DynamoError::validation("Empty attribute name"));
+        }
+        if value.is_some() && list.is_some() {
+            return Err(invalid(format!(
+                "Value and AttributeValueList cannot be used together for Attribute: {attribute}"
+            )));
+        }
         if let Some(operator_text) = operator_text {
             if exists.is_some() {
                 return Err(invalid(format!(
@@ -373,6 +386,9 @@ fn attributes_to_get(json: &Json) -> Result<Projection, DynamoError> {
         let Json::String(name) = name else {
             return Err(DynamoError::serialization("Unexpected value type in payload"));
         };
+        if name.is_empty() {
+            return Err(DynamoError::validation("Empty attribute name"));
+        }
         let path = Path::attribute(name.clone());
         if paths.contains(&path) {
             return Err(DynamoError::validation("Cannot have two attributes with the same name"));

@@ -242,8 +242,16 @@ pub(crate) fn java_hash_set_order<'k>(keys: &[&'k str]) -> Vec<&'k str> {
 /// Empty text, then the size limit.
 pub(crate) fn check_size(text: &str, kind: ExpressionKind) -> Result<(), DynamoError> {
     if text.len() > EXPRESSION_SIZE_BYTES_MAX {
-        return Err(kind
-            .error(format!("Expression size has exceeded the maximum allowed size; expression size: {}", text.len())));
+        // DynamoDB Local names the size only for the condition grammar's expressions.
+        return Err(match kind {
+            ExpressionKind::Update | ExpressionKind::Projection => {
+                kind.error("Expression size has exceeded the maximum allowed size;")
+            }
+            _ => kind.error(format!(
+                "Expression size has exceeded the maximum allowed size; expression size: {}",
+                text.len()
+            )),
+        });
     }
     Ok(())
 }
