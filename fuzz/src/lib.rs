@@ -14,7 +14,7 @@ use serde_json::{Map, Value as Json, json};
 use onggi_core::hlc::Timestamp;
 use onggi_core::record::Record;
 use onggi_model::codec::{decode_item, encode_item};
-use onggi_model::expr::{Operation, RequestExpressions, ResolvedExpressions};
+use onggi_model::expr::{Operand, Operation, RequestExpressions, ResolvedExpressions, UpdateAction};
 use onggi_model::ops::{
     DeleteItemInput, GetItemInput, ListTablesInput, PutItemInput, TableNameInput, UpdateItemInput, UpdateTableInput,
 };
@@ -77,7 +77,11 @@ pub fn fixed_item() -> &'static Item {
 fn key_item() -> &'static Item {
     static ITEM: OnceLock<Item> = OnceLock::new();
     ITEM.get_or_init(|| {
-        fixed_item().iter().filter(|(name, _)| *name == "pk" || *name == "sk").map(|(k, v)| (k.clone(), v.clone())).collect()
+        fixed_item()
+            .iter()
+            .filter(|(name, _)| *name == "pk" || *name == "sk")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     })
 }
 
@@ -136,7 +140,13 @@ fn placeholders(text: &str, sigil: u8) -> Vec<&str> {
 
 /// A map for the placeholders used in `texts`: pool entries by name, and for names not in the
 /// pool (unless `leave_unknown`) a pool entry chosen by the name's bytes.
-fn placeholder_map(texts: &[&str], sigil: u8, pool: &Map<String, Json>, all: bool, leave_unknown: bool) -> Map<String, Json> {
+fn placeholder_map(
+    texts: &[&str],
+    sigil: u8,
+    pool: &Map<String, Json>,
+    all: bool,
+    leave_unknown: bool,
+) -> Map<String, Json> {
     let mut map = if all { pool.clone() } else { Map::new() };
     let entries: Vec<&Json> = pool.values().collect();
     for text in texts {
@@ -213,6 +223,21 @@ fn exercise(resolved: &ResolvedExpressions, items: &[&Item]) {
                     outcome.written_attributes
                 );
             }
+            for action in &update.actions {
+                if action.path().elements().len() != 1 {
+                    continue;
+                }
+                let name = action.path().attribute_name();
+                match action {
+                    UpdateAction::Remove(_) => {
+                        assert!(!outcome.item.contains_key(name), "REMOVE {name} left the attribute in place");
+                    }
+                    UpdateAction::Set(_, Operand::Value(value)) => {
+                        assert_eq!(outcome.item.get(name), Some(value), "SET {name} = value did not write it");
+                    }
+                    _ => {}
+                }
+            }
             let _ = outcome.project_updated(item);
             let _ = outcome.project_updated(&outcome.item);
             check_storable(&outcome.item, "update result");
@@ -223,6 +248,14 @@ fn exercise(resolved: &ResolvedExpressions, items: &[&Item]) {
         for item in items.iter().copied().chain(updated.iter()) {
             let projected = projection.apply(item);
             check_storable(&projected, "projection result");
+            if projection.paths.iter().all(|path| path.elements().len() == 1) {
+                let expected: Item = item
+                    .iter()
+                    .filter(|(name, _)| projection.paths.iter().any(|path| path.attribute_name() == name.as_str()))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                assert_eq!(projected, expected, "projection of top-level attributes is not a filter");
+            }
         }
     }
     if let Some(key_condition) = &resolved.key_condition {
@@ -446,7 +479,8 @@ fn codec_expressions() -> &'static [ResolvedExpressions] {
                 request.condition = Some(condition);
                 request.names = Some(&names);
                 request.values = Some(&values);
-                let mut resolved = request.resolve().unwrap_or_else(|error| panic!("{update} / {condition}: {error:?}"));
+                let mut resolved =
+                    request.resolve().unwrap_or_else(|error| panic!("{update} / {condition}: {error:?}"));
                 let mut request = RequestExpressions::new(Operation::GetItem);
                 let names = placeholder_map(&[projection], b'#', name_pool(), false, false);
                 request.projection = Some(projection);
@@ -491,6 +525,141 @@ pub fn codec(data: &[u8]) {
 // Target `number`.
 // ---------------------------------------------------------------------------------------------
 
+// An independent reference for parsing and addition: decimal digit strings, big-endian.
+
+/// A value as `(negative, digits, exponent)`; digits without leading zeros (empty for zero).
+type Decimal = (bool, Vec<u8>, i64);
+
+/// DynamoDB's limits applied to an exact decimal, in the order onggi reports them.
+fn reference_number((negative, mut digits, mut exponent): Decimal) -> Result<Number, onggi_model::NumberError> {
+    use onggi_model::NumberError;
+    let leading = digits.iter().take_while(|&&digit| digit == 0).count();
+    digits.drain(..leading);
+    while digits.last() == Some(&0) {
+        digits.pop();
+        exponent += 1;
+    }
+    if digits.is_empty() {
+        return Ok(Number::ZERO);
+    }
+    if digits.len() > 38 {
+        return Err(NumberError::Precision);
+    }
+    let scientific = exponent + digits.len() as i64 - 1;
+    if scientific > 125 {
+        return Err(NumberError::Overflow);
+    }
+    if scientific < -130 {
+        return Err(NumberError::Underflow);
+    }
+    let coefficient = digits.iter().fold(0u128, |value, &digit| value * 10 + u128::from(digit));
+    Ok(Number::from_canonical_parts(negative, coefficient, exponent as i16).expect("reference value is canonical"))
+}
+
+/// The grammar: `[+-]? digits-with-one-optional-point [eE [+-]? digits]?`, exponent within an i32.
+fn reference_parse(text: &str) -> Result<Number, onggi_model::NumberError> {
+    use onggi_model::NumberError;
+    let (negative, rest) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (mantissa, exponent_text) = match rest.find(['e', 'E']) {
+        Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+        None => (rest, None),
+    };
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |part: &str| part.bytes().all(|byte| byte.is_ascii_digit());
+    if integer.len() + fraction.len() == 0 || !all_digits(integer) || !all_digits(fraction) {
+        return Err(NumberError::Invalid);
+    }
+    let exponent = match exponent_text {
+        None => 0,
+        Some(text) => {
+            let (exponent_negative, digits) = match text.as_bytes().first() {
+                Some(b'-') => (true, &text[1..]),
+                Some(b'+') => (false, &text[1..]),
+                _ => (false, text),
+            };
+            if digits.is_empty() || !all_digits(digits) {
+                return Err(NumberError::Invalid);
+            }
+            let trimmed = digits.trim_start_matches('0');
+            if trimmed.len() > 10 {
+                return Err(NumberError::Invalid);
+            }
+            let magnitude: i64 = if trimmed.is_empty() { 0 } else { trimmed.parse().expect("ten digits") };
+            if magnitude > i64::from(i32::MAX) {
+                return Err(NumberError::Invalid);
+            }
+            if exponent_negative { -magnitude } else { magnitude }
+        }
+    };
+    let digits: Vec<u8> = integer.bytes().chain(fraction.bytes()).map(|byte| byte - b'0').collect();
+    let leading = digits.iter().take_while(|&&digit| digit == 0).count();
+    let trailing = digits.iter().rev().take_while(|&&digit| digit == 0).count();
+    if leading < digits.len() && digits.len() - leading - trailing > 38 {
+        return Err(NumberError::Precision);
+    }
+    reference_number((negative, digits, exponent - fraction.len() as i64))
+}
+
+fn decimal(number: Number) -> Decimal {
+    let (negative, coefficient, exponent) = number.parts();
+    let digits =
+        if coefficient == 0 { Vec::new() } else { coefficient.to_string().bytes().map(|b| b - b'0').collect() };
+    (negative, digits, i64::from(exponent))
+}
+
+/// Exact `left + right` by schoolbook arithmetic on aligned digit strings.
+fn reference_add(left: Number, right: Number) -> Result<Number, onggi_model::NumberError> {
+    let ((left_negative, mut left_digits, left_exponent), (right_negative, mut right_digits, right_exponent)) =
+        (decimal(left), decimal(right));
+    if left_digits.is_empty() {
+        return Ok(right);
+    }
+    if right_digits.is_empty() {
+        return Ok(left);
+    }
+    let exponent = left_exponent.min(right_exponent);
+    left_digits.resize(left_digits.len() + (left_exponent - exponent) as usize, 0);
+    right_digits.resize(right_digits.len() + (right_exponent - exponent) as usize, 0);
+    let width = left_digits.len().max(right_digits.len()) + 1;
+    let pad = |digits: Vec<u8>| -> Vec<u8> {
+        let mut padded = vec![0; width - digits.len()];
+        padded.extend(digits);
+        padded
+    };
+    let (a, b) = (pad(left_digits), pad(right_digits));
+    let mut out = vec![0u8; width];
+    let negative = if left_negative == right_negative {
+        let mut carry = 0;
+        for index in (0..width).rev() {
+            let sum = a[index] + b[index] + carry;
+            out[index] = sum % 10;
+            carry = sum / 10;
+        }
+        left_negative
+    } else {
+        let (big, small, negative) = match a.cmp(&b) {
+            std::cmp::Ordering::Equal => return Ok(Number::ZERO),
+            std::cmp::Ordering::Greater => (&a, &b, left_negative),
+            std::cmp::Ordering::Less => (&b, &a, right_negative),
+        };
+        let mut borrow = 0i8;
+        for index in (0..width).rev() {
+            let mut difference = big[index] as i8 - small[index] as i8 - borrow;
+            borrow = i8::from(difference < 0);
+            if difference < 0 {
+                difference += 10;
+            }
+            out[index] = difference as u8;
+        }
+        negative
+    };
+    reference_number((negative, out, exponent))
+}
+
 fn check_number(number: Number) {
     let text = number.to_string();
     assert_eq!(Number::parse(&text), Ok(number), "Display output {text:?} does not parse back");
@@ -520,6 +689,7 @@ fn check_pair(left: Number, right: Number) {
     assert_eq!(order == std::cmp::Ordering::Equal, left == right, "Ord disagrees with Eq for {left} and {right}");
     assert_eq!(order, right.cmp(&left).reverse(), "Ord is not antisymmetric for {left} and {right}");
     let sum = left.checked_add(&right);
+    assert_eq!(sum, reference_add(left, right), "{left} + {right} disagrees with the reference");
     assert_eq!(sum, right.checked_add(&left), "addition is not commutative for {left} and {right}");
     if let Ok(sum) = sum {
         assert_eq!(sum.checked_sub(&right), Ok(left), "({left} + {right}) - {right} is not {left}");
@@ -536,11 +706,17 @@ fn check_pair(left: Number, right: Number) {
     }
 }
 
-/// UTF-8 text split at commas into up to 8 number strings; each that parses is checked alone
-/// and against every other.
+/// UTF-8 text split at commas into up to 8 number strings; each is parsed (and compared with a
+/// reference parser), each that parses is checked alone and against every other (sums compared
+/// with a reference adder).
 pub fn number(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let numbers: Vec<Number> = text.split(',').take(8).filter_map(|part| Number::parse(part).ok()).collect();
+    let mut numbers = Vec::new();
+    for part in text.split(',').take(8) {
+        let parsed = Number::parse(part);
+        assert_eq!(parsed, reference_parse(part), "Number::parse({part:?}) disagrees with the reference");
+        numbers.extend(parsed);
+    }
     for &number in &numbers {
         check_number(number);
     }

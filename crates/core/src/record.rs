@@ -33,8 +33,10 @@ pub struct Record {
 pub enum RecordError {
     /// Written by a format this code does not know; never reinterpreted.
     UnknownFormat(u8),
-    /// Shorter than a header.
+    /// Shorter than a header (or a tombstone with bytes after it).
     Truncated,
+    /// Flag bits this version does not define: written by a newer build, or corrupt.
+    UnknownFlags(u8),
     /// The item bytes are corrupt.
     Item(CodecError),
 }
@@ -45,7 +47,8 @@ impl std::fmt::Display for RecordError {
             RecordError::UnknownFormat(version) => {
                 write!(f, "record format version {version} is not supported (this build reads {RECORD_FORMAT_VERSION})")
             }
-            RecordError::Truncated => f.write_str("record shorter than its header"),
+            RecordError::Truncated => f.write_str("record length does not match its header"),
+            RecordError::UnknownFlags(flags) => write!(f, "record has unknown flag bits {flags:#04x}"),
             RecordError::Item(error) => error.fmt(f),
         }
     }
@@ -76,8 +79,14 @@ impl Record {
             return Err(RecordError::Truncated);
         }
         let flags = bytes[1];
+        if flags & !FLAG_TOMBSTONE != 0 {
+            return Err(RecordError::UnknownFlags(flags));
+        }
         let timestamp = Timestamp(u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes")));
         let item = if flags & FLAG_TOMBSTONE != 0 {
+            if bytes.len() != HEADER_BYTES {
+                return Err(RecordError::Truncated);
+            }
             None
         } else {
             Some(codec::decode_item(&bytes[HEADER_BYTES..]).map_err(RecordError::Item)?)

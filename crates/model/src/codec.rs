@@ -199,6 +199,10 @@ impl<'a> Reader<'a> {
         let mut map = BTreeMap::new();
         for _ in 0..count {
             let name = self.string()?;
+            // Encoded from an ordered map: names are non-empty and strictly increasing.
+            if name.is_empty() || map.last_key_value().is_some_and(|(last, _)| *last >= name) {
+                return Err(CodecError("attribute names not strictly increasing"));
+            }
             let value = self.value(depth)?;
             map.insert(name, value);
         }
@@ -212,15 +216,16 @@ impl<'a> Reader<'a> {
             TAG_B => AttributeValue::B(self.slice()?.to_vec()),
             TAG_SS => {
                 let count = self.length()?;
-                AttributeValue::Ss((0..count).map(|_| self.string()).collect::<Result<_, _>>()?)
+                AttributeValue::Ss(canonical_set((0..count).map(|_| self.string()).collect::<Result<_, _>>()?)?)
             }
             TAG_NS => {
                 let count = self.length()?;
-                AttributeValue::Ns((0..count).map(|_| self.number()).collect::<Result<_, _>>()?)
+                AttributeValue::Ns(canonical_set((0..count).map(|_| self.number()).collect::<Result<_, _>>()?)?)
             }
             TAG_BS => {
                 let count = self.length()?;
-                AttributeValue::Bs((0..count).map(|_| self.slice().map(<[u8]>::to_vec)).collect::<Result<_, _>>()?)
+                let blobs = (0..count).map(|_| self.slice().map(<[u8]>::to_vec)).collect::<Result<_, _>>()?;
+                AttributeValue::Bs(canonical_set(blobs)?)
             }
             TAG_M | TAG_L if depth >= CONTAINER_DEPTH_MAX => return Err(CodecError("nested too deep")),
             TAG_M => AttributeValue::M(self.map(depth + 1)?),
@@ -234,6 +239,14 @@ impl<'a> Reader<'a> {
             _ => return Err(CodecError("unknown value tag")),
         })
     }
+}
+
+/// Sets are stored non-empty, sorted and without duplicates; evaluation relies on it.
+fn canonical_set<T: Ord>(members: Vec<T>) -> Result<Vec<T>, CodecError> {
+    if members.is_empty() || members.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(CodecError("set empty, unsorted or with duplicates"));
+    }
+    Ok(members)
 }
 
 #[cfg(test)]

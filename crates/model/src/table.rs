@@ -397,6 +397,7 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
         .filter(|definitions| !definitions.is_empty())
         .ok_or_else(|| validation("No Attribute Schema Defined"))?;
     let mut definitions: Vec<(String, KeyType)> = Vec::new();
+    let mut defined = std::collections::HashSet::with_capacity(definitions_input.len());
     for definition in definitions_input {
         let attribute_name = definition.attribute_name.clone().unwrap_or_default();
         let key_type = definition
@@ -407,7 +408,7 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
         if attribute_name.is_empty() || attribute_name.len() > 255 {
             return Err(validation(KEY_NAME_LENGTH_MESSAGE));
         }
-        if definitions.iter().any(|(existing, _)| *existing == attribute_name) {
+        if !defined.insert(attribute_name.clone()) {
             return Err(validation("Cannot have two attributes with the same name"));
         }
         definitions.push((attribute_name, key_type));
@@ -449,6 +450,12 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
         if indexes.is_empty() {
             return Err(validation("LSI list is empty/invalid"));
         }
+        // Limits first: validating an unbounded list of indexes would cost the server, not the client.
+        if indexes.len() > LOCAL_INDEXES_MAX {
+            return Err(validation(
+                "One or more parameter values were invalid: Number of LocalSecondaryIndexes exceeds per-table limit of 5",
+            ));
+        }
         for index in indexes {
             let schema = validate_index(index, &definitions, KeyContext::LocalIndex, &key)?;
             if local_indexes.iter().any(|existing| existing.name == schema.name) {
@@ -456,16 +463,17 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
             }
             local_indexes.push(schema);
         }
-        if local_indexes.len() > LOCAL_INDEXES_MAX {
-            return Err(validation(
-                "One or more parameter values were invalid: Number of LocalSecondaryIndexes exceeds per-table limit of 5",
-            ));
-        }
     }
     let mut global_indexes: Vec<IndexSchema> = Vec::new();
     if let Some(indexes) = &input.global_secondary_indexes {
         if indexes.is_empty() {
             return Err(validation("GSI list is empty/invalid"));
+        }
+        if indexes.len() > GLOBAL_INDEXES_MAX {
+            return Err(DynamoError::new(
+                ErrorKind::LimitExceeded,
+                "One or more parameter values were invalid: Number of GlobalSecondaryIndexes exceeds per-table limit of 20",
+            ));
         }
         for index in indexes {
             let mut schema = validate_index(index, &definitions, KeyContext::GlobalIndex, &key)?;
@@ -495,12 +503,6 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
                 }
             }
             global_indexes.push(schema);
-        }
-        if global_indexes.len() > GLOBAL_INDEXES_MAX {
-            return Err(DynamoError::new(
-                ErrorKind::LimitExceeded,
-                "One or more parameter values were invalid: Number of GlobalSecondaryIndexes exceeds per-table limit of 20",
-            ));
         }
     }
     let used: Vec<&str> =

@@ -101,6 +101,29 @@ fn required_key(value: Option<&onggi_model::ops::JsonMap>) -> Result<&onggi_mode
     value.ok_or_else(|| DynamoError::validation("Cannot have null key for GetItem, DeleteItem, or UpdateItem"))
 }
 
+/// The options every write takes, parsed and checked.
+struct WriteOptions {
+    return_values: ReturnValues,
+    return_old_on_failure: bool,
+    report: CapacityReport,
+}
+
+impl WriteOptions {
+    fn parse(
+        return_values: Option<&str>,
+        allowed: &[ReturnValues],
+        on_failure: Option<&str>,
+        capacity: Option<&str>,
+        metrics: Option<&str>,
+    ) -> Result<WriteOptions, DynamoError> {
+        let return_values = parse_return_values(return_values, allowed)?;
+        let return_old_on_failure = parse_return_on_failure(on_failure)?;
+        let report = CapacityReport::parse(capacity)?;
+        parse_item_collection_metrics(metrics)?;
+        Ok(WriteOptions { return_values, return_old_on_failure, report })
+    }
+}
+
 fn condition_failed(old: Option<&Item>, return_old: bool) -> DynamoError {
     let mut error = DynamoError::new(ErrorKind::ConditionalCheckFailed, "The conditional request failed");
     if return_old {
@@ -110,6 +133,31 @@ fn condition_failed(old: Option<&Item>, return_old: bool) -> DynamoError {
 }
 
 impl Node {
+    /// The key item and storage key named by a `Key` parameter.
+    fn key_of(table: &TableHandle, raw_key: &onggi_model::ops::JsonMap) -> Result<(Item, Vec<u8>), DynamoError> {
+        let key_item = item_from_json(raw_key)?;
+        let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
+        let key = item_key(&partition, sort.as_ref());
+        Ok((key_item, key))
+    }
+
+    /// Takes the item's lock, reads its current version and checks the request's condition on
+    /// it. The guard must be held until the new version is durable.
+    async fn lock_and_check<'a>(
+        &'a self,
+        table: &TableHandle,
+        key: &[u8],
+        prepared: &expressions::Prepared,
+        return_old_on_failure: bool,
+    ) -> Result<(MutexGuard<'a, ()>, Option<Item>), DynamoError> {
+        let guard = self.inner.locks.lock(table, key).await;
+        let current = self.read_current(table, key)?;
+        if !prepared.check(current.as_ref())? {
+            return Err(condition_failed(current.as_ref(), return_old_on_failure));
+        }
+        Ok((guard, current))
+    }
+
     fn table(&self, name: &str) -> Result<std::sync::Arc<TableHandle>, DynamoError> {
         self.inner.catalog.get(name).ok_or_else(table_not_found)
     }
@@ -135,11 +183,13 @@ impl Node {
     pub(crate) async fn put_item_impl(&self, input: PutItemInput) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let raw_item = required_item(input.item.as_ref())?;
-        let return_values =
-            parse_return_values(input.return_values.as_deref(), &[ReturnValues::None, ReturnValues::AllOld])?;
-        let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
-        let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
-        parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
+        let options = WriteOptions::parse(
+            input.return_values.as_deref(),
+            &[ReturnValues::None, ReturnValues::AllOld],
+            input.return_values_on_condition_check_failure.as_deref(),
+            input.return_consumed_capacity.as_deref(),
+            input.return_item_collection_metrics.as_deref(),
+        )?;
         let prepared = expressions::for_put(&input)?;
         let table = self.table(name)?;
         let prepared = prepared.check_against(&table.schema)?;
@@ -152,18 +202,12 @@ impl Node {
         table.schema.check_index_keys(&item, false)?;
         let key = item_key(&partition, sort.as_ref());
 
-        let _guard = self.inner.locks.lock(&table, &key).await;
-        let old = self.read_current(&table, &key)?;
-        if !prepared.check(old.as_ref())? {
-            return Err(condition_failed(old.as_ref(), return_old_on_failure));
-        }
-        let consumed = capacity::for_write(report, &table.schema, old.as_ref(), Some(&item));
+        let (_guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
+        let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), Some(&item));
         self.write_current(&table, key, Some(item)).await?;
         table.account(old.as_ref().map(item_size_bytes), Some(new_size));
-        Ok(WriteItemOutput {
-            attributes: if return_values == ReturnValues::AllOld { old } else { None },
-            consumed_capacity: consumed,
-        })
+        let attributes = if options.return_values == ReturnValues::AllOld { old } else { None };
+        Ok(WriteItemOutput { attributes, consumed_capacity })
     }
 
     pub(crate) async fn get_item_impl(&self, input: GetItemInput) -> Result<GetItemOutput, DynamoError> {
@@ -173,9 +217,7 @@ impl Node {
         let prepared = expressions::for_get(&input)?;
         let table = self.table(name)?;
         let prepared = prepared.check_against(&table.schema)?;
-        let key_item = item_from_json(raw_key)?;
-        let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
-        let key = item_key(&partition, sort.as_ref());
+        let (_, key) = Self::key_of(&table, raw_key)?;
         let consistent = input.consistent_read.unwrap_or(false);
         let item = if consistent {
             // A consistent read waits for any in-flight write of this item to be durable and
@@ -192,7 +234,7 @@ impl Node {
     pub(crate) async fn update_item_impl(&self, input: UpdateItemInput) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let raw_key = required_key(input.key.as_ref())?;
-        let return_values = parse_return_values(
+        let options = WriteOptions::parse(
             input.return_values.as_deref(),
             &[
                 ReturnValues::None,
@@ -201,21 +243,15 @@ impl Node {
                 ReturnValues::AllNew,
                 ReturnValues::UpdatedNew,
             ],
+            input.return_values_on_condition_check_failure.as_deref(),
+            input.return_consumed_capacity.as_deref(),
+            input.return_item_collection_metrics.as_deref(),
         )?;
-        let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
-        let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
-        parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
         let table = self.table(name)?;
         let prepared = expressions::for_update(&input, &table.schema)?.check_against(&table.schema)?;
-        let key_item = item_from_json(raw_key)?;
-        let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
-        let key = item_key(&partition, sort.as_ref());
+        let (key_item, key) = Self::key_of(&table, raw_key)?;
 
-        let _guard = self.inner.locks.lock(&table, &key).await;
-        let old = self.read_current(&table, &key)?;
-        if !prepared.check(old.as_ref())? {
-            return Err(condition_failed(old.as_ref(), return_old_on_failure));
-        }
+        let (_guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
         // An update of a missing item creates it from its key.
         let base = old.clone().unwrap_or_else(|| key_item.clone());
         let outcome = prepared.apply_update(&base)?;
@@ -229,8 +265,8 @@ impl Node {
         }
         // The "update expression" wording is for UpdateExpression only; AttributeUpdates gets PutItem's.
         table.schema.check_index_keys(&new, input.update_expression.is_some())?;
-        let consumed_capacity = capacity::for_write(report, &table.schema, old.as_ref(), Some(&new));
-        let attributes = match return_values {
+        let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), Some(&new));
+        let attributes = match options.return_values {
             ReturnValues::None => None,
             ReturnValues::AllOld => old.clone(),
             ReturnValues::AllNew => Some(new.clone()),
@@ -247,33 +283,27 @@ impl Node {
     pub(crate) async fn delete_item_impl(&self, input: DeleteItemInput) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let raw_key = required_key(input.key.as_ref())?;
-        let return_values =
-            parse_return_values(input.return_values.as_deref(), &[ReturnValues::None, ReturnValues::AllOld])?;
-        let return_old_on_failure = parse_return_on_failure(input.return_values_on_condition_check_failure.as_deref())?;
-        let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
-        parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
+        let options = WriteOptions::parse(
+            input.return_values.as_deref(),
+            &[ReturnValues::None, ReturnValues::AllOld],
+            input.return_values_on_condition_check_failure.as_deref(),
+            input.return_consumed_capacity.as_deref(),
+            input.return_item_collection_metrics.as_deref(),
+        )?;
         let prepared = expressions::for_delete(&input)?;
         let table = self.table(name)?;
         let prepared = prepared.check_against(&table.schema)?;
-        let key_item = item_from_json(raw_key)?;
-        let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
-        let key = item_key(&partition, sort.as_ref());
+        let (_, key) = Self::key_of(&table, raw_key)?;
 
-        let _guard = self.inner.locks.lock(&table, &key).await;
-        let old = self.read_current(&table, &key)?;
-        if !prepared.check(old.as_ref())? {
-            return Err(condition_failed(old.as_ref(), return_old_on_failure));
-        }
-        let consumed = capacity::for_write(report, &table.schema, old.as_ref(), None);
+        let (_guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
+        let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), None);
         if old.is_some() {
             // A tombstone, not a removal: replicas must later agree that the item is gone.
             self.write_current(&table, key, None).await?;
             table.account(old.as_ref().map(item_size_bytes), None);
         }
-        Ok(WriteItemOutput {
-            attributes: if return_values == ReturnValues::AllOld { old } else { None },
-            consumed_capacity: consumed,
-        })
+        let attributes = if options.return_values == ReturnValues::AllOld { old } else { None };
+        Ok(WriteItemOutput { attributes, consumed_capacity })
     }
 }
 

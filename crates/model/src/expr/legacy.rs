@@ -231,15 +231,23 @@ fn join(conditions: Vec<Condition>, operator: Option<&Json>) -> Result<Condition
         }
         Some(_) => return Err(DynamoError::serialization("Unexpected value type in payload")),
     };
-    let mut conditions = conditions.into_iter();
-    let first = conditions.next().unwrap_or(Condition::True);
-    Ok(conditions.fold(first, |joined, next| {
-        if or {
-            Condition::Or(Box::new(joined), Box::new(next))
-        } else {
-            Condition::And(Box::new(joined), Box::new(next))
+    Ok(balanced(conditions, or))
+}
+
+/// Joins conditions into a balanced tree, so that a request with thousands of legacy conditions
+/// gives a tree of logarithmic depth: evaluating and dropping it recurse once per level, and a
+/// left-leaning chain of N levels overflowed the stack. AND and OR are associative and evaluation
+/// is pure, so the shape does not change the result.
+fn balanced(mut conditions: Vec<Condition>, or: bool) -> Condition {
+    match conditions.len() {
+        0 => Condition::True,
+        1 => conditions.pop().expect("one condition"),
+        length => {
+            let right = conditions.split_off(length / 2);
+            let (left, right) = (Box::new(balanced(conditions, or)), Box::new(balanced(right, or)));
+            if or { Condition::Or(left, right) } else { Condition::And(left, right) }
         }
-    }))
+    }
 }
 
 fn check_conditional_operator(entries: usize, operator: Option<&Json>) -> Result<(), DynamoError> {
@@ -382,6 +390,7 @@ fn attributes_to_get(json: &Json) -> Result<Projection, DynamoError> {
         return Err(DynamoError::serialization("Unexpected value type in payload"));
     };
     let mut paths: Vec<Path> = Vec::with_capacity(names.len());
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
     for name in names {
         let Json::String(name) = name else {
             return Err(DynamoError::serialization("Unexpected value type in payload"));
@@ -390,7 +399,7 @@ fn attributes_to_get(json: &Json) -> Result<Projection, DynamoError> {
             return Err(DynamoError::validation("Empty attribute name"));
         }
         let path = Path::attribute(name.clone());
-        if paths.contains(&path) {
+        if !seen.insert(name.as_str()) {
             return Err(DynamoError::validation("Cannot have two attributes with the same name"));
         }
         paths.push(path);

@@ -1449,3 +1449,24 @@ fn updated_values_are_the_literal_paths_written() {
         json!({"L": [{"N": "1"}, {"N": "2"}, {"N": "3"}, {"N": "1"}, {"S": "x"}]})
     );
 }
+
+/// Thousands of legacy conditions must not build a tree deep enough to overflow the stack when
+/// evaluated or dropped, and big legacy lists must be checked in linear time (fuzzing findings;
+/// the multi-megabyte versions live in fuzz/tests/large_requests.rs).
+#[test]
+fn large_legacy_parameters_stay_shallow_and_linear() {
+    let entries: serde_json::Map<String, Json> =
+        (0..20_000).map(|index| (format!("a{index}"), json!({"Exists": false}))).collect();
+    let expected = Json::Object(entries);
+    let mut request = RequestExpressions::new(Operation::PutItem);
+    request.expected = Some(&expected);
+    let condition = request.resolve().unwrap().condition.unwrap();
+    assert_eq!(condition.evaluate(None), Ok(true));
+    drop(condition);
+
+    let names = Json::Array((0..50_000).map(|index| json!(format!("n{index}"))).collect());
+    let mut request = RequestExpressions::new(Operation::GetItem);
+    request.attributes_to_get = Some(&names);
+    // With the old quadratic duplicate check this took minutes; the suite's timeout catches it.
+    assert_eq!(request.resolve().unwrap().projection.unwrap().paths.len(), 50_000);
+}
