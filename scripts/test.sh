@@ -32,7 +32,8 @@ step "Fuzzing regressions (seeds and minimized findings replayed without libFuzz
 cargo test --manifest-path fuzz/Cargo.toml --test replay
 
 step "Python black-box suite (boto3, AWS CLI, differential against DynamoDB Local)"
-cargo build -p onggi
+# The integration tests above built the binary; build it only if they did not run.
+[ -x target/debug/onggi ] || cargo build -p onggi
 ONGGI_BIN="$PWD/target/debug/onggi" bash tests/python/run.sh "$@"
 
 step "all tests passed"

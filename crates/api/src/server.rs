@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Most connections served at once; further ones wait to be accepted.
     pub connections_max: usize,
+    /// How long a client may take to send a request body.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             connections_max: 4096,
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -64,7 +67,9 @@ pub async fn serve<B: Backend>(
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: SDKs speak it to http:// endpoints, and HTTP/2's many streams per connection
+    // would get around the connection limit below.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     // A client that opens a connection and never finishes its headers must not hold it forever.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
     let connections = Arc::new(tokio::sync::Semaphore::new(config.connections_max));
@@ -180,7 +185,11 @@ async fn handle<B: Backend>(backend: &B, config: &ServerConfig, request: Request
         Ok(body) => respond(StatusCode::OK, "application/x-amz-json-1.0", body, &request_id),
         Err(error) => {
             if error.kind == ErrorKind::InternalServer {
+                // The details (storage errors, paths) go to the log, not to the client.
                 tracing::error!(request_id, operation, message = %error.message, "internal error");
+                let generic =
+                    DynamoError::internal("The server encountered an internal error trying to fulfill the request.");
+                return error_response(&generic, &request_id);
             } else {
                 tracing::debug!(request_id, operation, error = %error, "request refused");
             }
@@ -209,9 +218,10 @@ async fn process<B: Backend>(
     if declared_length.is_some_and(|length| length > config.request_body_bytes_max as u64) {
         return Err(too_large(config));
     }
-    let body = Limited::new(request.into_body(), config.request_body_bytes_max)
-        .collect()
+    let collect = Limited::new(request.into_body(), config.request_body_bytes_max).collect();
+    let body = tokio::time::timeout(config.body_read_timeout, collect)
         .await
+        .map_err(|_| DynamoError::serialization("Timed out reading the request body"))?
         .map_err(|error| {
             if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 too_large(config)

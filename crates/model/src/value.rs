@@ -320,12 +320,13 @@ fn json_string(json: &Json) -> Result<String, DynamoError> {
     }
 }
 
-/// Text of a number member: DynamoDB sends numbers as strings; a bare JSON number is accepted as
-/// DynamoDB Local accepts it.
+/// Text of a number member: DynamoDB sends numbers as strings; a bare JSON integer is accepted as
+/// DynamoDB Local accepts it. A bare fraction or a large integer is refused, because the JSON
+/// parser has already rounded it to a binary float and its exact digits are gone.
 fn json_scalar_text(json: &Json) -> Result<String, DynamoError> {
     match json {
         Json::String(text) => Ok(text.clone()),
-        Json::Number(number) => Ok(number.to_string()),
+        Json::Number(number) if number.is_i64() || number.is_u64() => Ok(number.to_string()),
         _ => Err(DynamoError::serialization("Unexpected value type in payload")),
     }
 }

@@ -10,6 +10,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use onggi_core::hlc::Timestamp;
 use onggi_core::record::Record;
 use onggi_model::codec::ITEM_FORMAT_VERSION;
 use onggi_model::table::{TABLE_SCHEMA_FORMAT_VERSION, TableSchema};
@@ -20,16 +21,24 @@ use onggi_storage::{Direction, Durability, Engine, StorageError, Tree, WriteBatc
 pub const CATALOG_TREE: &str = "catalog";
 const TABLE_KEY_PREFIX: &str = "table/";
 
+/// Live statistics of one table (one table id): shared by every handle of that table, so that a
+/// write that started before an UpdateTable still counts after it.
+#[derive(Debug, Default)]
+pub struct TableStats {
+    /// Items currently stored (tombstones excluded).
+    pub item_count: AtomicI64,
+    /// Bytes of the items currently stored, as DynamoDB counts item size.
+    pub size_bytes: AtomicI64,
+}
+
 /// A table known to this node.
 pub struct TableHandle {
     /// Its schema.
     pub schema: TableSchema,
     /// The storage tree of its items.
     pub tree: Tree,
-    /// Items currently stored (tombstones excluded).
-    pub item_count: AtomicI64,
-    /// Bytes of the items currently stored, as DynamoDB counts item size.
-    pub size_bytes: AtomicI64,
+    /// Its live statistics.
+    pub stats: Arc<TableStats>,
 }
 
 impl TableHandle {
@@ -37,8 +46,8 @@ impl TableHandle {
     pub fn account(&self, old_size: Option<usize>, new_size: Option<usize>) {
         let count_delta = i64::from(new_size.is_some()) - i64::from(old_size.is_some());
         let size_delta = new_size.unwrap_or(0) as i64 - old_size.unwrap_or(0) as i64;
-        self.item_count.fetch_add(count_delta, Ordering::Relaxed);
-        self.size_bytes.fetch_add(size_delta, Ordering::Relaxed);
+        self.stats.item_count.fetch_add(count_delta, Ordering::Relaxed);
+        self.stats.size_bytes.fetch_add(size_delta, Ordering::Relaxed);
     }
 }
 
@@ -55,6 +64,8 @@ pub struct Catalog {
     /// Serializes control-plane changes (create, update, delete) so that each one reads and
     /// writes the catalog without interference.
     pub(crate) changes: tokio::sync::Mutex<()>,
+    /// The newest version timestamp found in storage at start: the clock starts after it.
+    pub newest_timestamp: Timestamp,
 }
 
 impl Catalog {
@@ -62,6 +73,7 @@ impl Catalog {
     pub fn load(engine: Arc<dyn Engine>) -> Result<Catalog, String> {
         let catalog_tree = engine.open_tree(CATALOG_TREE).map_err(|error| error.to_string())?;
         let mut tables = BTreeMap::new();
+        let mut newest_timestamp = Timestamp::ZERO;
         let entries = engine
             .range(&catalog_tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward)
             .map_err(|error| error.to_string())?;
@@ -76,13 +88,20 @@ impl Catalog {
                 ));
             }
             let tree = engine.open_tree(&items_tree_name(&schema)).map_err(|error| error.to_string())?;
-            let handle = TableHandle { schema, tree, item_count: AtomicI64::new(0), size_bytes: AtomicI64::new(0) };
-            recount(&*engine, &handle)?;
+            let handle = TableHandle { schema, tree, stats: Arc::default() };
+            let newest = recount(&*engine, &handle)?;
+            newest_timestamp = newest_timestamp.max(newest);
             tables.insert(handle.schema.name.clone(), Arc::new(handle));
         }
         // The item encoding version is recorded per record; this assertion keeps the two in step.
         debug_assert_eq!(ITEM_FORMAT_VERSION, 1);
-        Ok(Catalog { engine, catalog_tree, tables: RwLock::new(tables), changes: tokio::sync::Mutex::new(()) })
+        Ok(Catalog {
+            engine,
+            catalog_tree,
+            tables: RwLock::new(tables),
+            changes: tokio::sync::Mutex::new(()),
+            newest_timestamp,
+        })
     }
 
     /// The table named `name`, if it exists.
@@ -103,18 +122,11 @@ impl Catalog {
         batch.put(&self.catalog_tree, format!("{TABLE_KEY_PREFIX}{}", schema.name).into_bytes(), encoded);
         commit_async(&*self.engine, batch, Durability::Sync).await?;
         let mut tables = self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (item_count, size_bytes) = match tables.get(&schema.name) {
-            Some(previous) if previous.schema.id == schema.id => {
-                (previous.item_count.load(Ordering::Relaxed), previous.size_bytes.load(Ordering::Relaxed))
-            }
-            _ => (0, 0),
+        let stats = match tables.get(&schema.name) {
+            Some(previous) if previous.schema.id == schema.id => previous.stats.clone(),
+            _ => Arc::default(),
         };
-        let handle = Arc::new(TableHandle {
-            schema,
-            tree,
-            item_count: AtomicI64::new(item_count),
-            size_bytes: AtomicI64::new(size_bytes),
-        });
+        let handle = Arc::new(TableHandle { schema, tree, stats });
         tables.insert(handle.schema.name.clone(), handle.clone());
         Ok(handle)
     }
@@ -152,20 +164,23 @@ impl Catalog {
     }
 }
 
-fn recount(engine: &dyn Engine, handle: &TableHandle) -> Result<(), String> {
+/// Recounts a table's statistics from storage; returns the newest version timestamp seen.
+fn recount(engine: &dyn Engine, handle: &TableHandle) -> Result<Timestamp, String> {
     let (mut count, mut size) = (0i64, 0i64);
+    let mut newest = Timestamp::ZERO;
     for entry in engine
         .range(&handle.tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward)
         .map_err(|error| error.to_string())?
     {
         let (_, value) = entry.map_err(|error| error.to_string())?;
         let record = Record::decode(&value).map_err(|error| format!("table {}: {error}", handle.schema.name))?;
+        newest = newest.max(record.timestamp);
         if let Some(item) = record.item {
             count += 1;
             size += item_size_bytes(&item) as i64;
         }
     }
-    handle.item_count.store(count, Ordering::Relaxed);
-    handle.size_bytes.store(size, Ordering::Relaxed);
-    Ok(())
+    handle.stats.item_count.store(count, Ordering::Relaxed);
+    handle.stats.size_bytes.store(size, Ordering::Relaxed);
+    Ok(newest)
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// Name of the marker file.
 pub const MARKER_FILE_NAME: &str = "ONGGI_FORMAT";
+/// The marker while it is being written.
+const MARKER_TEMPORARY_NAME: &str = "ONGGI_FORMAT.tmp";
 /// The data directory layout this build writes and reads.
 pub const DATA_FORMAT_VERSION: u32 = 1;
 
@@ -33,18 +35,22 @@ impl DataDir {
         fs::create_dir_all(path)
             .map_err(|error| format!("cannot create data directory {}: {error}", path.display()))?;
         let marker_path = path.join(MARKER_FILE_NAME);
+        let temporary_path = path.join(MARKER_TEMPORARY_NAME);
+        // Empty, or holding only a marker whose writing a crash interrupted.
         let is_empty = fs::read_dir(path)
             .map_err(|error| format!("cannot read data directory {}: {error}", path.display()))?
-            .next()
-            .is_none();
+            .filter_map(Result::ok)
+            .all(|entry| entry.file_name() == MARKER_TEMPORARY_NAME);
         if is_empty {
-            let mut marker = File::create(&marker_path)
-                .map_err(|error| format!("cannot write {}: {error}", marker_path.display()))?;
-            marker
-                .write_all(marker_text().as_bytes())
-                .and_then(|()| marker.sync_all())
-                .map_err(|error| format!("cannot write {}: {error}", marker_path.display()))?;
-            File::open(path).and_then(|directory| directory.sync_all()).ok();
+            // Written whole or not at all: a temporary file, fsynced, renamed, directory fsynced.
+            let write = || -> std::io::Result<()> {
+                let mut marker = File::create(&temporary_path)?;
+                marker.write_all(marker_text().as_bytes())?;
+                marker.sync_all()?;
+                fs::rename(&temporary_path, &marker_path)?;
+                File::open(path)?.sync_all()
+            };
+            write().map_err(|error| format!("cannot write {}: {error}", marker_path.display()))?;
         }
         let mut marker = OpenOptions::new().read(true).open(&marker_path).map_err(|_| {
             format!(

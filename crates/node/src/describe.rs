@@ -53,8 +53,8 @@ pub fn describe(table: &TableHandle, status: &str, region: &str) -> TableDescrip
             read_capacity_units: schema.read_capacity_units,
             write_capacity_units: schema.write_capacity_units,
         },
-        table_size_bytes: table.size_bytes.load(Ordering::Relaxed).max(0) as u64,
-        item_count: table.item_count.load(Ordering::Relaxed).max(0) as u64,
+        table_size_bytes: table.stats.size_bytes.load(Ordering::Relaxed).max(0) as u64,
+        item_count: table.stats.item_count.load(Ordering::Relaxed).max(0) as u64,
         table_arn: arn.clone(),
         table_id: schema.id.clone(),
         // DynamoDB describes the billing mode once a table has ever been on demand.

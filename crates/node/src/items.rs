@@ -20,8 +20,10 @@ use onggi_model::ops::{
 use onggi_model::table::{ItemKey, required_table_name};
 use onggi_model::value::{CONTAINER_DEPTH_MAX, ITEM_SIZE_BYTES_MAX, item_from_json, item_size_bytes};
 use onggi_model::{DynamoError, ErrorKind, Item};
-use onggi_storage::{Durability, WriteBatch, commit_async};
-use tokio::sync::{Mutex, MutexGuard};
+use onggi_storage::{Durability, WriteBatch};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::Node;
 use crate::capacity::{self, CapacityReport};
@@ -33,20 +35,23 @@ use crate::tables::{storage_error, table_not_found};
 /// concurrent writers, small enough to cost nothing (a few tens of KB).
 const LOCK_STRIPES: usize = 4096;
 
-/// Per-item mutual exclusion, striped by a hash of the storage key.
-pub(crate) struct LockStripes(Box<[Mutex<()>]>);
+/// Per-item mutual exclusion, striped by a hash of the storage key. Guards are owned, so that a
+/// write can hand its guard to the storage completion: the lock is released when the write is
+/// durable, even if the request that made it was cancelled (a client that disconnects must not
+/// let a second writer read the version the first is still replacing).
+pub(crate) struct LockStripes(Box<[Arc<Mutex<()>>]>);
 
 impl LockStripes {
     pub(crate) fn new() -> LockStripes {
-        LockStripes((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect())
+        LockStripes((0..LOCK_STRIPES).map(|_| Arc::new(Mutex::new(()))).collect())
     }
 
-    async fn lock(&self, table: &TableHandle, key: &[u8]) -> MutexGuard<'_, ()> {
+    async fn lock(&self, table: &TableHandle, key: &[u8]) -> OwnedMutexGuard<()> {
         let mut hashed = Vec::with_capacity(table.schema.id.len() + key.len());
         hashed.extend_from_slice(table.schema.id.as_bytes());
         hashed.extend_from_slice(key);
         let stripe = xxhash_rust::xxh3::xxh3_64(&hashed) as usize % self.0.len();
-        self.0[stripe].lock().await
+        self.0[stripe].clone().lock_owned().await
     }
 }
 
@@ -143,13 +148,13 @@ impl Node {
 
     /// Takes the item's lock, reads its current version and checks the request's condition on
     /// it. The guard must be held until the new version is durable.
-    async fn lock_and_check<'a>(
-        &'a self,
+    async fn lock_and_check(
+        &self,
         table: &TableHandle,
         key: &[u8],
         prepared: &expressions::Prepared,
         return_old_on_failure: bool,
-    ) -> Result<(MutexGuard<'a, ()>, Option<Item>), DynamoError> {
+    ) -> Result<(OwnedMutexGuard<()>, Option<Item>), DynamoError> {
         let guard = self.inner.locks.lock(table, key).await;
         let current = self.read_current(table, key)?;
         if !prepared.check(current.as_ref())? {
@@ -172,12 +177,36 @@ impl Node {
         Ok(record.item)
     }
 
-    /// Writes `item` (or a tombstone) as the new version of `key`, durably.
-    async fn write_current(&self, table: &TableHandle, key: Vec<u8>, item: Option<Item>) -> Result<(), DynamoError> {
+    /// Writes `item` (or a tombstone) as the new version of `key`, durably, then accounts for it
+    /// and releases the item's lock. Both happen in the storage completion, so they happen exactly
+    /// when the write is durable even if the caller stops waiting (a cancelled request).
+    async fn write_current(
+        &self,
+        table: &Arc<TableHandle>,
+        key: Vec<u8>,
+        item: Option<Item>,
+        old_size: Option<usize>,
+        guard: OwnedMutexGuard<()>,
+    ) -> Result<(), DynamoError> {
+        let new_size = item.as_ref().map(item_size_bytes);
         let record = Record { timestamp: self.inner.timestamp(), item };
         let mut batch = WriteBatch::new();
         batch.put(&table.tree, key, record.encode());
-        commit_async(&*self.inner.engine, batch, Durability::Sync).await.map_err(storage_error)
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let table = table.clone();
+        self.inner.engine.commit(
+            batch,
+            Durability::Sync,
+            Box::new(move |result| {
+                if result.is_ok() {
+                    table.account(old_size, new_size);
+                }
+                drop(guard);
+                // The receiver is gone if the request was cancelled; the write stands regardless.
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.await.unwrap_or(Err(onggi_storage::StorageError::Closed)).map_err(storage_error)
     }
 
     pub(crate) async fn put_item_impl(&self, input: PutItemInput) -> Result<WriteItemOutput, DynamoError> {
@@ -202,10 +231,9 @@ impl Node {
         table.schema.check_index_keys(&item, false)?;
         let key = item_key(&partition, sort.as_ref());
 
-        let (_guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
+        let (guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
         let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), Some(&item));
-        self.write_current(&table, key, Some(item)).await?;
-        table.account(old.as_ref().map(item_size_bytes), Some(new_size));
+        self.write_current(&table, key, Some(item), old.as_ref().map(item_size_bytes), guard).await?;
         let attributes = if options.return_values == ReturnValues::AllOld { old } else { None };
         Ok(WriteItemOutput { attributes, consumed_capacity })
     }
@@ -251,7 +279,7 @@ impl Node {
         let prepared = expressions::for_update(&input, &table.schema)?.check_against(&table.schema)?;
         let (key_item, key) = Self::key_of(&table, raw_key)?;
 
-        let (_guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
+        let (guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
         // An update of a missing item creates it from its key.
         let base = old.clone().unwrap_or_else(|| key_item.clone());
         let outcome = prepared.apply_update(&base)?;
@@ -275,8 +303,7 @@ impl Node {
             }
             ReturnValues::UpdatedNew => Some(outcome.project_updated(&new)).filter(|item| !item.is_empty()),
         };
-        self.write_current(&table, key, Some(new)).await?;
-        table.account(old.as_ref().map(item_size_bytes), Some(new_size));
+        self.write_current(&table, key, Some(new), old.as_ref().map(item_size_bytes), guard).await?;
         Ok(WriteItemOutput { attributes, consumed_capacity })
     }
 
@@ -295,12 +322,11 @@ impl Node {
         let prepared = prepared.check_against(&table.schema)?;
         let (_, key) = Self::key_of(&table, raw_key)?;
 
-        let (_guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
+        let (guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
         let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), None);
         if old.is_some() {
             // A tombstone, not a removal: replicas must later agree that the item is gone.
-            self.write_current(&table, key, None).await?;
-            table.account(old.as_ref().map(item_size_bytes), None);
+            self.write_current(&table, key, None, old.as_ref().map(item_size_bytes), guard).await?;
         }
         let attributes = if options.return_values == ReturnValues::AllOld { old } else { None };
         Ok(WriteItemOutput { attributes, consumed_capacity })

@@ -86,11 +86,15 @@ impl Node {
         if orphans > 0 {
             tracing::info!(orphans, "removed the data of tables deleted before the last stop");
         }
+        // Versions written from now on must order after every version already stored, even if
+        // the wall clock stepped back while the node was down.
+        let mut clock = Clock::new();
+        clock.observe(catalog.newest_timestamp, wall_clock_ms());
         Ok(Node {
             inner: Arc::new(Inner {
                 engine,
                 catalog,
-                clock: Mutex::new(Clock::new()),
+                clock: Mutex::new(clock),
                 locks: items::LockStripes::new(),
                 default_region: config.default_region,
                 _data_dir: data_dir,
