@@ -33,12 +33,14 @@ use crate::catalog::Catalog;
 use crate::datadir::DataDir;
 
 /// How a node stores its data.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum StorageChoice {
     /// The embedded engine (fjall) in a data directory: durable.
     Disk(PathBuf),
     /// Memory only: for tests and the simulator; everything is lost when the node stops.
     Memory,
+    /// A given engine: for tests and the simulator, which wrap engines to delay or fail commits.
+    Engine(Arc<dyn Engine>),
 }
 
 /// A node's configuration.
@@ -66,6 +68,16 @@ pub struct Node {
     pub(crate) inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for StorageChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageChoice::Disk(path) => f.debug_tuple("Disk").field(path).finish(),
+            StorageChoice::Memory => f.write_str("Memory"),
+            StorageChoice::Engine(_) => f.write_str("Engine(..)"),
+        }
+    }
+}
+
 impl Node {
     /// Opens a node: locks and checks the data directory, opens storage, loads the catalog.
     pub fn open(config: NodeConfig) -> Result<Node, String> {
@@ -78,6 +90,7 @@ impl Node {
                 (Arc::new(engine), Some(data_dir))
             }
             StorageChoice::Memory => (Arc::new(MemoryEngine::new()), None),
+            StorageChoice::Engine(engine) => (engine.clone(), None),
         };
         let catalog =
             Catalog::load(engine.clone()).map_err(|error| format!("cannot load the table catalog: {error}"))?;
