@@ -1,4 +1,4 @@
-//! The `onggi` command: `onggi serve` runs a node.
+//! The `onggi` command: `onggi serve` runs a node; `onggi bench` load-tests an endpoint.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run a node: serve the DynamoDB API over HTTP.
     Serve(ServeArgs),
+    /// Load-test a DynamoDB-compatible endpoint (YCSB-style workloads).
+    Bench(onggi_bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,9 +107,42 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn bench(args: onggi_bench::BenchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("onggi bench: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = args.json;
+    match runtime.block_on(onggi_bench::run(args)) {
+        Ok(report) => {
+            if json {
+                match onggi_bench::render_json(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(error) => {
+                        eprintln!("onggi bench: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", onggi_bench::render_text(&report));
+            }
+            // An invalid run (errors or misses) exits with status 2.
+            if report.valid { ExitCode::SUCCESS } else { ExitCode::from(2) }
+        }
+        Err(message) => {
+            eprintln!("onggi bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => bench(args),
         Command::Serve(args) => {
             init_logging(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
