@@ -6,9 +6,10 @@
 //! holding an item's lock — and a consensus retry could evaluate them again.
 
 use onggi_model::expr::{Operation, RequestExpressions, ResolvedExpressions, UpdateOutcome};
-use onggi_model::ops::{DeleteItemInput, GetItemInput, PutItemInput, UpdateItemInput};
+use onggi_model::ops::{DeleteItemInput, GetItemInput, JsonMap, PutItemInput, UpdateItemInput};
 use onggi_model::table::TableSchema;
 use onggi_model::{DynamoError, Item};
+use serde_json::Value as Json;
 
 /// The update expression's message for an operand of the wrong type.
 const INCORRECT_OPERAND_TYPE: &str = "An operand in the update expression has an incorrect data type";
@@ -26,13 +27,33 @@ impl From<ResolvedExpressions> for Prepared {
     }
 }
 
+/// The expression members every conditional write (Put, Update, Delete) has.
+fn conditional_write<'r>(
+    operation: Operation,
+    condition: &'r Option<String>,
+    names: &'r Option<JsonMap>,
+    values: &'r Option<JsonMap>,
+    expected: &'r Option<Json>,
+    conditional_operator: &'r Option<Json>,
+) -> RequestExpressions<'r> {
+    let mut request = RequestExpressions::new(operation);
+    request.condition = condition.as_deref();
+    request.names = names.as_ref();
+    request.values = values.as_ref();
+    request.expected = expected.as_ref();
+    request.conditional_operator = conditional_operator.as_ref();
+    request
+}
+
 pub(crate) fn for_put(input: &PutItemInput) -> Result<Prepared, DynamoError> {
-    let mut request = RequestExpressions::new(Operation::PutItem);
-    request.condition = input.condition_expression.as_deref();
-    request.names = input.expression_attribute_names.as_ref();
-    request.values = input.expression_attribute_values.as_ref();
-    request.expected = input.expected.as_ref();
-    request.conditional_operator = input.conditional_operator.as_ref();
+    let request = conditional_write(
+        Operation::PutItem,
+        &input.condition_expression,
+        &input.expression_attribute_names,
+        &input.expression_attribute_values,
+        &input.expected,
+        &input.conditional_operator,
+    );
     Ok(request.resolve()?.into())
 }
 
@@ -45,13 +66,15 @@ pub(crate) fn for_get(input: &GetItemInput) -> Result<Prepared, DynamoError> {
 }
 
 pub(crate) fn for_update(input: &UpdateItemInput, schema: &TableSchema) -> Result<Prepared, DynamoError> {
-    let mut request = RequestExpressions::new(Operation::UpdateItem);
-    request.condition = input.condition_expression.as_deref();
+    let mut request = conditional_write(
+        Operation::UpdateItem,
+        &input.condition_expression,
+        &input.expression_attribute_names,
+        &input.expression_attribute_values,
+        &input.expected,
+        &input.conditional_operator,
+    );
     request.update = input.update_expression.as_deref();
-    request.names = input.expression_attribute_names.as_ref();
-    request.values = input.expression_attribute_values.as_ref();
-    request.expected = input.expected.as_ref();
-    request.conditional_operator = input.conditional_operator.as_ref();
     request.attribute_updates = input.attribute_updates.as_ref();
     let resolved = request.resolve()?;
     // Key attributes are refused from the expression itself, before the item is read.
@@ -69,12 +92,14 @@ pub(crate) fn for_update(input: &UpdateItemInput, schema: &TableSchema) -> Resul
 }
 
 pub(crate) fn for_delete(input: &DeleteItemInput) -> Result<Prepared, DynamoError> {
-    let mut request = RequestExpressions::new(Operation::DeleteItem);
-    request.condition = input.condition_expression.as_deref();
-    request.names = input.expression_attribute_names.as_ref();
-    request.values = input.expression_attribute_values.as_ref();
-    request.expected = input.expected.as_ref();
-    request.conditional_operator = input.conditional_operator.as_ref();
+    let request = conditional_write(
+        Operation::DeleteItem,
+        &input.condition_expression,
+        &input.expression_attribute_names,
+        &input.expression_attribute_values,
+        &input.expected,
+        &input.conditional_operator,
+    );
     Ok(request.resolve()?.into())
 }
 
