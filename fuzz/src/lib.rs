@@ -512,7 +512,7 @@ pub fn codec(data: &[u8]) {
                 exercise(resolved, &[&item]);
             }
         }
-        let record = Record { timestamp: Timestamp(u64::MAX), item: Some(item) };
+        let record = Record { timestamp: Timestamp(u64::MAX), item: Some(item), expired: false };
         assert_eq!(Record::decode(&record.encode()).as_ref(), Ok(&record), "record does not round-trip");
     }
     if let Ok(record) = Record::decode(data) {

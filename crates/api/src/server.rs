@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use onggi_model::ops::{DYNAMODB_OPERATIONS, RequestContext};
+use onggi_model::ops::{DYNAMODB_OPERATIONS, RequestContext, ServiceDescription, TagOperation};
 use onggi_model::{DynamoError, ErrorKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -280,6 +280,17 @@ async fn dispatch<B: Backend>(
         "GetItem" => render(&backend.get_item(context, parse(body)?).await?),
         "UpdateItem" => render(&backend.update_item(context, parse(body)?).await?),
         "DeleteItem" => render(&backend.delete_item(context, parse(body)?).await?),
+        "Query" => render(&backend.query(context, parse(body)?).await?),
+        "Scan" => render(&backend.scan(context, parse(body)?).await?),
+        "BatchGetItem" => render(&backend.batch_get_item(context, parse(body)?).await?),
+        "BatchWriteItem" => render(&backend.batch_write_item(context, parse(body)?).await?),
+        "UpdateTimeToLive" => render(&backend.update_time_to_live(context, parse(body)?).await?),
+        "DescribeTimeToLive" => render(&backend.describe_time_to_live(context, parse(body)?).await?),
+        "TagResource" => render(&backend.tags(context, TagOperation::Tag, parse(body)?).await?),
+        "UntagResource" => render(&backend.tags(context, TagOperation::Untag, parse(body)?).await?),
+        "ListTagsOfResource" => render(&backend.tags(context, TagOperation::List, parse(body)?).await?),
+        "DescribeEndpoints" => render(&backend.describe_service(context, ServiceDescription::Endpoints).await?),
+        "DescribeLimits" => render(&backend.describe_service(context, ServiceDescription::Limits).await?),
         known if DYNAMODB_OPERATIONS.contains(&known) => Err(DynamoError::new(
             ErrorKind::UnknownOperation,
             format!("onggi does not support the {known} operation yet."),

@@ -5,8 +5,10 @@
 //! can later agree on "deleted at T" (anti-entropy, hinted handoff, read repair); tombstones are
 //! collected only once every replica has them.
 //!
-//! Layout (format version 1): `[version: u8 = 1][flags: u8, bit 0 = tombstone][timestamp: u64 BE]`
-//! followed, unless a tombstone, by the item in `onggi_model::codec` format version 1.
+//! Layout (format version 1): `[version: u8 = 1][flags: u8][timestamp: u64 BE]` followed, unless a
+//! tombstone, by the item in `onggi_model::codec` format version 1. Flags: bit 0 = tombstone;
+//! bit 1 = expired (a tombstone written by the Time to Live expirer, which streams report as a
+//! system deletion). Other bits are refused.
 
 use onggi_model::Item;
 use onggi_model::codec::{self, CodecError};
@@ -17,6 +19,7 @@ use crate::hlc::Timestamp;
 pub const RECORD_FORMAT_VERSION: u8 = 1;
 
 const FLAG_TOMBSTONE: u8 = 1;
+const FLAG_EXPIRED: u8 = 2;
 const HEADER_BYTES: usize = 10;
 
 /// One version of an item.
@@ -26,6 +29,8 @@ pub struct Record {
     pub timestamp: Timestamp,
     /// The item, or `None` for a tombstone.
     pub item: Option<Item>,
+    /// A tombstone written because the item's Time to Live passed (never set on items).
+    pub expired: bool,
 }
 
 /// Why stored record bytes could not be read.
@@ -61,7 +66,11 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.push(RECORD_FORMAT_VERSION);
-        out.push(if self.item.is_none() { FLAG_TOMBSTONE } else { 0 });
+        let mut flags = if self.item.is_none() { FLAG_TOMBSTONE } else { 0 };
+        if self.expired && self.item.is_none() {
+            flags |= FLAG_EXPIRED;
+        }
+        out.push(flags);
         out.extend_from_slice(&self.timestamp.0.to_be_bytes());
         if let Some(item) = &self.item {
             codec::encode_item(item, &mut out);
@@ -79,7 +88,7 @@ impl Record {
             return Err(RecordError::Truncated);
         }
         let flags = bytes[1];
-        if flags & !FLAG_TOMBSTONE != 0 {
+        if flags & !(FLAG_TOMBSTONE | FLAG_EXPIRED) != 0 || flags == FLAG_EXPIRED {
             return Err(RecordError::UnknownFlags(flags));
         }
         let timestamp = Timestamp(u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes")));
@@ -91,7 +100,7 @@ impl Record {
         } else {
             Some(codec::decode_item(&bytes[HEADER_BYTES..]).map_err(RecordError::Item)?)
         };
-        Ok(Record { timestamp, item })
+        Ok(Record { timestamp, item, expired: flags & FLAG_EXPIRED != 0 })
     }
 }
 
@@ -105,8 +114,9 @@ mod tests {
         let mut item = Item::new();
         item.insert("pk".into(), AttributeValue::S("a".into()));
         for record in [
-            Record { timestamp: Timestamp::new(7, 3), item: Some(item) },
-            Record { timestamp: Timestamp(9), item: None },
+            Record { timestamp: Timestamp::new(7, 3), item: Some(item), expired: false },
+            Record { timestamp: Timestamp(9), item: None, expired: false },
+            Record { timestamp: Timestamp(10), item: None, expired: true },
         ] {
             assert_eq!(Record::decode(&record.encode()).unwrap(), record);
         }
@@ -114,7 +124,7 @@ mod tests {
 
     #[test]
     fn refuses_unknown_versions() {
-        let mut bytes = Record { timestamp: Timestamp(1), item: None }.encode();
+        let mut bytes = Record { timestamp: Timestamp(1), item: None, expired: false }.encode();
         bytes[0] = 2;
         assert_eq!(Record::decode(&bytes), Err(RecordError::UnknownFormat(2)));
         assert_eq!(Record::decode(&[]), Err(RecordError::Truncated));

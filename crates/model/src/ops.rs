@@ -98,6 +98,120 @@ pub struct DeleteItemInput {
     pub conditional_operator: Option<Json>,
 }
 
+/// Query's input.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryInput {
+    pub table_name: Option<String>,
+    pub index_name: Option<String>,
+    pub select: Option<String>,
+    pub attributes_to_get: Option<Json>,
+    pub limit: Option<i64>,
+    pub consistent_read: Option<bool>,
+    pub key_conditions: Option<Json>,
+    pub query_filter: Option<Json>,
+    pub conditional_operator: Option<Json>,
+    pub scan_index_forward: Option<bool>,
+    pub exclusive_start_key: Option<JsonMap>,
+    pub return_consumed_capacity: Option<String>,
+    pub projection_expression: Option<String>,
+    pub filter_expression: Option<String>,
+    pub key_condition_expression: Option<String>,
+    pub expression_attribute_names: Option<JsonMap>,
+    pub expression_attribute_values: Option<JsonMap>,
+}
+
+/// Scan's input.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScanInput {
+    pub table_name: Option<String>,
+    pub index_name: Option<String>,
+    pub attributes_to_get: Option<Json>,
+    pub limit: Option<i64>,
+    pub select: Option<String>,
+    pub scan_filter: Option<Json>,
+    pub conditional_operator: Option<Json>,
+    pub exclusive_start_key: Option<JsonMap>,
+    pub return_consumed_capacity: Option<String>,
+    pub total_segments: Option<i64>,
+    pub segment: Option<i64>,
+    pub projection_expression: Option<String>,
+    pub filter_expression: Option<String>,
+    pub expression_attribute_names: Option<JsonMap>,
+    pub expression_attribute_values: Option<JsonMap>,
+    pub consistent_read: Option<bool>,
+}
+
+/// Query's and Scan's output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryOutput {
+    /// The items, absent when `Select` is `COUNT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<Item>>,
+    pub count: u64,
+    pub scanned_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_evaluated_key: Option<Item>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumed_capacity: Option<ConsumedCapacity>,
+}
+
+/// BatchGetItem's input: `RequestItems` is kept raw, validated by the backend.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchGetItemInput {
+    pub request_items: Option<Json>,
+    pub return_consumed_capacity: Option<String>,
+}
+
+/// BatchGetItem's output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchGetItemOutput {
+    pub responses: std::collections::BTreeMap<String, Vec<Item>>,
+    pub unprocessed_keys: Map<String, Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumed_capacity: Option<Vec<ConsumedCapacity>>,
+}
+
+/// BatchWriteItem's input: `RequestItems` is kept raw, validated by the backend.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchWriteItemInput {
+    pub request_items: Option<Json>,
+    pub return_consumed_capacity: Option<String>,
+    pub return_item_collection_metrics: Option<String>,
+}
+
+/// BatchWriteItem's output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchWriteItemOutput {
+    pub unprocessed_items: Map<String, Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumed_capacity: Option<Vec<ConsumedCapacity>>,
+}
+
+/// UpdateTimeToLive's input.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateTimeToLiveInput {
+    pub table_name: Option<String>,
+    pub time_to_live_specification: Option<Json>,
+}
+
+/// TagResource's, UntagResource's and ListTagsOfResource's inputs.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagsInput {
+    pub resource_arn: Option<String>,
+    pub tags: Option<Json>,
+    pub tag_keys: Option<Json>,
+    pub next_token: Option<String>,
+}
+
 /// Capacity consumed by one request, when the client asks for it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -242,6 +356,9 @@ pub struct IndexDescription {
     pub projection: Projection,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index_status: Option<String>,
+    /// Global indexes being built from existing items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfilling: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provisioned_throughput: Option<ProvisionedThroughput>,
     pub index_size_bytes: u64,
@@ -322,6 +439,70 @@ pub trait Backend: Send + Sync + 'static {
         context: &RequestContext,
         input: DeleteItemInput,
     ) -> impl Future<Output = Result<WriteItemOutput, DynamoError>> + Send;
+    /// Query.
+    fn query(
+        &self,
+        context: &RequestContext,
+        input: QueryInput,
+    ) -> impl Future<Output = Result<QueryOutput, DynamoError>> + Send;
+    /// Scan.
+    fn scan(
+        &self,
+        context: &RequestContext,
+        input: ScanInput,
+    ) -> impl Future<Output = Result<QueryOutput, DynamoError>> + Send;
+    /// BatchGetItem.
+    fn batch_get_item(
+        &self,
+        context: &RequestContext,
+        input: BatchGetItemInput,
+    ) -> impl Future<Output = Result<BatchGetItemOutput, DynamoError>> + Send;
+    /// BatchWriteItem.
+    fn batch_write_item(
+        &self,
+        context: &RequestContext,
+        input: BatchWriteItemInput,
+    ) -> impl Future<Output = Result<BatchWriteItemOutput, DynamoError>> + Send;
+    /// UpdateTimeToLive.
+    fn update_time_to_live(
+        &self,
+        context: &RequestContext,
+        input: UpdateTimeToLiveInput,
+    ) -> impl Future<Output = Result<Json, DynamoError>> + Send;
+    /// DescribeTimeToLive.
+    fn describe_time_to_live(
+        &self,
+        context: &RequestContext,
+        input: TableNameInput,
+    ) -> impl Future<Output = Result<Json, DynamoError>> + Send;
+    /// TagResource, UntagResource and ListTagsOfResource, told apart by `operation`.
+    fn tags(
+        &self,
+        context: &RequestContext,
+        operation: TagOperation,
+        input: TagsInput,
+    ) -> impl Future<Output = Result<Json, DynamoError>> + Send;
+    /// DescribeEndpoints and DescribeLimits: answers that depend only on the server.
+    fn describe_service(
+        &self,
+        context: &RequestContext,
+        operation: ServiceDescription,
+    ) -> impl Future<Output = Result<Json, DynamoError>> + Send;
+}
+
+/// The three tag operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagOperation {
+    Tag,
+    Untag,
+    List,
+}
+
+/// The operations that describe the service rather than a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceDescription {
+    Endpoints,
+    Limits,
 }
 
 /// Index definitions re-exported for inputs that carry them.

@@ -138,7 +138,8 @@ impl KeyType {
         }
     }
 
-    fn matches(self, value: &AttributeValue) -> bool {
+    /// Whether `value` is of this key type.
+    pub fn matches(self, value: &AttributeValue) -> bool {
         matches!(
             (self, value.value_type()),
             (KeyType::S, ValueType::S) | (KeyType::N, ValueType::N) | (KeyType::B, ValueType::B)
@@ -159,6 +160,11 @@ impl KeySchema {
     /// Names of the key attributes, partition key first.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.partition.name.as_str()).chain(self.sort.as_ref().map(|sort| sort.name.as_str()))
+    }
+
+    /// The key attributes, partition key first.
+    pub fn partition_and_sort(&self) -> impl Iterator<Item = &KeyAttribute> {
+        std::iter::once(&self.partition).chain(self.sort.as_ref())
     }
 
     /// The schema as DynamoDB describes it.
@@ -183,6 +189,45 @@ pub struct IndexSchema {
     pub projection: Projection,
     /// Global indexes: their throughput.
     pub provisioned_throughput: Option<ProvisionedThroughput>,
+    /// A unique id naming the index's storage; assigned by the node when the index is created.
+    /// Empty in schemas written before indexes were maintained: such an index is rebuilt.
+    #[serde(default)]
+    pub id: String,
+    /// Whether the index is usable or still being built from the table's items.
+    #[serde(default)]
+    pub status: IndexStatus,
+}
+
+/// The life cycle of a secondary index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexStatus {
+    /// Complete and maintained by every write.
+    #[default]
+    Active,
+    /// Maintained by every write while a background task adds the entries of existing items
+    /// (an index added by UpdateTable); not yet readable.
+    Backfilling,
+}
+
+impl IndexSchema {
+    /// Whether `name` is an attribute this index stores for every entry (key attributes of the
+    /// table and of the index, and the projected ones).
+    pub fn projects(&self, table_key: &KeySchema, name: &str) -> bool {
+        table_key.names().any(|key| key == name)
+            || self.key.names().any(|key| key == name)
+            || match self.projection.projection_type.as_deref() {
+                Some("ALL") => true,
+                Some("INCLUDE") => {
+                    self.projection.non_key_attributes.iter().flatten().any(|attribute| attribute == name)
+                }
+                _ => false,
+            }
+    }
+
+    /// Whether the index stores whole items.
+    pub fn projects_all(&self) -> bool {
+        self.projection.projection_type.as_deref() == Some("ALL")
+    }
 }
 
 /// The stored description of a table. Serialized with serde into the node's catalog; the
@@ -216,6 +261,12 @@ pub struct TableSchema {
     pub pay_per_request_since_ms: Option<u64>,
     /// Whether DeleteTable is refused.
     pub deletion_protection: bool,
+    /// The Time to Live attribute, when TTL is enabled.
+    #[serde(default)]
+    pub ttl_attribute: Option<String>,
+    /// The table's tags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// The current [`TableSchema::format_version`].
@@ -527,7 +578,76 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
         created_ms: now_ms,
         pay_per_request_since_ms: (billing_mode == BillingMode::PayPerRequest).then_some(now_ms),
         deletion_protection: input.deletion_protection_enabled.unwrap_or(false),
+        ttl_attribute: None,
+        tags: Default::default(),
     })
+}
+
+/// Checks a global secondary index that UpdateTable adds to an existing table. `definitions` are
+/// the request's AttributeDefinitions; returns the index and the table's attribute definitions
+/// with the new index's key attributes added.
+pub fn validate_new_global_index(
+    schema: &TableSchema,
+    index: &IndexDefinition,
+    definitions: &[AttributeDefinition],
+) -> Result<(IndexSchema, Vec<(String, KeyType)>), DynamoError> {
+    let mut merged = schema.attribute_definitions.clone();
+    for definition in definitions {
+        let name = definition.attribute_name.clone().unwrap_or_default();
+        let key_type = definition
+            .attribute_type
+            .as_deref()
+            .and_then(KeyType::parse)
+            .ok_or_else(|| validation("Member must satisfy enum value set: [B, N, S]"))?;
+        if name.is_empty() || name.len() > 255 {
+            return Err(validation(KEY_NAME_LENGTH_MESSAGE));
+        }
+        match merged.iter().find(|(existing, _)| *existing == name) {
+            Some((_, existing)) if *existing != key_type => {
+                return Err(validation(format!(
+                    "One or more parameter values were invalid: Attribute {name} has a different type than what was previously defined"
+                )));
+            }
+            Some(_) => {}
+            None => merged.push((name, key_type)),
+        }
+    }
+    let mut index_schema = validate_index(index, &merged, KeyContext::GlobalIndex, &schema.key)?;
+    if schema.indexes().any(|existing| existing.name == index_schema.name) {
+        return Err(validation(format!(
+            "One or more parameter values were invalid: Index with name {} already exists on table {}",
+            index_schema.name, schema.name
+        )));
+    }
+    if schema.global_indexes.len() >= GLOBAL_INDEXES_MAX {
+        return Err(DynamoError::new(
+            ErrorKind::LimitExceeded,
+            "One or more parameter values were invalid: Number of GlobalSecondaryIndexes exceeds per-table limit of 20",
+        ));
+    }
+    match schema.billing_mode {
+        BillingMode::Provisioned => {
+            let throughput = index
+                .provisioned_throughput
+                .as_ref()
+                .ok_or_else(|| validation("No provisioned throughput specified for the global secondary index"))?;
+            validate_throughput(throughput, true)?;
+        }
+        BillingMode::PayPerRequest => {
+            if index.provisioned_throughput.is_some() {
+                return Err(validation(format!(
+                    "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {} when BillingMode is PAY_PER_REQUEST",
+                    index_schema.name
+                )));
+            }
+            index_schema.provisioned_throughput = None;
+        }
+    }
+    // Keep only the definitions some key uses (the new index's included).
+    let used: Vec<&str> =
+        schema.key.names().chain(schema.indexes().chain([&index_schema]).flat_map(|index| index.key.names())).collect();
+    let merged = merged.into_iter().filter(|(name, _)| used.contains(&name.as_str())).collect();
+    Ok((index_schema, merged))
 }
 
 fn validate_index(
@@ -548,7 +668,14 @@ fn validate_index(
         }
     }
     let projection = parse_projection(index.projection.as_ref())?;
-    Ok(IndexSchema { name, key, projection, provisioned_throughput: index.provisioned_throughput })
+    Ok(IndexSchema {
+        name,
+        key,
+        projection,
+        provisioned_throughput: index.provisioned_throughput,
+        id: String::new(),
+        status: IndexStatus::Active,
+    })
 }
 
 /// The key of an item, checked against a table's key schema.
@@ -568,18 +695,12 @@ impl IndexSchema {
         if !self.key.names().all(|name| item.contains_key(name)) {
             return None;
         }
-        let keep = |name: &str| -> bool {
-            table_key.names().any(|key| key == name)
-                || self.key.names().any(|key| key == name)
-                || match self.projection.projection_type.as_deref() {
-                    Some("ALL") => true,
-                    Some("INCLUDE") => {
-                        self.projection.non_key_attributes.iter().flatten().any(|attribute| attribute == name)
-                    }
-                    _ => false,
-                }
-        };
-        Some(item.iter().filter(|(name, _)| keep(name)).map(|(name, value)| (name.clone(), value.clone())).collect())
+        Some(
+            item.iter()
+                .filter(|(name, _)| self.projects(table_key, name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        )
     }
 
     /// Checks the index key attributes an item carries: scalar, of the declared type, non-empty

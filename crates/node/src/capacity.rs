@@ -115,3 +115,50 @@ pub(crate) fn for_write(
     };
     report(kind, &schema.name, table_units, costs(&schema.local_indexes), costs(&schema.global_indexes))
 }
+
+/// Capacity of a Query or Scan page that read `bytes` of items (or index entries), rounded up to
+/// 4 KB once for the whole page; charged to the index when the read used one.
+pub(crate) fn for_range_read(
+    kind: CapacityReport,
+    table_name: &str,
+    index: Option<(&str, bool)>,
+    bytes: usize,
+    consistent: bool,
+) -> Option<ConsumedCapacity> {
+    let whole = bytes.div_ceil(4096).max(1) as f64;
+    let read_units = if consistent { whole } else { whole / 2.0 };
+    let (mut local, mut global) = (BTreeMap::new(), BTreeMap::new());
+    let table_units = match index {
+        None => read_units,
+        Some((name, true)) => {
+            global.insert(name.to_string(), read_units);
+            0.0
+        }
+        Some((name, false)) => {
+            local.insert(name.to_string(), read_units);
+            0.0
+        }
+    };
+    report(kind, table_name, table_units, local, global)
+}
+
+/// Capacity of one table's reads in a BatchGetItem (`units` summed item by item).
+pub(crate) fn for_batch(kind: CapacityReport, table_name: &str, units: f64) -> Option<ConsumedCapacity> {
+    report(kind, table_name, units, BTreeMap::new(), BTreeMap::new())
+}
+
+/// The sum of several reports for one table (the writes of a BatchWriteItem).
+pub(crate) fn sum(kind: CapacityReport, table_name: &str, parts: Vec<ConsumedCapacity>) -> Option<ConsumedCapacity> {
+    let (mut table_units, mut local, mut global) = (0.0, BTreeMap::new(), BTreeMap::new());
+    for part in parts {
+        table_units += part.table.map_or(part.capacity_units, |table| table.capacity_units);
+        for (target, indexes) in
+            [(&mut local, part.local_secondary_indexes), (&mut global, part.global_secondary_indexes)]
+        {
+            for (name, units) in indexes.into_iter().flatten() {
+                *target.entry(name).or_insert(0.0) += units.capacity_units;
+            }
+        }
+    }
+    report(kind, table_name, table_units, local, global)
+}

@@ -10,10 +10,11 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::indexing::INDEX_ENTRY_OVERHEAD_BYTES;
 use onggi_core::hlc::Timestamp;
 use onggi_core::record::Record;
 use onggi_model::codec::ITEM_FORMAT_VERSION;
-use onggi_model::table::{TABLE_SCHEMA_FORMAT_VERSION, TableSchema};
+use onggi_model::table::{IndexSchema, IndexStatus, TABLE_SCHEMA_FORMAT_VERSION, TableSchema};
 use onggi_model::value::item_size_bytes;
 use onggi_storage::{Direction, Durability, Engine, StorageError, Tree, WriteBatch, commit_async};
 
@@ -31,6 +32,28 @@ pub struct TableStats {
     pub size_bytes: AtomicI64,
 }
 
+impl TableStats {
+    /// Adjusts the statistics after a write replaced `old` by `new` (sizes in bytes).
+    pub fn account(&self, old_size: Option<usize>, new_size: Option<usize>) {
+        let count_delta = i64::from(new_size.is_some()) - i64::from(old_size.is_some());
+        let size_delta = new_size.unwrap_or(0) as i64 - old_size.unwrap_or(0) as i64;
+        self.item_count.fetch_add(count_delta, Ordering::Relaxed);
+        self.size_bytes.fetch_add(size_delta, Ordering::Relaxed);
+    }
+}
+
+/// A secondary index of a table known to this node.
+pub struct IndexHandle {
+    /// Its schema.
+    pub schema: IndexSchema,
+    /// Whether it is a global index (else local).
+    pub global: bool,
+    /// The storage tree of its entries.
+    pub tree: Tree,
+    /// Its live statistics (entries and their projected size).
+    pub stats: Arc<TableStats>,
+}
+
 /// A table known to this node.
 pub struct TableHandle {
     /// Its schema.
@@ -39,21 +62,58 @@ pub struct TableHandle {
     pub tree: Tree,
     /// Its live statistics.
     pub stats: Arc<TableStats>,
+    /// Its secondary indexes, local ones first, as in the schema.
+    pub indexes: Vec<IndexHandle>,
 }
 
 impl TableHandle {
     /// Adjusts the statistics after a write replaced `old` by `new` (sizes in bytes).
     pub fn account(&self, old_size: Option<usize>, new_size: Option<usize>) {
-        let count_delta = i64::from(new_size.is_some()) - i64::from(old_size.is_some());
-        let size_delta = new_size.unwrap_or(0) as i64 - old_size.unwrap_or(0) as i64;
-        self.stats.item_count.fetch_add(count_delta, Ordering::Relaxed);
-        self.stats.size_bytes.fetch_add(size_delta, Ordering::Relaxed);
+        self.stats.account(old_size, new_size);
+    }
+
+    /// The index named `name`.
+    pub fn index(&self, name: &str) -> Option<&IndexHandle> {
+        self.indexes.iter().find(|index| index.schema.name == name)
     }
 }
 
 /// The name of the storage tree holding a table's items.
 pub fn items_tree_name(schema: &TableSchema) -> String {
     format!("items.{}", schema.id)
+}
+
+/// The name of the storage tree holding an index's entries.
+pub fn index_tree_name(index: &IndexSchema) -> String {
+    format!("index.{}", index.id)
+}
+
+/// Every storage tree a table owns: its items and its indexes.
+pub fn tree_names(schema: &TableSchema) -> Vec<String> {
+    std::iter::once(items_tree_name(schema)).chain(schema.indexes().map(index_tree_name)).collect()
+}
+
+/// Opens the trees of a table's indexes, reusing the statistics of indexes `previous` already had.
+fn open_indexes(
+    engine: &dyn Engine,
+    schema: &TableSchema,
+    previous: Option<&TableHandle>,
+) -> Result<Vec<IndexHandle>, StorageError> {
+    let globals = schema.local_indexes.len();
+    schema
+        .indexes()
+        .enumerate()
+        .map(|(position, index)| {
+            let tree = engine.open_tree(&index_tree_name(index))?;
+            let stats = previous
+                .and_then(|previous| {
+                    previous.indexes.iter().find(|old| old.schema.id == index.id && old.schema.name == index.name)
+                })
+                .map(|old| old.stats.clone())
+                .unwrap_or_default();
+            Ok(IndexHandle { schema: index.clone(), global: position >= globals, tree, stats })
+        })
+        .collect()
 }
 
 /// All tables of this node.
@@ -79,7 +139,7 @@ impl Catalog {
             .map_err(|error| error.to_string())?;
         for entry in entries {
             let (key, value) = entry.map_err(|error| error.to_string())?;
-            let schema: TableSchema = serde_json::from_slice(&value)
+            let mut schema: TableSchema = serde_json::from_slice(&value)
                 .map_err(|error| format!("catalog entry {} is unreadable: {error}", String::from_utf8_lossy(&key)))?;
             if schema.format_version != TABLE_SCHEMA_FORMAT_VERSION {
                 return Err(format!(
@@ -87,9 +147,22 @@ impl Catalog {
                     schema.name, schema.format_version
                 ));
             }
+            // An index described before indexes were maintained has no entries: rebuild it.
+            // Its id is derived from the table's and its name, so it is the same at every start
+            // until the finished backfill stores it.
+            for index in schema.local_indexes.iter_mut().chain(&mut schema.global_indexes) {
+                if index.id.is_empty() {
+                    index.id = format!("{}.{:016x}", schema.id, xxhash_rust::xxh3::xxh3_64(index.name.as_bytes()));
+                    index.status = IndexStatus::Backfilling;
+                }
+            }
             let tree = engine.open_tree(&items_tree_name(&schema)).map_err(|error| error.to_string())?;
-            let handle = TableHandle { schema, tree, stats: Arc::default() };
-            let newest = recount(&*engine, &handle)?;
+            let indexes = open_indexes(&*engine, &schema, None).map_err(|error| error.to_string())?;
+            let handle = TableHandle { schema, tree, stats: Arc::default(), indexes };
+            let newest = recount(&*engine, &handle.tree, &handle.stats, &handle.schema.name, 0)?;
+            for index in &handle.indexes {
+                recount(&*engine, &index.tree, &index.stats, &handle.schema.name, INDEX_ENTRY_OVERHEAD_BYTES)?;
+            }
             newest_timestamp = newest_timestamp.max(newest);
             tables.insert(handle.schema.name.clone(), Arc::new(handle));
         }
@@ -117,6 +190,8 @@ impl Catalog {
     /// Durably records a new or changed schema and publishes it. The caller holds `changes`.
     pub async fn store(&self, schema: TableSchema) -> Result<Arc<TableHandle>, StorageError> {
         let tree = self.engine.open_tree(&items_tree_name(&schema))?;
+        let previous = self.get(&schema.name).filter(|previous| previous.schema.id == schema.id);
+        let indexes = open_indexes(&*self.engine, &schema, previous.as_deref())?;
         let mut batch = WriteBatch::new();
         let encoded = serde_json::to_vec(&schema).expect("schemas always serialize");
         batch.put(&self.catalog_tree, format!("{TABLE_KEY_PREFIX}{}", schema.name).into_bytes(), encoded);
@@ -126,7 +201,7 @@ impl Catalog {
             Some(previous) if previous.schema.id == schema.id => previous.stats.clone(),
             _ => Arc::default(),
         };
-        let handle = Arc::new(TableHandle { schema, tree, stats });
+        let handle = Arc::new(TableHandle { schema, tree, stats, indexes });
         tables.insert(handle.schema.name.clone(), handle.clone());
         Ok(handle)
     }
@@ -138,24 +213,27 @@ impl Catalog {
         batch.delete(&self.catalog_tree, format!("{TABLE_KEY_PREFIX}{name}").into_bytes());
         commit_async(&*self.engine, batch, Durability::Sync).await?;
         self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
-        // The catalog no longer names the tree, so a crash from here on leaves only an orphan tree,
+        // The catalog no longer names the trees, so a crash from here on leaves only orphan trees,
         // which the next start removes.
-        self.engine.drop_tree(&items_tree_name(&handle.schema))?;
+        for tree in tree_names(&handle.schema) {
+            self.engine.drop_tree(&tree)?;
+        }
         Ok(Some(handle))
     }
 
-    /// Drops item trees that no catalog entry names (left by a crash during DeleteTable).
+    /// Drops item and index trees that no catalog entry names (left by a crash during DeleteTable
+    /// or while an index was being deleted).
     pub fn drop_orphan_trees(&self) -> Result<usize, StorageError> {
-        let named: Vec<String> = self
+        let named: std::collections::HashSet<String> = self
             .tables
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
-            .map(|table| items_tree_name(&table.schema))
+            .flat_map(|table| tree_names(&table.schema))
             .collect();
         let mut dropped = 0;
         for tree in self.engine.list_trees()? {
-            if tree.starts_with("items.") && !named.contains(&tree) {
+            if (tree.starts_with("items.") || tree.starts_with("index.")) && !named.contains(&tree) {
                 self.engine.drop_tree(&tree)?;
                 dropped += 1;
             }
@@ -164,23 +242,29 @@ impl Catalog {
     }
 }
 
-/// Recounts a table's statistics from storage; returns the newest version timestamp seen.
-fn recount(engine: &dyn Engine, handle: &TableHandle) -> Result<Timestamp, String> {
+/// Recounts the statistics of a table's or an index's tree from storage (`overhead`: bytes
+/// counted per entry beyond its size); returns the newest version timestamp seen.
+fn recount(
+    engine: &dyn Engine,
+    tree: &Tree,
+    stats: &TableStats,
+    table: &str,
+    overhead: usize,
+) -> Result<Timestamp, String> {
     let (mut count, mut size) = (0i64, 0i64);
     let mut newest = Timestamp::ZERO;
-    for entry in engine
-        .range(&handle.tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward)
-        .map_err(|error| error.to_string())?
+    for entry in
+        engine.range(tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward).map_err(|error| error.to_string())?
     {
         let (_, value) = entry.map_err(|error| error.to_string())?;
-        let record = Record::decode(&value).map_err(|error| format!("table {}: {error}", handle.schema.name))?;
+        let record = Record::decode(&value).map_err(|error| format!("table {table}: {error}"))?;
         newest = newest.max(record.timestamp);
         if let Some(item) = record.item {
             count += 1;
-            size += item_size_bytes(&item) as i64;
+            size += (item_size_bytes(&item) + overhead) as i64;
         }
     }
-    handle.stats.item_count.store(count, Ordering::Relaxed);
-    handle.stats.size_bytes.store(size, Ordering::Relaxed);
+    stats.item_count.store(count, Ordering::Relaxed);
+    stats.size_bytes.store(size, Ordering::Relaxed);
     Ok(newest)
 }

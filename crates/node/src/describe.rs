@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use onggi_model::ops::{BillingModeSummary, IndexDescription, ProvisionedThroughputDescription, TableDescription};
-use onggi_model::table::{AttributeDefinition, IndexSchema};
+use onggi_model::table::{AttributeDefinition, IndexSchema, IndexStatus};
 
 use crate::catalog::TableHandle;
 
@@ -23,15 +23,20 @@ pub fn table_arn(region: &str, name: &str) -> String {
 pub fn describe(table: &TableHandle, status: &str, region: &str) -> TableDescription {
     let schema = &table.schema;
     let arn = table_arn(region, &schema.name);
-    let index = |index: &IndexSchema, global: bool| IndexDescription {
-        index_name: index.name.clone(),
-        key_schema: index.key.elements(),
-        projection: index.projection.clone(),
-        index_status: global.then(|| "ACTIVE".to_string()),
-        provisioned_throughput: if global { index.provisioned_throughput } else { None },
-        index_size_bytes: 0,
-        item_count: 0,
-        index_arn: format!("{arn}/index/{}", index.name),
+    let index = |index: &IndexSchema, global: bool| {
+        let stats = table.indexes.iter().find(|handle| handle.schema.id == index.id).map(|handle| &handle.stats);
+        let building = index.status == IndexStatus::Backfilling;
+        IndexDescription {
+            index_name: index.name.clone(),
+            key_schema: index.key.elements(),
+            projection: index.projection.clone(),
+            index_status: global.then(|| if building { "CREATING" } else { "ACTIVE" }.to_string()),
+            backfilling: (global && building).then_some(true),
+            provisioned_throughput: if global { index.provisioned_throughput } else { None },
+            index_size_bytes: stats.map_or(0, |stats| stats.size_bytes.load(Ordering::Relaxed).max(0) as u64),
+            item_count: stats.map_or(0, |stats| stats.item_count.load(Ordering::Relaxed).max(0) as u64),
+            index_arn: format!("{arn}/index/{}", index.name),
+        }
     };
     TableDescription {
         attribute_definitions: schema

@@ -105,7 +105,7 @@ pub(crate) fn for_delete(input: &DeleteItemInput) -> Result<Prepared, DynamoErro
 
 /// Refuses document paths that look inside a key attribute (`pk.x`, `pk[0]`): key attributes are
 /// scalars, and DynamoDB says so rather than evaluating the path as missing.
-fn check_key_paths(resolved: &ResolvedExpressions, schema: &TableSchema) -> Result<(), DynamoError> {
+pub(crate) fn check_key_paths(resolved: &ResolvedExpressions, schema: &TableSchema) -> Result<(), DynamoError> {
     let mut offending: Option<String> = None;
     let mut visit = |path: &onggi_model::expr::Path| {
         if offending.is_none()
@@ -134,9 +134,13 @@ fn check_key_paths(resolved: &ResolvedExpressions, schema: &TableSchema) -> Resu
 
 impl Prepared {
     /// Checks the expressions against the table's key schema.
-    pub(crate) fn check_against(self, schema: &TableSchema) -> Result<Prepared, DynamoError> {
-        check_key_paths(&self.resolved, schema)?;
-        Ok(self)
+    pub(crate) fn check_against(&self, schema: &TableSchema) -> Result<(), DynamoError> {
+        check_key_paths(&self.resolved, schema)
+    }
+
+    /// No condition, no update, no projection: what each write of BatchWriteItem evaluates.
+    pub(crate) fn unconditional() -> Prepared {
+        ResolvedExpressions::default().into()
     }
 
     /// Whether the request's condition holds for the current item (`None`: no item).

@@ -29,6 +29,7 @@ use crate::Node;
 use crate::capacity::{self, CapacityReport};
 use crate::catalog::TableHandle;
 use crate::expressions;
+use crate::indexing;
 use crate::tables::{storage_error, table_not_found};
 
 /// Number of item lock stripes: enough that unrelated items rarely share one at hundreds of
@@ -46,7 +47,14 @@ impl LockStripes {
         LockStripes((0..LOCK_STRIPES).map(|_| Arc::new(Mutex::new(()))).collect())
     }
 
-    async fn lock(&self, table: &TableHandle, key: &[u8]) -> OwnedMutexGuard<()> {
+    /// Waits until every write that held a stripe when this was called has finished.
+    pub(crate) async fn quiesce(&self) {
+        for stripe in self.0.iter() {
+            drop(stripe.lock().await);
+        }
+    }
+
+    pub(crate) async fn lock(&self, table: &TableHandle, key: &[u8]) -> OwnedMutexGuard<()> {
         let mut hashed = Vec::with_capacity(table.schema.id.len() + key.len());
         hashed.extend_from_slice(table.schema.id.as_bytes());
         hashed.extend_from_slice(key);
@@ -57,7 +65,7 @@ impl LockStripes {
 
 /// What a write asks to get back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReturnValues {
+pub(crate) enum ReturnValues {
     None,
     AllOld,
     UpdatedOld,
@@ -89,7 +97,7 @@ fn parse_return_on_failure(value: Option<&str>) -> Result<bool, DynamoError> {
     }
 }
 
-fn parse_item_collection_metrics(value: Option<&str>) -> Result<(), DynamoError> {
+pub(crate) fn parse_item_collection_metrics(value: Option<&str>) -> Result<(), DynamoError> {
     match value {
         None | Some("NONE") | Some("SIZE") => Ok(()),
         Some(other) => Err(DynamoError::validation(format!(
@@ -106,8 +114,17 @@ fn required_key(value: Option<&onggi_model::ops::JsonMap>) -> Result<&onggi_mode
     value.ok_or_else(|| DynamoError::validation("Cannot have null key for GetItem, DeleteItem, or UpdateItem"))
 }
 
+/// Who asked for a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteOrigin {
+    /// A client request.
+    Client,
+    /// The Time to Live expirer (a deletion streams will mark as a system delete).
+    Expiry,
+}
+
 /// The options every write takes, parsed and checked.
-struct WriteOptions {
+pub(crate) struct WriteOptions {
     return_values: ReturnValues,
     return_old_on_failure: bool,
     report: CapacityReport,
@@ -139,7 +156,10 @@ fn condition_failed(old: Option<&Item>, return_old: bool) -> DynamoError {
 
 impl Node {
     /// The key item and storage key named by a `Key` parameter.
-    fn key_of(table: &TableHandle, raw_key: &onggi_model::ops::JsonMap) -> Result<(Item, Vec<u8>), DynamoError> {
+    pub(crate) fn key_of(
+        table: &TableHandle,
+        raw_key: &onggi_model::ops::JsonMap,
+    ) -> Result<(Item, Vec<u8>), DynamoError> {
         let key_item = item_from_json(raw_key)?;
         let ItemKey { partition, sort } = table.schema.key_from_key_map(&key_item)?;
         let key = item_key(&partition, sort.as_ref());
@@ -148,27 +168,40 @@ impl Node {
 
     /// Takes the item's lock, reads its current version and checks the request's condition on
     /// it. The guard must be held until the new version is durable.
+    ///
+    /// Returns `None` when `table` stopped being the table's current description before the lock
+    /// was taken (an index was added or removed): the caller starts over with the new one, so
+    /// that every write maintains exactly the indexes its table has once it holds the lock (what
+    /// index backfill and index removal rely on).
     async fn lock_and_check(
         &self,
-        table: &TableHandle,
+        table: &Arc<TableHandle>,
         key: &[u8],
         prepared: &expressions::Prepared,
         return_old_on_failure: bool,
-    ) -> Result<(OwnedMutexGuard<()>, Option<Item>), DynamoError> {
+    ) -> Result<Option<(OwnedMutexGuard<()>, Option<Item>)>, DynamoError> {
         let guard = self.inner.locks.lock(table, key).await;
+        if !self.is_current(table) {
+            return Ok(None);
+        }
         let current = self.read_current(table, key)?;
         if !prepared.check(current.as_ref())? {
             return Err(condition_failed(current.as_ref(), return_old_on_failure));
         }
-        Ok((guard, current))
+        Ok(Some((guard, current)))
     }
 
-    fn table(&self, name: &str) -> Result<std::sync::Arc<TableHandle>, DynamoError> {
+    pub(crate) fn table(&self, name: &str) -> Result<Arc<TableHandle>, DynamoError> {
         self.inner.catalog.get(name).ok_or_else(table_not_found)
     }
 
+    /// Whether `table` is still the catalog's description of its table.
+    pub(crate) fn is_current(&self, table: &Arc<TableHandle>) -> bool {
+        self.inner.catalog.get(&table.schema.name).is_some_and(|current| Arc::ptr_eq(&current, table))
+    }
+
     /// Reads the current item at `key`, `None` when absent or deleted.
-    fn read_current(&self, table: &TableHandle, key: &[u8]) -> Result<Option<Item>, DynamoError> {
+    pub(crate) fn read_current(&self, table: &TableHandle, key: &[u8]) -> Result<Option<Item>, DynamoError> {
         let Some(bytes) = self.inner.engine.get(&table.tree, key).map_err(storage_error)? else {
             return Ok(None);
         };
@@ -177,20 +210,25 @@ impl Node {
         Ok(record.item)
     }
 
-    /// Writes `item` (or a tombstone) as the new version of `key`, durably, then accounts for it
-    /// and releases the item's lock. Both happen in the storage completion, so they happen exactly
-    /// when the write is durable even if the caller stops waiting (a cancelled request).
-    async fn write_current(
+    /// Writes `new` (or a tombstone) as the version of `key` that replaces `old`, with the index
+    /// entries that change, in one atomic durable batch; then accounts for it and releases the
+    /// item's lock. Both happen in the storage completion, so they happen exactly when the write
+    /// is durable even if the caller stops waiting (a cancelled request).
+    pub(crate) async fn write_current(
         &self,
         table: &Arc<TableHandle>,
         key: Vec<u8>,
-        item: Option<Item>,
-        old_size: Option<usize>,
+        old: Option<&Item>,
+        new: Option<Item>,
+        origin: WriteOrigin,
         guard: OwnedMutexGuard<()>,
     ) -> Result<(), DynamoError> {
-        let new_size = item.as_ref().map(item_size_bytes);
-        let record = Record { timestamp: self.inner.timestamp(), item };
+        let old_size = old.map(item_size_bytes);
+        let new_size = new.as_ref().map(item_size_bytes);
+        let timestamp = self.inner.timestamp();
         let mut batch = WriteBatch::new();
+        let index_deltas = indexing::index_changes(table, &key, old, new.as_ref(), timestamp, &mut batch);
+        let record = Record { timestamp, item: new, expired: origin == WriteOrigin::Expiry };
         batch.put(&table.tree, key, record.encode());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let table = table.clone();
@@ -200,6 +238,9 @@ impl Node {
             Box::new(move |result| {
                 if result.is_ok() {
                     table.account(old_size, new_size);
+                    for delta in index_deltas {
+                        delta.apply(&table);
+                    }
                 }
                 drop(guard);
                 // The receiver is gone if the request was cancelled; the write stands regardless.
@@ -220,22 +261,83 @@ impl Node {
             input.return_item_collection_metrics.as_deref(),
         )?;
         let prepared = expressions::for_put(&input)?;
-        let table = self.table(name)?;
-        let prepared = prepared.check_against(&table.schema)?;
-        let item = item_from_json(raw_item)?;
-        let ItemKey { partition, sort } = table.schema.key_of_item(&item)?;
-        let new_size = item_size_bytes(&item);
-        if new_size > ITEM_SIZE_BYTES_MAX {
+        loop {
+            let table = self.table(name)?;
+            prepared.check_against(&table.schema)?;
+            let item = item_from_json(raw_item)?;
+            let key = Self::checked_put_key(&table, &item)?;
+            if let Some(output) = self.put_once(&table, key, item, &prepared, &options).await? {
+                return Ok(output);
+            }
+        }
+    }
+
+    /// The storage key of an item about to be put, after checking it fits the table.
+    pub(crate) fn checked_put_key(table: &TableHandle, item: &Item) -> Result<Vec<u8>, DynamoError> {
+        let ItemKey { partition, sort } = table.schema.key_of_item(item)?;
+        if item_size_bytes(item) > ITEM_SIZE_BYTES_MAX {
             return Err(DynamoError::validation("Item size has exceeded the maximum allowed size"));
         }
-        table.schema.check_index_keys(&item, false)?;
-        let key = item_key(&partition, sort.as_ref());
+        table.schema.check_index_keys(item, false)?;
+        Ok(item_key(&partition, sort.as_ref()))
+    }
 
-        let (guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
+    /// One attempt at a put; `None` when the table's description changed first (retry).
+    async fn put_once(
+        &self,
+        table: &Arc<TableHandle>,
+        key: Vec<u8>,
+        item: Item,
+        prepared: &expressions::Prepared,
+        options: &WriteOptions,
+    ) -> Result<Option<WriteItemOutput>, DynamoError> {
+        let Some((guard, old)) = self.lock_and_check(table, &key, prepared, options.return_old_on_failure).await?
+        else {
+            return Ok(None);
+        };
         let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), Some(&item));
-        self.write_current(&table, key, Some(item), old.as_ref().map(item_size_bytes), guard).await?;
+        self.write_current(table, key, old.as_ref(), Some(item), WriteOrigin::Client, guard).await?;
         let attributes = if options.return_values == ReturnValues::AllOld { old } else { None };
-        Ok(WriteItemOutput { attributes, consumed_capacity })
+        Ok(Some(WriteItemOutput { attributes, consumed_capacity }))
+    }
+
+    /// Puts `item` unconditionally (BatchWriteItem), returning the capacity it consumed.
+    pub(crate) async fn put_unconditional(
+        &self,
+        name: &str,
+        item: Item,
+        report: CapacityReport,
+    ) -> Result<Option<onggi_model::ops::ConsumedCapacity>, DynamoError> {
+        let options = WriteOptions { return_values: ReturnValues::None, return_old_on_failure: false, report };
+        let prepared = expressions::Prepared::unconditional();
+        loop {
+            let table = self.table(name)?;
+            let key = Self::checked_put_key(&table, &item)?;
+            if let Some(output) = self.put_once(&table, key, item.clone(), &prepared, &options).await? {
+                return Ok(output.consumed_capacity);
+            }
+        }
+    }
+
+    /// Deletes the item at `key` unconditionally (BatchWriteItem), returning the capacity consumed.
+    pub(crate) async fn delete_unconditional(
+        &self,
+        name: &str,
+        key: &Item,
+        report: CapacityReport,
+    ) -> Result<Option<onggi_model::ops::ConsumedCapacity>, DynamoError> {
+        let options = WriteOptions { return_values: ReturnValues::None, return_old_on_failure: false, report };
+        let prepared = expressions::Prepared::unconditional();
+        loop {
+            let table = self.table(name)?;
+            let ItemKey { partition, sort } = table.schema.key_from_key_map(key)?;
+            let storage_key = item_key(&partition, sort.as_ref());
+            if let Some(output) =
+                self.delete_once(&table, storage_key, &prepared, &options, WriteOrigin::Client).await?
+            {
+                return Ok(output.consumed_capacity);
+            }
+        }
     }
 
     pub(crate) async fn get_item_impl(&self, input: GetItemInput) -> Result<GetItemOutput, DynamoError> {
@@ -244,19 +346,28 @@ impl Node {
         let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
         let prepared = expressions::for_get(&input)?;
         let table = self.table(name)?;
-        let prepared = prepared.check_against(&table.schema)?;
+        prepared.check_against(&table.schema)?;
         let (_, key) = Self::key_of(&table, raw_key)?;
         let consistent = input.consistent_read.unwrap_or(false);
-        let item = if consistent {
-            // A consistent read waits for any in-flight write of this item to be durable and
-            // acknowledged, so it never returns a version that a crash could still take back.
-            let _guard = self.inner.locks.lock(&table, &key).await;
-            self.read_current(&table, &key)?
-        } else {
-            self.read_current(&table, &key)?
-        };
+        let item = self.read_item(&table, &key, consistent).await?;
         let consumed_capacity = capacity::for_read(report, name, item.as_ref(), consistent);
         Ok(GetItemOutput { item: item.map(|item| prepared.project(item)), consumed_capacity })
+    }
+
+    /// Reads the item at `key`; a consistent read first waits for any in-flight write of the item
+    /// to be durable and acknowledged, so it never returns a version a crash could take back.
+    pub(crate) async fn read_item(
+        &self,
+        table: &TableHandle,
+        key: &[u8],
+        consistent: bool,
+    ) -> Result<Option<Item>, DynamoError> {
+        if consistent {
+            let _guard = self.inner.locks.lock(table, key).await;
+            self.read_current(table, key)
+        } else {
+            self.read_current(table, key)
+        }
     }
 
     pub(crate) async fn update_item_impl(&self, input: UpdateItemInput) -> Result<WriteItemOutput, DynamoError> {
@@ -275,13 +386,32 @@ impl Node {
             input.return_consumed_capacity.as_deref(),
             input.return_item_collection_metrics.as_deref(),
         )?;
-        let table = self.table(name)?;
-        let prepared = expressions::for_update(&input, &table.schema)?.check_against(&table.schema)?;
-        let (key_item, key) = Self::key_of(&table, raw_key)?;
+        loop {
+            let table = self.table(name)?;
+            let prepared = expressions::for_update(&input, &table.schema)?;
+            prepared.check_against(&table.schema)?;
+            let (key_item, key) = Self::key_of(&table, raw_key)?;
+            if let Some(output) = self.update_once(&table, key_item, key, &prepared, &options, &input).await? {
+                return Ok(output);
+            }
+        }
+    }
 
-        let (guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
+    async fn update_once(
+        &self,
+        table: &Arc<TableHandle>,
+        key_item: Item,
+        key: Vec<u8>,
+        prepared: &expressions::Prepared,
+        options: &WriteOptions,
+        input: &UpdateItemInput,
+    ) -> Result<Option<WriteItemOutput>, DynamoError> {
+        let Some((guard, old)) = self.lock_and_check(table, &key, prepared, options.return_old_on_failure).await?
+        else {
+            return Ok(None);
+        };
         // An update of a missing item creates it from its key.
-        let base = old.clone().unwrap_or_else(|| key_item.clone());
+        let base = old.clone().unwrap_or(key_item);
         let outcome = prepared.apply_update(&base)?;
         let new = outcome.item.clone();
         if new.values().any(|value| value.depth() > CONTAINER_DEPTH_MAX) {
@@ -303,8 +433,8 @@ impl Node {
             }
             ReturnValues::UpdatedNew => Some(outcome.project_updated(&new)).filter(|item| !item.is_empty()),
         };
-        self.write_current(&table, key, Some(new), old.as_ref().map(item_size_bytes), guard).await?;
-        Ok(WriteItemOutput { attributes, consumed_capacity })
+        self.write_current(table, key, old.as_ref(), Some(new), WriteOrigin::Client, guard).await?;
+        Ok(Some(WriteItemOutput { attributes, consumed_capacity }))
     }
 
     pub(crate) async fn delete_item_impl(&self, input: DeleteItemInput) -> Result<WriteItemOutput, DynamoError> {
@@ -318,18 +448,36 @@ impl Node {
             input.return_item_collection_metrics.as_deref(),
         )?;
         let prepared = expressions::for_delete(&input)?;
-        let table = self.table(name)?;
-        let prepared = prepared.check_against(&table.schema)?;
-        let (_, key) = Self::key_of(&table, raw_key)?;
+        loop {
+            let table = self.table(name)?;
+            prepared.check_against(&table.schema)?;
+            let (_, key) = Self::key_of(&table, raw_key)?;
+            if let Some(output) = self.delete_once(&table, key, &prepared, &options, WriteOrigin::Client).await? {
+                return Ok(output);
+            }
+        }
+    }
 
-        let (guard, old) = self.lock_and_check(&table, &key, &prepared, options.return_old_on_failure).await?;
+    /// One attempt at a delete; `None` when the table's description changed first (retry).
+    pub(crate) async fn delete_once(
+        &self,
+        table: &Arc<TableHandle>,
+        key: Vec<u8>,
+        prepared: &expressions::Prepared,
+        options: &WriteOptions,
+        origin: WriteOrigin,
+    ) -> Result<Option<WriteItemOutput>, DynamoError> {
+        let Some((guard, old)) = self.lock_and_check(table, &key, prepared, options.return_old_on_failure).await?
+        else {
+            return Ok(None);
+        };
         let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), None);
         if old.is_some() {
             // A tombstone, not a removal: replicas must later agree that the item is gone.
-            self.write_current(&table, key, None, old.as_ref().map(item_size_bytes), guard).await?;
+            self.write_current(table, key, old.as_ref(), None, origin, guard).await?;
         }
         let attributes = if options.return_values == ReturnValues::AllOld { old } else { None };
-        Ok(WriteItemOutput { attributes, consumed_capacity })
+        Ok(Some(WriteItemOutput { attributes, consumed_capacity }))
     }
 }
 
@@ -397,5 +545,70 @@ impl onggi_model::ops::Backend for Node {
         input: DeleteItemInput,
     ) -> Result<WriteItemOutput, DynamoError> {
         self.delete_item_impl(input).await
+    }
+
+    async fn query(
+        &self,
+        _context: &RequestContext,
+        input: onggi_model::ops::QueryInput,
+    ) -> Result<onggi_model::ops::QueryOutput, DynamoError> {
+        self.query_impl(input).await
+    }
+
+    async fn scan(
+        &self,
+        _context: &RequestContext,
+        input: onggi_model::ops::ScanInput,
+    ) -> Result<onggi_model::ops::QueryOutput, DynamoError> {
+        self.scan_impl(input).await
+    }
+
+    async fn batch_get_item(
+        &self,
+        _context: &RequestContext,
+        input: onggi_model::ops::BatchGetItemInput,
+    ) -> Result<onggi_model::ops::BatchGetItemOutput, DynamoError> {
+        self.batch_get_item_impl(input).await
+    }
+
+    async fn batch_write_item(
+        &self,
+        _context: &RequestContext,
+        input: onggi_model::ops::BatchWriteItemInput,
+    ) -> Result<onggi_model::ops::BatchWriteItemOutput, DynamoError> {
+        self.batch_write_item_impl(input).await
+    }
+
+    async fn update_time_to_live(
+        &self,
+        _context: &RequestContext,
+        input: onggi_model::ops::UpdateTimeToLiveInput,
+    ) -> Result<serde_json::Value, DynamoError> {
+        self.update_time_to_live_impl(input).await
+    }
+
+    async fn describe_time_to_live(
+        &self,
+        _context: &RequestContext,
+        input: onggi_model::ops::TableNameInput,
+    ) -> Result<serde_json::Value, DynamoError> {
+        self.describe_time_to_live_impl(input).await
+    }
+
+    async fn tags(
+        &self,
+        context: &RequestContext,
+        operation: onggi_model::ops::TagOperation,
+        input: onggi_model::ops::TagsInput,
+    ) -> Result<serde_json::Value, DynamoError> {
+        self.tags_impl(context, operation, input).await
+    }
+
+    async fn describe_service(
+        &self,
+        context: &RequestContext,
+        operation: onggi_model::ops::ServiceDescription,
+    ) -> Result<serde_json::Value, DynamoError> {
+        Ok(self.describe_service_impl(context, operation))
     }
 }

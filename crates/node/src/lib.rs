@@ -14,12 +14,17 @@
 //! and durable write. On a cluster this step becomes per-item consensus among the replicas; the
 //! evaluation functions stay the same pure functions.
 
+mod backfill;
+mod batch;
 mod capacity;
 pub mod catalog;
 pub mod datadir;
 mod describe;
 mod expressions;
+mod indexing;
 mod items;
+mod meta;
+mod reads;
 mod tables;
 
 use std::path::PathBuf;

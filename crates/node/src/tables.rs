@@ -11,7 +11,8 @@ use onggi_model::ops::{
     UpdateTableInput,
 };
 use onggi_model::table::{
-    BillingMode, CreateTableInput, required_table_name, validate_create_table, validate_table_name,
+    AttributeDefinition, BillingMode, CreateTableInput, IndexDefinition, IndexStatus, ProvisionedThroughput,
+    required_table_name, validate_create_table, validate_new_global_index, validate_table_name,
 };
 use onggi_storage::StorageError;
 
@@ -36,6 +37,60 @@ pub(crate) fn storage_error(error: StorageError) -> DynamoError {
     }
 }
 
+/// One entry of UpdateTable's GlobalSecondaryIndexUpdates.
+enum IndexUpdate {
+    Create(IndexDefinition),
+    Delete(String),
+    Update(String, ProvisionedThroughput),
+}
+
+/// What an UpdateTable did to the table's indexes.
+enum IndexChange {
+    /// Added this index, to be backfilled.
+    Created(String),
+    /// Removed the index whose entries are in this tree.
+    Deleted(String),
+}
+
+fn parse_index_updates(updates: &[serde_json::Value]) -> Result<Vec<IndexUpdate>, DynamoError> {
+    let malformed =
+        |error: serde_json::Error| DynamoError::validation(format!("Unexpected value type in payload: {error}"));
+    let mut parsed = Vec::with_capacity(updates.len());
+    for update in updates {
+        let actions = ["Create", "Delete", "Update"]
+            .into_iter()
+            .filter(|action| update.get(action).is_some_and(|value| !value.is_null()))
+            .count();
+        if actions != 1 {
+            return Err(DynamoError::validation(
+                "One or more parameter values were invalid: One of GlobalSecondaryIndexUpdate.Create, GlobalSecondaryIndexUpdate.Update, or GlobalSecondaryIndexUpdate.Delete must be provided",
+            ));
+        }
+        let name_of = |value: &serde_json::Value| -> Result<String, DynamoError> {
+            let name = value.get("IndexName").and_then(serde_json::Value::as_str).unwrap_or_default();
+            validate_table_name(name)?;
+            Ok(name.to_string())
+        };
+        if let Some(create) = update.get("Create").filter(|value| !value.is_null()) {
+            parsed.push(IndexUpdate::Create(serde_json::from_value(create.clone()).map_err(malformed)?));
+        } else if let Some(delete) = update.get("Delete").filter(|value| !value.is_null()) {
+            parsed.push(IndexUpdate::Delete(name_of(delete)?));
+        } else if let Some(change) = update.get("Update") {
+            let throughput = change.get("ProvisionedThroughput").cloned().unwrap_or_default();
+            let throughput: ProvisionedThroughput = serde_json::from_value(throughput).map_err(malformed)?;
+            parsed.push(IndexUpdate::Update(name_of(change)?, throughput));
+        }
+    }
+    let structural = parsed.iter().filter(|update| !matches!(update, IndexUpdate::Update(..))).count();
+    if structural > 1 {
+        return Err(DynamoError::new(
+            ErrorKind::LimitExceeded,
+            "Subscriber limit exceeded: Only 1 online index can be created or deleted simultaneously per table",
+        ));
+    }
+    Ok(parsed)
+}
+
 pub(crate) fn table_not_found() -> DynamoError {
     DynamoError::resource_not_found("Cannot do operations on a non-existent table")
 }
@@ -51,7 +106,11 @@ impl Node {
         input: CreateTableInput,
     ) -> Result<TableDescriptionOutput, DynamoError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let schema = validate_create_table(&input, id, wall_clock_ms())?;
+        let mut schema = validate_create_table(&input, id, wall_clock_ms())?;
+        for index in schema.local_indexes.iter_mut().chain(&mut schema.global_indexes) {
+            index.id = uuid::Uuid::new_v4().to_string();
+        }
+        crate::meta::tags_at_creation(&mut schema, input.tags.as_ref())?;
         if let Some(specification) = &input.stream_specification
             && specification.get("StreamEnabled").and_then(serde_json::Value::as_bool) == Some(true)
         {
@@ -114,11 +173,10 @@ impl Node {
         input: UpdateTableInput,
     ) -> Result<TableDescriptionOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        if input.global_secondary_index_updates.as_ref().is_some_and(|updates| !updates.is_empty()) {
-            return Err(DynamoError::validation(
-                "onggi does not support GlobalSecondaryIndexUpdates yet (creating or deleting indexes on an existing table)",
-            ));
-        }
+        let index_updates = match &input.global_secondary_index_updates {
+            Some(updates) => parse_index_updates(updates)?,
+            None => Vec::new(),
+        };
         if input.replica_updates.is_some() {
             return Err(DynamoError::validation("onggi does not support global table replicas"));
         }
@@ -138,6 +196,7 @@ impl Node {
             }
         };
         if requested_mode.is_none()
+            && index_updates.is_empty()
             && input.provisioned_throughput.is_none()
             && input.deletion_protection_enabled.is_none()
             && input.sse_specification.is_none()
@@ -150,6 +209,56 @@ impl Node {
         let _change = catalog.changes.lock().await;
         let table = catalog.get(name).ok_or_else(table_not_found)?;
         let mut schema = table.schema.clone();
+        let definitions: Vec<AttributeDefinition> = match &input.attribute_definitions {
+            Some(raw) => serde_json::from_value(raw.clone())
+                .map_err(|error| DynamoError::validation(format!("Unexpected value type in payload: {error}")))?,
+            None => Vec::new(),
+        };
+        let mut index_change = None;
+        for update in index_updates {
+            match update {
+                IndexUpdate::Create(definition) => {
+                    let (mut index, merged) = validate_new_global_index(&schema, &definition, &definitions)?;
+                    index.id = uuid::Uuid::new_v4().to_string();
+                    index.status = IndexStatus::Backfilling;
+                    schema.attribute_definitions = merged;
+                    index_change = Some(IndexChange::Created(index.name.clone()));
+                    schema.global_indexes.push(index);
+                }
+                IndexUpdate::Delete(index_name) => {
+                    let position =
+                        schema.global_indexes.iter().position(|index| index.name == index_name).ok_or_else(|| {
+                            DynamoError::resource_not_found(format!(
+                                "Requested resource not found: Index: {index_name} not found"
+                            ))
+                        })?;
+                    let removed = schema.global_indexes.remove(position);
+                    let used: Vec<String> = schema
+                        .key
+                        .names()
+                        .chain(schema.indexes().flat_map(|index| index.key.names()))
+                        .map(str::to_string)
+                        .collect();
+                    schema.attribute_definitions.retain(|(name, _)| used.contains(name));
+                    index_change = Some(IndexChange::Deleted(crate::catalog::index_tree_name(&removed)));
+                }
+                IndexUpdate::Update(index_name, throughput) => {
+                    let billing = schema.billing_mode;
+                    let index =
+                        schema.global_indexes.iter_mut().find(|index| index.name == index_name).ok_or_else(|| {
+                            DynamoError::resource_not_found(format!(
+                                "Requested resource not found: Index: {index_name} not found"
+                            ))
+                        })?;
+                    if billing == BillingMode::PayPerRequest {
+                        return Err(DynamoError::validation(format!(
+                            "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {index_name} when BillingMode is PAY_PER_REQUEST"
+                        )));
+                    }
+                    index.provisioned_throughput = Some(throughput);
+                }
+            }
+        }
         let mode = requested_mode.unwrap_or(schema.billing_mode);
         match mode {
             BillingMode::PayPerRequest => {
@@ -202,7 +311,19 @@ impl Node {
             schema.deletion_protection = protection;
         }
         let handle = catalog.store(schema).await.map_err(storage_error)?;
-        Ok(TableDescriptionOutput { table_description: describe(&handle, "ACTIVE", self.region(context)) })
+        let status = if index_change.is_some() { "UPDATING" } else { "ACTIVE" };
+        match index_change {
+            Some(IndexChange::Created(index)) => {
+                tracing::info!(table = %name, %index, "index created; backfilling");
+                self.spawn_backfill(handle.clone());
+            }
+            Some(IndexChange::Deleted(tree)) => {
+                tracing::info!(table = %name, %tree, "index deleted");
+                self.spawn_index_drop(tree);
+            }
+            None => {}
+        }
+        Ok(TableDescriptionOutput { table_description: describe(&handle, status, self.region(context)) })
     }
 
     pub(crate) async fn delete_table_impl(

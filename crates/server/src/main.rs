@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use onggi_api::ServerConfig;
@@ -51,6 +51,10 @@ struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "ONGGI_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Seconds between two passes of the Time to Live expirer: an expired item is deleted at most
+    /// about this long (plus the pass itself) after its TTL passes.
+    #[arg(long, env = "ONGGI_TTL_INTERVAL", default_value_t = 10.0)]
+    ttl_interval: f64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -90,6 +94,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let started = Instant::now();
     let storage = if args.in_memory { StorageChoice::Memory } else { StorageChoice::Disk(args.data_dir.clone()) };
     let node = Node::open(NodeConfig { storage, default_region: args.region.clone() })?;
+    if !(args.ttl_interval.is_finite() && args.ttl_interval > 0.0) {
+        return Err(format!("--ttl-interval must be a positive number of seconds, not {}", args.ttl_interval));
+    }
+    node.start_background(Duration::from_secs_f64(args.ttl_interval));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;

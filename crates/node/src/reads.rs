@@ -1,0 +1,685 @@
+//! Query and Scan: ordered range reads over a table's or an index's tree.
+//!
+//! Both become one range scan of a storage tree:
+//! - Query reads one partition key's items (or index entries) between the bounds its sort-key
+//!   condition gives, forward or backward: keys are stored in DynamoDB's order (see
+//!   `onggi_core::keys`), so no sorting happens here.
+//! - Scan reads the whole tree in storage (token) order; a parallel-scan segment reads one
+//!   contiguous token interval, so segments partition the table.
+//!
+//! A page ends after `Limit` items were read, or once the items read reach 1 MB — both counted
+//! before the filter, as DynamoDB counts them — and then carries the key of the last item read as
+//! `LastEvaluatedKey`; a request that gives it back as `ExclusiveStartKey` resumes just after it.
+
+use std::ops::Bound;
+
+use onggi_core::keys::{TOKEN_BYTES, index_prefix, item_key, partition_prefix, push_escaped, segment_start};
+use onggi_core::record::Record;
+use onggi_model::expr::{
+    Comparator, Condition, KeyCondition, Operation, Path, Projection, RequestExpressions, SortKeyCondition,
+    compare_values,
+};
+use onggi_model::ops::{JsonMap, QueryInput, QueryOutput, ScanInput};
+use onggi_model::table::{KeySchema, required_table_name};
+use onggi_model::value::{item_from_json, item_size_bytes};
+use onggi_model::{AttributeValue, DynamoError, Item};
+use onggi_storage::{Direction, Tree, prefix_range};
+
+use crate::Node;
+use crate::capacity::{self, CapacityReport};
+use crate::catalog::{IndexHandle, TableHandle};
+use crate::indexing;
+use crate::tables::storage_error;
+
+/// Most bytes of items one page reads (counted before the filter).
+pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Most segments of a parallel scan.
+const TOTAL_SEGMENTS_MAX: i64 = 1_000_000;
+
+/// What a read returns of each item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Select {
+    AllAttributes,
+    AllProjected,
+    Specific,
+    Count,
+}
+
+fn parse_select(value: Option<&str>) -> Result<Option<Select>, DynamoError> {
+    Ok(match value {
+        None => None,
+        Some("ALL_ATTRIBUTES") => Some(Select::AllAttributes),
+        Some("ALL_PROJECTED_ATTRIBUTES") => Some(Select::AllProjected),
+        Some("SPECIFIC_ATTRIBUTES") => Some(Select::Specific),
+        Some("COUNT") => Some(Select::Count),
+        Some(other) => {
+            return Err(DynamoError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'select' failed to satisfy constraint: Member must satisfy enum value set: [SPECIFIC_ATTRIBUTES, COUNT, ALL_ATTRIBUTES, ALL_PROJECTED_ATTRIBUTES]"
+            )));
+        }
+    })
+}
+
+/// Where a read looks: the table itself or one of its indexes.
+struct Source<'t> {
+    table: &'t TableHandle,
+    index: Option<&'t IndexHandle>,
+}
+
+impl<'t> Source<'t> {
+    fn resolve(table: &'t TableHandle, index_name: Option<&str>) -> Result<Source<'t>, DynamoError> {
+        let index = match index_name {
+            None => None,
+            Some(name) => Some(table.index(name).filter(|index| index.readable()).ok_or_else(|| {
+                DynamoError::validation(format!("The table does not have the specified index: {name}"))
+            })?),
+        };
+        Ok(Source { table, index })
+    }
+
+    fn key(&self) -> &'t KeySchema {
+        self.index.map_or(&self.table.schema.key, |index| &index.schema.key)
+    }
+
+    fn tree(&self) -> &'t Tree {
+        self.index.map_or(&self.table.tree, |index| &index.tree)
+    }
+
+    fn is_global(&self) -> bool {
+        self.index.is_some_and(|index| index.global)
+    }
+
+    /// Whether every attribute of the base items is in the source.
+    fn has_all_attributes(&self) -> bool {
+        self.index.is_none_or(|index| index.schema.projects_all())
+    }
+
+    fn projects(&self, name: &str) -> bool {
+        self.index.is_none_or(|index| index.schema.projects(&self.table.schema.key, name))
+    }
+
+    /// The key attributes that locate an item in this source: the source's key, then the
+    /// table's (for an index).
+    fn position_attributes(&self) -> Vec<&'t str> {
+        let mut names: Vec<&str> = self.key().names().collect();
+        if self.index.is_some() {
+            for name in self.table.schema.key.names() {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    /// The storage key of the item or entry whose key attributes `key` holds.
+    fn storage_key(&self, key: &Item) -> Vec<u8> {
+        let table_key = &self.table.schema.key;
+        let base = item_key(&key[&table_key.partition.name], table_key.sort.as_ref().map(|sort| &key[&sort.name]));
+        match self.index {
+            None => base,
+            Some(index) => indexing::entry_key(&index.schema, key, &base),
+        }
+    }
+
+    /// `LastEvaluatedKey` for an item or entry of this source.
+    fn last_key(&self, item: &Item) -> Item {
+        self.position_attributes()
+            .into_iter()
+            .filter_map(|name| item.get(name).map(|value| (name.to_string(), value.clone())))
+            .collect()
+    }
+
+    /// Checks an `ExclusiveStartKey` and returns it as an item of key attributes.
+    fn start_key(&self, raw: &JsonMap) -> Result<Item, DynamoError> {
+        let invalid = |detail: &str| {
+            DynamoError::validation(if detail.is_empty() {
+                "The provided starting key is invalid".to_string()
+            } else {
+                format!("The provided starting key is invalid: {detail}")
+            })
+        };
+        let key = item_from_json(raw)?;
+        let names = self.position_attributes();
+        if key.len() != names.len() || !names.iter().all(|name| key.contains_key(*name)) {
+            return Err(invalid("The provided key element does not match the schema"));
+        }
+        let attributes = self
+            .table
+            .schema
+            .key
+            .partition_and_sort()
+            .chain(self.index.into_iter().flat_map(|index| index.schema.key.partition_and_sort()));
+        for attribute in attributes {
+            let value = &key[&attribute.name];
+            if !attribute.value_type.matches(value) {
+                return Err(invalid("One or more parameter values were invalid: Type mismatch for key"));
+            }
+            if value.size_bytes() == 0 {
+                return Err(invalid(
+                    "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty string value.",
+                ));
+            }
+        }
+        Ok(key)
+    }
+}
+
+impl IndexHandle {
+    /// Whether reads may use the index (a backfilling index is not complete yet).
+    pub(crate) fn readable(&self) -> bool {
+        self.schema.status == onggi_model::table::IndexStatus::Active
+    }
+}
+
+/// The request parameters Query and Scan share, parsed.
+struct ReadRequest<'r> {
+    name: &'r str,
+    index_name: Option<&'r str>,
+    select: Option<Select>,
+    limit: Option<usize>,
+    consistent: bool,
+    report: CapacityReport,
+    exclusive_start_key: Option<&'r JsonMap>,
+    uses_projection_expression: bool,
+}
+
+fn parse_limit(limit: Option<i64>) -> Result<Option<usize>, DynamoError> {
+    match limit {
+        None => Ok(None),
+        Some(limit) if limit < 1 => Err(DynamoError::validation(format!(
+            "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"
+        ))),
+        Some(limit) => Ok(Some(usize::try_from(limit).unwrap_or(usize::MAX))),
+    }
+}
+
+/// What a read does with each item it reads: the filter, and what to return.
+struct Shape {
+    filter: Option<Condition>,
+    projection: Option<Projection>,
+    select: Select,
+    /// Local index entries lack attributes the request wants: read the base item.
+    fetch_base: bool,
+}
+
+fn shape(
+    request: &ReadRequest<'_>,
+    source: &Source<'_>,
+    filter: Option<Condition>,
+    projection: Option<Projection>,
+) -> Result<Shape, DynamoError> {
+    let has_projection = projection.is_some();
+    let projection_name = if request.uses_projection_expression { "ProjectionExpression" } else { "AttributesToGet" };
+    let select = match request.select {
+        Some(select) => select,
+        None if has_projection => Select::Specific,
+        None if source.index.is_some() => Select::AllProjected,
+        None => Select::AllAttributes,
+    };
+    match select {
+        Select::Count if has_projection => {
+            return Err(DynamoError::validation(format!(
+                "Cannot specify the {projection_name} when choosing to get only the Count"
+            )));
+        }
+        Select::AllAttributes if has_projection => {
+            return Err(DynamoError::validation(format!(
+                "Cannot specify the {projection_name} when choosing to get ALL_ATTRIBUTES"
+            )));
+        }
+        Select::AllAttributes if source.is_global() && !source.has_all_attributes() => {
+            let index = source.index.map_or("", |index| index.schema.name.as_str());
+            return Err(DynamoError::validation(format!(
+                "One or more parameter values were invalid: Select type ALL_ATTRIBUTES is not supported for global secondary index {index} because its projection type is not ALL"
+            )));
+        }
+        Select::AllProjected if source.index.is_none() => {
+            return Err(DynamoError::validation(
+                "ALL_PROJECTED_ATTRIBUTES can be used only when Querying using an IndexName",
+            ));
+        }
+        Select::AllProjected if has_projection => {
+            return Err(DynamoError::validation(format!(
+                "Cannot specify the {projection_name} when choosing to get ALL_PROJECTED_ATTRIBUTES"
+            )));
+        }
+        Select::Specific if !has_projection => {
+            return Err(DynamoError::validation(
+                "Must specify the AttributesToGet or ProjectionExpression when choosing to get SPECIFIC_ATTRIBUTES",
+            ));
+        }
+        _ => {}
+    }
+    let mut missing: Vec<String> = Vec::new();
+    let mut note_missing = |path: &Path| {
+        let name = path.attribute_name();
+        if !source.projects(name) && !missing.iter().any(|seen| seen == name) {
+            missing.push(name.to_string());
+        }
+    };
+    if let Some(projection) = &projection {
+        projection.paths.iter().for_each(&mut note_missing);
+    }
+    let projection_missing = !missing.is_empty();
+    if let Some(filter) = &filter {
+        filter.for_each_path(&mut |path: &Path| {
+            let name = path.attribute_name();
+            if !source.projects(name) && !missing.iter().any(|seen| seen == name) {
+                missing.push(name.to_string());
+            }
+        });
+    }
+    if source.is_global() && projection_missing {
+        let index = source.index.map_or("", |index| index.schema.name.as_str());
+        return Err(DynamoError::validation(format!(
+            "One or more parameter values were invalid: Global secondary index {index} does not project [{}]",
+            missing.join(", ")
+        )));
+    }
+    let fetch_base = source.index.is_some()
+        && !source.is_global()
+        && !source.has_all_attributes()
+        && (select == Select::AllAttributes || !missing.is_empty());
+    Ok(Shape { filter, projection, select, fetch_base })
+}
+
+/// A range of one storage tree, read in one direction.
+struct Range {
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    direction: Direction,
+}
+
+impl Range {
+    fn contains(&self, key: &[u8]) -> bool {
+        let above = match &self.lower {
+            Bound::Unbounded => true,
+            Bound::Included(lower) => key >= lower.as_slice(),
+            Bound::Excluded(lower) => key > lower.as_slice(),
+        };
+        let below = match &self.upper {
+            Bound::Unbounded => true,
+            Bound::Included(upper) => key <= upper.as_slice(),
+            Bound::Excluded(upper) => key < upper.as_slice(),
+        };
+        above && below
+    }
+
+    /// Resumes after `key` (exclusive) in the read direction.
+    fn resume_after(&mut self, key: Vec<u8>) {
+        match self.direction {
+            Direction::Forward => self.lower = Bound::Excluded(key),
+            Direction::Reverse => self.upper = Bound::Excluded(key),
+        }
+    }
+}
+
+/// One page read.
+struct Page {
+    items: Vec<Item>,
+    count: u64,
+    scanned_count: u64,
+    scanned_bytes: usize,
+    last_key: Option<Item>,
+}
+
+fn validation(message: impl Into<String>) -> DynamoError {
+    DynamoError::validation(message)
+}
+
+fn type_mismatch() -> DynamoError {
+    validation("One or more parameter values were invalid: Condition parameter type does not match schema type")
+}
+
+/// Renders a key value as DynamoDB's messages show it: `{N:5}`.
+fn render_value(value: &AttributeValue) -> String {
+    let text = match value {
+        AttributeValue::S(text) => text.clone(),
+        AttributeValue::N(number) => number.to_string(),
+        other => match other.to_json() {
+            serde_json::Value::Object(map) => {
+                map.values().next().and_then(|v| v.as_str()).unwrap_or_default().to_string()
+            }
+            _ => String::new(),
+        },
+    };
+    format!("{{{}:{text}}}", value.value_type().as_str())
+}
+
+/// The bounds a key condition gives on `source`'s tree.
+fn query_range(source: &Source<'_>, condition: &KeyCondition, forward: bool) -> Result<(Range, Item), DynamoError> {
+    let key = source.key();
+    let partition_part = condition
+        .parts
+        .iter()
+        .find(|part| part.attribute == key.partition.name)
+        .ok_or_else(|| validation("Query condition missed key schema element"))?;
+    let sort_part = condition.parts.iter().find(|part| part.attribute != key.partition.name);
+    if let Some(part) = sort_part
+        && key.sort.as_ref().is_none_or(|sort| sort.name != part.attribute)
+    {
+        return Err(validation(match &key.sort {
+            Some(_) => "Query condition missed key schema element",
+            None => "Query key condition not supported",
+        }));
+    }
+    let SortKeyCondition::Compare(Comparator::Equal, partition) = &partition_part.condition else {
+        return Err(validation("Query key condition not supported"));
+    };
+    if !key.partition.value_type.matches(partition) {
+        return Err(type_mismatch());
+    }
+    let mut fixed = Item::new();
+    fixed.insert(key.partition.name.clone(), partition.clone());
+    let prefix = partition_prefix(partition);
+    let prefix_free = source.index.is_some();
+    // The keys of items whose sort key equals `value`: one key in a table; in an index, every
+    // entry key that starts with the index key.
+    let equal_set = |value: &AttributeValue| -> (Vec<u8>, Bound<Vec<u8>>) {
+        if prefix_free {
+            let start = index_prefix(partition, Some(value));
+            let (_, end) = prefix_range(&start);
+            (start, end)
+        } else {
+            let key = item_key(partition, Some(value));
+            (key.clone(), Bound::Included(key))
+        }
+    };
+    let (partition_start, partition_end) = prefix_range(&prefix);
+    let (lower, upper) = match sort_part {
+        None => (partition_start, partition_end),
+        Some(part) => {
+            let sort = key.sort.as_ref().expect("checked above");
+            let check = |value: &AttributeValue| {
+                if sort.value_type.matches(value) { Ok(()) } else { Err(type_mismatch()) }
+            };
+            match &part.condition {
+                SortKeyCondition::Compare(comparator, value) => {
+                    check(value)?;
+                    let (start, end) = equal_set(value);
+                    match comparator {
+                        Comparator::Equal => (Bound::Included(start), end),
+                        Comparator::Less => (partition_start, Bound::Excluded(start)),
+                        Comparator::LessOrEqual => (partition_start, end),
+                        Comparator::Greater => {
+                            let after = match end {
+                                Bound::Included(key) => Bound::Excluded(key),
+                                Bound::Excluded(key) => Bound::Included(key),
+                                Bound::Unbounded => Bound::Excluded(start),
+                            };
+                            (after, partition_end)
+                        }
+                        Comparator::GreaterOrEqual => (Bound::Included(start), partition_end),
+                        Comparator::NotEqual => return Err(validation("Query key condition not supported")),
+                    }
+                }
+                SortKeyCondition::Between(low, high) => {
+                    check(low)?;
+                    check(high)?;
+                    if compare_values(low, high) == Some(std::cmp::Ordering::Greater) {
+                        return Err(validation(format!(
+                            "Invalid KeyConditionExpression: The BETWEEN operator requires upper bound to be greater than or equal to lower bound; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
+                            render_value(low),
+                            render_value(high)
+                        )));
+                    }
+                    (Bound::Included(equal_set(low).0), equal_set(high).1)
+                }
+                SortKeyCondition::BeginsWith(value) => {
+                    check(value)?;
+                    if matches!(sort.value_type, onggi_model::table::KeyType::N) {
+                        return Err(validation("Query key condition not supported"));
+                    }
+                    let mut start = prefix.clone();
+                    let bytes = match value {
+                        AttributeValue::S(text) => text.as_bytes(),
+                        AttributeValue::B(bytes) => bytes.as_slice(),
+                        _ => unreachable!("checked against the key type"),
+                    };
+                    if prefix_free {
+                        push_escaped(&mut start, bytes);
+                    } else {
+                        start.extend_from_slice(bytes);
+                    }
+                    prefix_range(&start)
+                }
+            }
+        }
+    };
+    let direction = if forward { Direction::Forward } else { Direction::Reverse };
+    Ok((Range { lower, upper, direction }, fixed))
+}
+
+impl Node {
+    /// Reads one page of `range` in `source`.
+    fn read_page(
+        &self,
+        source: &Source<'_>,
+        range: &Range,
+        shape: &Shape,
+        limit: Option<usize>,
+    ) -> Result<Page, DynamoError> {
+        let mut page = Page { items: Vec::new(), count: 0, scanned_count: 0, scanned_bytes: 0, last_key: None };
+        let entries = self
+            .inner
+            .engine
+            .range(source.tree(), range.lower.clone(), range.upper.clone(), range.direction)
+            .map_err(storage_error)?;
+        let table = source.table;
+        for entry in entries {
+            let (_, value) = entry.map_err(storage_error)?;
+            let record = Record::decode(&value)
+                .map_err(|error| DynamoError::internal(format!("stored record unreadable: {error}")))?;
+            let Some(stored) = record.item else { continue };
+            page.scanned_count += 1;
+            page.scanned_bytes += item_size_bytes(&stored);
+            let full_page =
+                limit.is_some_and(|limit| page.scanned_count as usize >= limit) || page.scanned_bytes >= PAGE_BYTES_MAX;
+            if full_page {
+                page.last_key = Some(source.last_key(&stored));
+            }
+            let item = if shape.fetch_base {
+                let key = &table.schema.key;
+                let base_key =
+                    item_key(&stored[&key.partition.name], key.sort.as_ref().map(|sort| &stored[&sort.name]));
+                // The entry and its item were written in one batch; a read between a later write's
+                // batch and this one sees both at the newer version or both at the older.
+                self.read_current(table, &base_key)?.unwrap_or(stored)
+            } else {
+                stored
+            };
+            let matched = match &shape.filter {
+                Some(filter) => filter.evaluate(Some(&item))?,
+                None => true,
+            };
+            if matched {
+                page.count += 1;
+                if shape.select != Select::Count {
+                    let shown = match &shape.projection {
+                        Some(projection) => projection.apply(&item),
+                        None if shape.select == Select::AllProjected && shape.fetch_base => {
+                            let index = source.index.expect("fetch_base reads an index");
+                            index.schema.entry(&table.schema.key, &item).unwrap_or(item)
+                        }
+                        None => item,
+                    };
+                    page.items.push(shown);
+                }
+            }
+            if full_page {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    fn finish(&self, request: &ReadRequest<'_>, source: &Source<'_>, shape: &Shape, page: Page) -> QueryOutput {
+        let consumed_capacity = capacity::for_range_read(
+            request.report,
+            &source.table.schema.name,
+            source.index.map(|index| (index.schema.name.as_str(), index.global)),
+            page.scanned_bytes,
+            request.consistent,
+        );
+        QueryOutput {
+            items: (shape.select != Select::Count).then_some(page.items),
+            count: page.count,
+            scanned_count: page.scanned_count,
+            last_evaluated_key: page.last_key,
+            consumed_capacity,
+        }
+    }
+
+    pub(crate) async fn query_impl(&self, input: QueryInput) -> Result<QueryOutput, DynamoError> {
+        let request = ReadRequest {
+            name: required_table_name(input.table_name.as_deref())?,
+            index_name: input.index_name.as_deref(),
+            select: parse_select(input.select.as_deref())?,
+            limit: parse_limit(input.limit)?,
+            consistent: input.consistent_read.unwrap_or(false),
+            report: CapacityReport::parse(input.return_consumed_capacity.as_deref())?,
+            exclusive_start_key: input.exclusive_start_key.as_ref(),
+            uses_projection_expression: input.projection_expression.is_some(),
+        };
+        let mut expressions = RequestExpressions::new(Operation::Query);
+        expressions.key_condition = input.key_condition_expression.as_deref();
+        expressions.filter = input.filter_expression.as_deref();
+        expressions.projection = input.projection_expression.as_deref();
+        expressions.names = input.expression_attribute_names.as_ref();
+        expressions.values = input.expression_attribute_values.as_ref();
+        expressions.attributes_to_get = input.attributes_to_get.as_ref();
+        expressions.key_conditions = input.key_conditions.as_ref();
+        expressions.query_filter = input.query_filter.as_ref();
+        expressions.conditional_operator = input.conditional_operator.as_ref();
+        let resolved = expressions.resolve()?;
+        let Some(key_condition) = resolved.key_condition.clone() else {
+            return Err(validation(
+                "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
+            ));
+        };
+        let table = self.table(request.name)?;
+        let source = Source::resolve(&table, request.index_name)?;
+        if request.consistent && source.is_global() {
+            return Err(validation("Consistent reads are not supported on global secondary indexes"));
+        }
+        let (mut range, fixed) = query_range(&source, &key_condition, input.scan_index_forward.unwrap_or(true))?;
+        if let Some(filter) = &resolved.filter {
+            let mut key_attribute = None;
+            filter.for_each_path(&mut |path: &Path| {
+                if key_attribute.is_none() && source.key().names().any(|name| name == path.attribute_name()) {
+                    key_attribute = Some(path.attribute_name().to_string());
+                }
+            });
+            if let Some(attribute) = key_attribute {
+                return Err(validation(if input.filter_expression.is_some() {
+                    format!(
+                        "Filter Expression can only contain non-primary key attributes: Primary key attribute: {attribute}"
+                    )
+                } else {
+                    format!("QueryFilter can only contain non-key attributes: Primary key attribute: {attribute}")
+                }));
+            }
+        }
+        crate::expressions::check_key_paths(&resolved, &table.schema)?;
+        let shape = shape(&request, &source, resolved.filter, resolved.projection)?;
+        if let Some(raw) = request.exclusive_start_key {
+            let start = source.start_key(raw)?;
+            if fixed.iter().any(|(name, value)| start.get(name) != Some(value)) {
+                return Err(validation("The provided starting key is invalid"));
+            }
+            let position = source.storage_key(&start);
+            if !range.contains(&position) {
+                return Err(validation("The provided starting key does not match the range key predicate"));
+            }
+            range.resume_after(position);
+        }
+        let page = self.read_page(&source, &range, &shape, request.limit)?;
+        Ok(self.finish(&request, &source, &shape, page))
+    }
+
+    pub(crate) async fn scan_impl(&self, input: ScanInput) -> Result<QueryOutput, DynamoError> {
+        let request = ReadRequest {
+            name: required_table_name(input.table_name.as_deref())?,
+            index_name: input.index_name.as_deref(),
+            select: parse_select(input.select.as_deref())?,
+            limit: parse_limit(input.limit)?,
+            consistent: input.consistent_read.unwrap_or(false),
+            report: CapacityReport::parse(input.return_consumed_capacity.as_deref())?,
+            exclusive_start_key: input.exclusive_start_key.as_ref(),
+            uses_projection_expression: input.projection_expression.is_some(),
+        };
+        let segment = match (input.segment, input.total_segments) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(validation(
+                    "The TotalSegments parameter is required but was not present in the request when parameter Segment is present",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(validation(
+                    "The Segment parameter is required but was not present in the request when parameter TotalSegments is present",
+                ));
+            }
+            (Some(segment), Some(total)) => {
+                if !(1..=TOTAL_SEGMENTS_MAX).contains(&total) {
+                    let constraint =
+                        if total < 1 { "greater than or equal to 1" } else { "less than or equal to 1000000" };
+                    return Err(validation(format!(
+                        "1 validation error detected: Value '{total}' at 'totalSegments' failed to satisfy constraint: Member must have value {constraint}"
+                    )));
+                }
+                if segment < 0 {
+                    return Err(validation(format!(
+                        "1 validation error detected: Value '{segment}' at 'segment' failed to satisfy constraint: Member must have value greater than or equal to 0"
+                    )));
+                }
+                if segment >= total {
+                    return Err(validation(format!(
+                        "The Segment parameter is zero-based and must be less than parameter TotalSegments: Segment: {segment} is not less than TotalSegments: {total}"
+                    )));
+                }
+                Some((segment as u32, total as u32))
+            }
+        };
+        let mut expressions = RequestExpressions::new(Operation::Scan);
+        expressions.filter = input.filter_expression.as_deref();
+        expressions.projection = input.projection_expression.as_deref();
+        expressions.names = input.expression_attribute_names.as_ref();
+        expressions.values = input.expression_attribute_values.as_ref();
+        expressions.attributes_to_get = input.attributes_to_get.as_ref();
+        expressions.scan_filter = input.scan_filter.as_ref();
+        expressions.conditional_operator = input.conditional_operator.as_ref();
+        let resolved = expressions.resolve()?;
+        let table = self.table(request.name)?;
+        let source = Source::resolve(&table, request.index_name)?;
+        if request.consistent && source.is_global() {
+            return Err(validation("Consistent reads are not supported on global secondary indexes"));
+        }
+        crate::expressions::check_key_paths(&resolved, &table.schema)?;
+        let shape = shape(&request, &source, resolved.filter, resolved.projection)?;
+        let mut range = match segment {
+            None => Range { lower: Bound::Unbounded, upper: Bound::Unbounded, direction: Direction::Forward },
+            Some((segment, total)) => Range {
+                lower: Bound::Included(segment_start(segment, total).to_vec()),
+                upper: if segment + 1 == total {
+                    Bound::Unbounded
+                } else {
+                    Bound::Excluded(segment_start(segment + 1, total).to_vec())
+                },
+                direction: Direction::Forward,
+            },
+        };
+        if let Some(raw) = request.exclusive_start_key {
+            let start = source.start_key(raw)?;
+            let position = source.storage_key(&start);
+            debug_assert!(position.len() > TOKEN_BYTES);
+            if !range.contains(&position) {
+                return Err(validation("The provided Exclusive start key does not map to the provided segment"));
+            }
+            range.resume_after(position);
+        }
+        let page = self.read_page(&source, &range, &shape, request.limit)?;
+        Ok(self.finish(&request, &source, &shape, page))
+    }
+}
