@@ -72,6 +72,10 @@ VOLATILE_KEYS = {
 # Fields onggi sends on purpose that DynamoDB Local omits (real DynamoDB sends them): dropped from
 # both sides. TableId: real DynamoDB's DescribeTable has it; DynamoDB Local's does not.
 DROPPED_KEYS = {"TableId"}
+# Fields whose values differ on purpose, masked as "<differs>" (presence still compared).
+# IndexSizeBytes: onggi counts each entry as its projected attributes plus the 100 bytes of
+# overhead DynamoDB documents; DynamoDB Local counts the whole base item without overhead.
+DIFFERING_KEYS = {"IndexSizeBytes"}
 SET_TYPES = ("SS", "NS", "BS")
 
 
@@ -173,6 +177,8 @@ def _normalize_value(v: Any) -> Any:
                 continue
             if k in VOLATILE_KEYS:
                 out[k] = "<volatile>"
+            elif k in DIFFERING_KEYS:
+                out[k] = "<differs>"
             elif k in SET_TYPES and isinstance(x, list) and len(v) == 1:
                 out[k] = sorted(x)
             else:
@@ -216,6 +222,11 @@ def normalize(resp: Response, op: str | None = None) -> dict:
         if k.lower() == "message":
             out["message"] = body.pop(k)
     if body:
+        # Batch operations list one ConsumedCapacity per table in no defined order (DynamoDB Local
+        # uses a Java HashMap's).
+        if isinstance(body.get("ConsumedCapacity"), list):
+            body["ConsumedCapacity"] = sorted(body["ConsumedCapacity"],
+                                              key=lambda c: str(c.get("TableName") if isinstance(c, dict) else c))
         out["body"] = _normalize_value(body)
         if op in TRANSITIONAL:
             out["body"] = _normalize_status(out["body"], TRANSITIONAL[op])

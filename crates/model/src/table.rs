@@ -604,9 +604,9 @@ pub fn validate_new_global_index(
         }
         match merged.iter().find(|(existing, _)| *existing == name) {
             Some((_, existing)) if *existing != key_type => {
-                return Err(validation(format!(
-                    "One or more parameter values were invalid: Attribute {name} has a different type than what was previously defined"
-                )));
+                return Err(validation(
+                    "invalid attribute, SchemaElement redefined should be of same type as previously defined",
+                ));
             }
             Some(_) => {}
             None => merged.push((name, key_type)),
@@ -614,10 +614,7 @@ pub fn validate_new_global_index(
     }
     let mut index_schema = validate_index(index, &merged, KeyContext::GlobalIndex, &schema.key)?;
     if schema.indexes().any(|existing| existing.name == index_schema.name) {
-        return Err(validation(format!(
-            "One or more parameter values were invalid: Index with name {} already exists on table {}",
-            index_schema.name, schema.name
-        )));
+        return Err(validation("Attempting to create an index which already exists"));
     }
     if schema.global_indexes.len() >= GLOBAL_INDEXES_MAX {
         return Err(DynamoError::new(

@@ -35,18 +35,14 @@ fn validation(message: impl Into<String>) -> DynamoError {
 }
 
 fn batch_table_not_found() -> DynamoError {
-    DynamoError::resource_not_found("Requested resource not found")
+    crate::tables::table_not_found()
 }
 
-/// The `RequestItems` map, present and non-empty.
-fn request_items(raw: Option<&Json>) -> Result<&Map<String, Json>, DynamoError> {
+/// The `RequestItems` map, present and non-empty (`empty`: the message when it is not).
+fn request_items<'j>(raw: Option<&'j Json>, empty: &str) -> Result<&'j Map<String, Json>, DynamoError> {
     match raw {
-        None | Some(Json::Null) => Err(validation(
-            "1 validation error detected: Value null at 'requestItems' failed to satisfy constraint: Member must not be null",
-        )),
-        Some(Json::Object(map)) if map.is_empty() => Err(validation(
-            "1 validation error detected: Value '{}' at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
-        )),
+        None | Some(Json::Null) => Err(validation(empty)),
+        Some(Json::Object(map)) if map.is_empty() => Err(validation(empty)),
         Some(Json::Object(map)) => {
             for name in map.keys() {
                 validate_table_name(name)?;
@@ -82,14 +78,14 @@ impl Node {
         input: BatchGetItemInput,
     ) -> Result<BatchGetItemOutput, DynamoError> {
         let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
-        let tables = request_items(input.request_items.as_ref())?;
+        let tables = request_items(input.request_items.as_ref(), "BatchGetItem must have some requests set")?;
         let mut total = 0;
         for (name, request) in tables {
             let request = json_object(request, "KeysAndAttributes")?;
             let keys = request.get("Keys").and_then(Json::as_array).map_or(0, Vec::len);
             if keys == 0 {
                 return Err(validation(format!(
-                    "1 validation error detected: Value '[]' at 'requestItems.{name}.member.keys' failed to satisfy constraint: Member must have length greater than or equal to 1"
+                    "The list of keys in RequestItems for BatchGetItem is required: {name} has empty list"
                 )));
             }
             total += keys;
@@ -164,21 +160,20 @@ impl Node {
     ) -> Result<BatchWriteItemOutput, DynamoError> {
         let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
         parse_item_collection_metrics(input.return_item_collection_metrics.as_deref())?;
-        let tables = request_items(input.request_items.as_ref())?;
+        let tables =
+            request_items(input.request_items.as_ref(), "BatchWriteItem cannot have a null or no requests set")?;
         let mut total = 0;
         for (name, requests) in tables {
             let count = requests.as_array().map_or(0, Vec::len);
             if count == 0 {
                 return Err(validation(format!(
-                    "1 validation error detected: Value '[]' at 'requestItems.{name}.member' failed to satisfy constraint: Member must have length greater than or equal to 1"
+                    "The batch write request list for a table cannot be null or empty: {name}"
                 )));
             }
             total += count;
         }
         if total > BATCH_WRITE_REQUESTS_MAX {
-            return Err(validation(format!(
-                "1 validation error detected: Value at 'requestItems' failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less than or equal to {BATCH_WRITE_REQUESTS_MAX}, Member must have length greater than or equal to 1]"
-            )));
+            return Err(validation("Too many items requested for the BatchWriteItem call"));
         }
         let mut plans: Vec<(String, Vec<(Json, WritePlan)>)> = Vec::new();
         for (name, requests) in tables {

@@ -117,26 +117,29 @@ pub(crate) fn for_write(
 }
 
 /// Capacity of a Query or Scan page that read `bytes` of items (or index entries), rounded up to
-/// 4 KB once for the whole page; charged to the index when the read used one.
+/// 4 KB once for the whole page; charged to the index when the read used one. `fetch_units`: the
+/// table reads of base items fetched for a local index.
 pub(crate) fn for_range_read(
     kind: CapacityReport,
     table_name: &str,
     index: Option<(&str, bool)>,
     bytes: usize,
+    fetch_units: f64,
     consistent: bool,
 ) -> Option<ConsumedCapacity> {
-    let whole = bytes.div_ceil(4096).max(1) as f64;
+    // A page that read nothing costs nothing (as DynamoDB Local reports it).
+    let whole = bytes.div_ceil(4096) as f64;
     let read_units = if consistent { whole } else { whole / 2.0 };
     let (mut local, mut global) = (BTreeMap::new(), BTreeMap::new());
     let table_units = match index {
         None => read_units,
         Some((name, true)) => {
             global.insert(name.to_string(), read_units);
-            0.0
+            fetch_units
         }
         Some((name, false)) => {
             local.insert(name.to_string(), read_units);
-            0.0
+            fetch_units
         }
     };
     report(kind, table_name, table_units, local, global)

@@ -114,35 +114,28 @@ impl Node {
     pub(crate) async fn update_time_to_live_impl(&self, input: UpdateTimeToLiveInput) -> Result<Json, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let Some(specification) = input.time_to_live_specification.as_ref().filter(|value| !value.is_null()) else {
-            return Err(validation(
-                "1 validation error detected: Value null at 'timeToLiveSpecification' failed to satisfy constraint: Member must not be null",
-            ));
+            return Err(validation("TimeToLiveSpecification cannot be null"));
         };
         let enabled = specification.get("Enabled").and_then(Json::as_bool);
         let attribute = specification.get("AttributeName").and_then(Json::as_str);
         let (Some(enabled), Some(attribute)) = (enabled, attribute) else {
-            let member = if enabled.is_none() { "enabled" } else { "attributeName" };
-            return Err(validation(format!(
-                "1 validation error detected: Value null at 'timeToLiveSpecification.{member}' failed to satisfy constraint: Member must not be null"
-            )));
+            return Err(validation("AttributeName cannot be null when time to live is being enabled"));
         };
         if attribute.is_empty() || attribute.len() > 255 {
-            return Err(validation(format!(
-                "1 validation error detected: Value '{attribute}' at 'timeToLiveSpecification.attributeName' failed to satisfy constraint: Member must have length less than or equal to 255 and greater than or equal to 1"
-            )));
+            return Err(validation(
+                "Names of key attributes and attributes projected into an index must be between 1 and 255 characters, inclusive",
+            ));
         }
         let catalog = &self.inner.catalog;
         let _change = catalog.changes.lock().await;
         let table = catalog.get(name).ok_or_else(table_not_found)?;
         let mut schema = table.schema.clone();
         match (&schema.ttl_attribute, enabled) {
+            (Some(current), _) if current != attribute => {
+                return Err(validation("TimeToLive is active on a different AttributeName"));
+            }
             (Some(_), true) => return Err(validation("TimeToLive is already enabled")),
             (None, false) => return Err(validation("TimeToLive is already disabled")),
-            (Some(current), false) if current != attribute => {
-                return Err(validation(format!(
-                    "TimeToLive is active on a different AttributeName: current AttributeName is {current}"
-                )));
-            }
             _ => {}
         }
         schema.ttl_attribute = enabled.then(|| attribute.to_string());

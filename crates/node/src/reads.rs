@@ -52,10 +52,10 @@ fn parse_select(value: Option<&str>) -> Result<Option<Select>, DynamoError> {
         Some("ALL_PROJECTED_ATTRIBUTES") => Some(Select::AllProjected),
         Some("SPECIFIC_ATTRIBUTES") => Some(Select::Specific),
         Some("COUNT") => Some(Select::Count),
-        Some(other) => {
-            return Err(DynamoError::validation(format!(
-                "1 validation error detected: Value '{other}' at 'select' failed to satisfy constraint: Member must satisfy enum value set: [SPECIFIC_ATTRIBUTES, COUNT, ALL_ATTRIBUTES, ALL_PROJECTED_ATTRIBUTES]"
-            )));
+        Some(_) => {
+            return Err(DynamoError::validation(
+                "Select must be ALL_ATTRIBUTES, ALL_PROJECTED_ATTRIBUTES, COUNT, or SPECIFIC_ATTRIBUTES",
+            ));
         }
     })
 }
@@ -141,8 +141,12 @@ impl<'t> Source<'t> {
         };
         let key = item_from_json(raw)?;
         let names = self.position_attributes();
+        // DynamoDB checks the size first, except on global indexes.
+        if !self.is_global() && key.len() != names.len() {
+            return Err(validation("Exclusive Start Key must have same size as table's key schema"));
+        }
         if key.len() != names.len() || !names.iter().all(|name| key.contains_key(*name)) {
-            return Err(invalid("The provided key element does not match the schema"));
+            return Err(invalid(""));
         }
         let attributes = self
             .table
@@ -153,7 +157,7 @@ impl<'t> Source<'t> {
         for attribute in attributes {
             let value = &key[&attribute.name];
             if !attribute.value_type.matches(value) {
-                return Err(invalid("One or more parameter values were invalid: Type mismatch for key"));
+                return Err(invalid("The provided key element does not match the schema"));
             }
             if value.size_bytes() == 0 {
                 return Err(invalid(
@@ -187,9 +191,7 @@ struct ReadRequest<'r> {
 fn parse_limit(limit: Option<i64>) -> Result<Option<usize>, DynamoError> {
     match limit {
         None => Ok(None),
-        Some(limit) if limit < 1 => Err(DynamoError::validation(format!(
-            "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"
-        ))),
+        Some(limit) if limit < 1 => Err(DynamoError::validation("Limit must be greater than or equal to 1")),
         Some(limit) => Ok(Some(usize::try_from(limit).unwrap_or(usize::MAX))),
     }
 }
@@ -262,13 +264,23 @@ fn shape(
         projection.paths.iter().for_each(&mut note_missing);
     }
     let projection_missing = !missing.is_empty();
+    let mut filter_missing: Vec<String> = Vec::new();
     if let Some(filter) = &filter {
         filter.for_each_path(&mut |path: &Path| {
             let name = path.attribute_name();
-            if !source.projects(name) && !missing.iter().any(|seen| seen == name) {
-                missing.push(name.to_string());
+            if !source.projects(name) && !filter_missing.iter().any(|seen| seen == name) {
+                filter_missing.push(name.to_string());
             }
         });
+    }
+    // DynamoDB Local refuses a filter on attributes an index does not hold, even on a local
+    // index that could fetch them; onggi does the same.
+    if let (Some(index), false) = (source.index, filter_missing.is_empty()) {
+        return Err(DynamoError::validation(format!(
+            "One or more parameter values were invalid: Secondary index {} does not project one or more filter attributes: [{}]",
+            index.schema.name,
+            filter_missing.join(", ")
+        )));
     }
     if source.is_global() && projection_missing {
         let index = source.index.map_or("", |index| index.schema.name.as_str());
@@ -321,6 +333,8 @@ struct Page {
     count: u64,
     scanned_count: u64,
     scanned_bytes: usize,
+    /// Read units of the base items fetched for a local index's entries.
+    fetch_units: f64,
     last_key: Option<Item>,
 }
 
@@ -330,6 +344,18 @@ fn validation(message: impl Into<String>) -> DynamoError {
 
 fn type_mismatch() -> DynamoError {
     validation("One or more parameter values were invalid: Condition parameter type does not match schema type")
+}
+
+/// Refuses an empty string or binary as a key value.
+fn check_not_empty(name: &str, value: &AttributeValue) -> Result<(), DynamoError> {
+    let what = match value {
+        AttributeValue::S(text) if text.is_empty() => "string",
+        AttributeValue::B(bytes) if bytes.is_empty() => "binary",
+        _ => return Ok(()),
+    };
+    Err(validation(format!(
+        "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty {what} value. Key: {name}"
+    )))
 }
 
 /// Renders a key value as DynamoDB's messages show it: `{N:5}`.
@@ -370,6 +396,7 @@ fn query_range(source: &Source<'_>, condition: &KeyCondition, forward: bool) -> 
     if !key.partition.value_type.matches(partition) {
         return Err(type_mismatch());
     }
+    check_not_empty(&key.partition.name, partition)?;
     let mut fixed = Item::new();
     fixed.insert(key.partition.name.clone(), partition.clone());
     let prefix = partition_prefix(partition);
@@ -392,7 +419,10 @@ fn query_range(source: &Source<'_>, condition: &KeyCondition, forward: bool) -> 
         Some(part) => {
             let sort = key.sort.as_ref().expect("checked above");
             let check = |value: &AttributeValue| {
-                if sort.value_type.matches(value) { Ok(()) } else { Err(type_mismatch()) }
+                if !sort.value_type.matches(value) {
+                    return Err(type_mismatch());
+                }
+                check_not_empty(&sort.name, value)
             };
             match &part.condition {
                 SortKeyCondition::Compare(comparator, value) => {
@@ -459,8 +489,10 @@ impl Node {
         range: &Range,
         shape: &Shape,
         limit: Option<usize>,
+        consistent: bool,
     ) -> Result<Page, DynamoError> {
-        let mut page = Page { items: Vec::new(), count: 0, scanned_count: 0, scanned_bytes: 0, last_key: None };
+        let mut page =
+            Page { items: Vec::new(), count: 0, scanned_count: 0, scanned_bytes: 0, fetch_units: 0.0, last_key: None };
         let entries = self
             .inner
             .engine
@@ -485,7 +517,10 @@ impl Node {
                     item_key(&stored[&key.partition.name], key.sort.as_ref().map(|sort| &stored[&sort.name]));
                 // The entry and its item were written in one batch; a read between a later write's
                 // batch and this one sees both at the newer version or both at the older.
-                self.read_current(table, &base_key)?.unwrap_or(stored)
+                let item = self.read_current(table, &base_key)?.unwrap_or(stored);
+                let whole = item_size_bytes(&item).div_ceil(4096).max(1) as f64;
+                page.fetch_units += if consistent { whole } else { whole / 2.0 };
+                item
             } else {
                 stored
             };
@@ -520,6 +555,7 @@ impl Node {
             &source.table.schema.name,
             source.index.map(|index| (index.schema.name.as_str(), index.global)),
             page.scanned_bytes,
+            page.fetch_units,
             request.consistent,
         );
         QueryOutput {
@@ -577,7 +613,9 @@ impl Node {
                         "Filter Expression can only contain non-primary key attributes: Primary key attribute: {attribute}"
                     )
                 } else {
-                    format!("QueryFilter can only contain non-key attributes: Primary key attribute: {attribute}")
+                    format!(
+                        "QueryFilter can only contain non-primary key attributes: Primary key attribute: {attribute}"
+                    )
                 }));
             }
         }
@@ -585,16 +623,13 @@ impl Node {
         let shape = shape(&request, &source, resolved.filter, resolved.projection)?;
         if let Some(raw) = request.exclusive_start_key {
             let start = source.start_key(raw)?;
-            if fixed.iter().any(|(name, value)| start.get(name) != Some(value)) {
-                return Err(validation("The provided starting key is invalid"));
-            }
             let position = source.storage_key(&start);
-            if !range.contains(&position) {
+            if fixed.iter().any(|(name, value)| start.get(name) != Some(value)) || !range.contains(&position) {
                 return Err(validation("The provided starting key does not match the range key predicate"));
             }
             range.resume_after(position);
         }
-        let page = self.read_page(&source, &range, &shape, request.limit)?;
+        let page = self.read_page(&source, &range, &shape, request.limit, request.consistent)?;
         Ok(self.finish(&request, &source, &shape, page))
     }
 
@@ -612,13 +647,11 @@ impl Node {
         let segment = match (input.segment, input.total_segments) {
             (None, None) => None,
             (Some(_), None) => {
-                return Err(validation(
-                    "The TotalSegments parameter is required but was not present in the request when parameter Segment is present",
-                ));
+                return Err(validation("If segment is specified, total segment must also be specified"));
             }
             (None, Some(_)) => {
                 return Err(validation(
-                    "The Segment parameter is required but was not present in the request when parameter TotalSegments is present",
+                    "If total segments is specified, a particular segment must also be specified for this request",
                 ));
             }
             (Some(segment), Some(total)) => {
@@ -636,7 +669,8 @@ impl Node {
                 }
                 if segment >= total {
                     return Err(validation(format!(
-                        "The Segment parameter is zero-based and must be less than parameter TotalSegments: Segment: {segment} is not less than TotalSegments: {total}"
+                        "1 validation error detected: Value '{segment}' at 'segment' failed to satisfy constraint: Member must have value less than or equal to {}",
+                        total - 1
                     )));
                 }
                 Some((segment as u32, total as u32))
@@ -679,7 +713,7 @@ impl Node {
             }
             range.resume_after(position);
         }
-        let page = self.read_page(&source, &range, &shape, request.limit)?;
+        let page = self.read_page(&source, &range, &shape, request.limit, request.consistent)?;
         Ok(self.finish(&request, &source, &shape, page))
     }
 }

@@ -61,7 +61,10 @@ fn parse_index_updates(updates: &[serde_json::Value]) -> Result<Vec<IndexUpdate>
             .into_iter()
             .filter(|action| update.get(action).is_some_and(|value| !value.is_null()))
             .count();
-        if actions != 1 {
+        if actions == 0 {
+            return Err(DynamoError::validation("Update global secondary index action is null"));
+        }
+        if actions > 1 {
             return Err(DynamoError::validation(
                 "One or more parameter values were invalid: One of GlobalSecondaryIndexUpdate.Create, GlobalSecondaryIndexUpdate.Update, or GlobalSecondaryIndexUpdate.Delete must be provided",
             ));
@@ -80,6 +83,19 @@ fn parse_index_updates(updates: &[serde_json::Value]) -> Result<Vec<IndexUpdate>
             let throughput: ProvisionedThroughput = serde_json::from_value(throughput).map_err(malformed)?;
             parsed.push(IndexUpdate::Update(name_of(change)?, throughput));
         }
+    }
+    let mut names: Vec<&str> = parsed
+        .iter()
+        .map(|update| match update {
+            IndexUpdate::Create(definition) => definition.index_name.as_deref().unwrap_or_default(),
+            IndexUpdate::Delete(name) | IndexUpdate::Update(name, _) => name,
+        })
+        .collect();
+    names.sort_unstable();
+    if names.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(DynamoError::validation(
+            "Only one global secondary index update per index is allowed simultaneously.",
+        ));
     }
     let structural = parsed.iter().filter(|update| !matches!(update, IndexUpdate::Update(..))).count();
     if structural > 1 {
@@ -209,6 +225,10 @@ impl Node {
         let _change = catalog.changes.lock().await;
         let table = catalog.get(name).ok_or_else(table_not_found)?;
         let mut schema = table.schema.clone();
+        let creates = index_updates.iter().any(|update| matches!(update, IndexUpdate::Create(_)));
+        if creates && input.attribute_definitions.as_ref().is_none_or(|raw| raw.as_array().is_none_or(Vec::is_empty)) {
+            return Err(DynamoError::validation("No Attribute Schema Defined"));
+        }
         let definitions: Vec<AttributeDefinition> = match &input.attribute_definitions {
             Some(raw) => serde_json::from_value(raw.clone())
                 .map_err(|error| DynamoError::validation(format!("Unexpected value type in payload: {error}")))?,
@@ -226,12 +246,11 @@ impl Node {
                     schema.global_indexes.push(index);
                 }
                 IndexUpdate::Delete(index_name) => {
-                    let position =
-                        schema.global_indexes.iter().position(|index| index.name == index_name).ok_or_else(|| {
-                            DynamoError::resource_not_found(format!(
-                                "Requested resource not found: Index: {index_name} not found"
-                            ))
-                        })?;
+                    let position = schema
+                        .global_indexes
+                        .iter()
+                        .position(|index| index.name == index_name)
+                        .ok_or_else(|| DynamoError::resource_not_found("Requested resource not found"))?;
                     let removed = schema.global_indexes.remove(position);
                     let used: Vec<String> = schema
                         .key
@@ -244,12 +263,11 @@ impl Node {
                 }
                 IndexUpdate::Update(index_name, throughput) => {
                     let billing = schema.billing_mode;
-                    let index =
-                        schema.global_indexes.iter_mut().find(|index| index.name == index_name).ok_or_else(|| {
-                            DynamoError::resource_not_found(format!(
-                                "Requested resource not found: Index: {index_name} not found"
-                            ))
-                        })?;
+                    let index = schema
+                        .global_indexes
+                        .iter_mut()
+                        .find(|index| index.name == index_name)
+                        .ok_or_else(|| DynamoError::resource_not_found("Requested resource not found"))?;
                     if billing == BillingMode::PayPerRequest {
                         return Err(DynamoError::validation(format!(
                             "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {index_name} when BillingMode is PAY_PER_REQUEST"

@@ -420,6 +420,9 @@ fn key_conditions(json: &Json) -> Result<KeyCondition, DynamoError> {
             }
             Condition::Between(_, Operand::Value(low), Operand::Value(high)) => SortKeyCondition::Between(low, high),
             Condition::BeginsWith(_, Operand::Value(prefix)) => SortKeyCondition::BeginsWith(prefix),
+            Condition::Compare(Comparator::NotEqual, ..) => {
+                return Err(DynamoError::validation("Query key condition not supported"));
+            }
             _ => return Err(DynamoError::validation("Attempted conditional constraint is not an indexable operation")),
         };
         parts.push(KeyPart { attribute: attribute.clone(), condition });

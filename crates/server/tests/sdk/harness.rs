@@ -73,6 +73,8 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("ONGGI_LOG", "info,fjall=warn,lsm_tree=warn")
+            // Expire TTL items quickly, so that the TTL test stays short.
+            .env("ONGGI_TTL_INTERVAL", "0.5")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

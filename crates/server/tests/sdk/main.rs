@@ -18,4 +18,5 @@ mod errors;
 mod expressions;
 mod items;
 mod process;
+mod reads;
 mod tables;
