@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("expression", onggi_fuzz::expression),
     ("request_body", onggi_fuzz::request_body),
     ("codec", onggi_fuzz::codec),
     ("number", onggi_fuzz::number),
+    ("node_requests", onggi_fuzz::node_requests),
 ];
 
 fn inputs(directory: &Path) -> Vec<PathBuf> {

@@ -65,6 +65,18 @@ fn parse_tags(raw: Option<&Json>) -> Result<Vec<(String, String)>, DynamoError> 
             "1 validation error detected: Value null at 'tags' failed to satisfy constraint: Member must not be null",
         ));
     };
+    if list.is_empty() {
+        return Err(validation(
+            "1 validation error detected: Value '[]' at 'tags' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        ));
+    }
+    if list.len() > TAGS_MAX {
+        return Err(validation(format!(
+            "1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must have length less than or equal to {TAGS_MAX}"
+        )));
+    }
+    // Tag keys and values: letters, numbers, white space and `_ . : / = + - @`.
+    let allowed = |text: &str| text.chars().all(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c));
     let mut tags = Vec::with_capacity(list.len());
     for tag in list {
         let key = tag.get("Key").and_then(Json::as_str);
@@ -79,6 +91,11 @@ fn parse_tags(raw: Option<&Json>) -> Result<Vec<(String, String)>, DynamoError> 
                 "1 validation error detected: Value '{key}' at 'tags.member.key' failed to satisfy constraint: Member must have length less than or equal to 128 and greater than or equal to 1"
             )));
         }
+        if !allowed(key) || !allowed(value) {
+            return Err(validation(format!(
+                "1 validation error detected: Value '{key}' at 'tags.member.key' failed to satisfy constraint: Member must satisfy regular expression pattern: ^([\\p{{L}}\\p{{Z}}\\p{{N}}_.:/=+\\-@]*)$"
+            )));
+        }
         if value.chars().count() > 256 {
             return Err(validation(format!(
                 "1 validation error detected: Value '{value}' at 'tags.member.value' failed to satisfy constraint: Member must have length less than or equal to 256"
@@ -91,7 +108,7 @@ fn parse_tags(raw: Option<&Json>) -> Result<Vec<(String, String)>, DynamoError> 
 
 /// Applies CreateTable's `Tags` to a new schema.
 pub(crate) fn tags_at_creation(schema: &mut TableSchema, raw: Option<&Json>) -> Result<(), DynamoError> {
-    if raw.is_none_or(Json::is_null) {
+    if raw.is_none_or(|raw| raw.is_null() || raw.as_array().is_some_and(Vec::is_empty)) {
         return Ok(());
     }
     for (key, value) in parse_tags(raw)? {

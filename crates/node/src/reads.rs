@@ -445,6 +445,13 @@ fn query_range(source: &Source<'_>, condition: &KeyCondition, forward: bool) -> 
                     }
                 }
                 SortKeyCondition::Between(low, high) => {
+                    if low.value_type() != high.value_type() {
+                        return Err(validation(format!(
+                            "Invalid KeyConditionExpression: The BETWEEN operator requires same data type for lower and upper bounds; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
+                            render_value(low),
+                            render_value(high)
+                        )));
+                    }
                     check(low)?;
                     check(high)?;
                     if compare_values(low, high) == Some(std::cmp::Ordering::Greater) {
