@@ -1081,7 +1081,7 @@ class Generator:
         self.return_capacity(req)
         b.attach(req)
         lop = LOp("Query", req, mode="query_index" if ix else "query",
-                  info={"tie_attr": r.name if r else None} if ix else {})
+                  info={"tie_attr": r.name if r else None, "lsi": ix.kind == "LSI"} if ix else {})
         if invalid:
             kinds = ["index_name", "select", "key_cond", "filter_key", "limit0", "esk", "table", "expr"]
             if t.indexes and any(i.kind == "GSI" for i in t.indexes):
@@ -1217,7 +1217,7 @@ class Generator:
             mode = "pscan"
         self.return_capacity(req)
         b.attach(req)
-        lop = LOp("Scan", req, mode=mode)
+        lop = LOp("Scan", req, mode=mode, info={"lsi": True} if ix and ix.kind == "LSI" else {})
         if invalid:
             kinds = ["index_name", "select", "segment", "segment", "limit0", "esk", "table", "expr"]
             if any(i.kind == "GSI" for i in t.indexes):
@@ -1457,6 +1457,13 @@ def _mask_units(cc: Any, indexes_too: bool) -> Any:
     return out
 
 
+def _rule_lsi_fetch_capacity(lop: LOp, v: dict) -> dict:
+    body = v.get("body")
+    if not lop.info.get("lsi") or not isinstance(body, dict) or not isinstance(body.get("ConsumedCapacity"), dict):
+        return v
+    return dict(v, body=dict(body, ConsumedCapacity=_mask_units(body["ConsumedCapacity"], False)))
+
+
 def _rule_batch_capacity(lop: LOp, v: dict) -> dict:
     body = v.get("body")
     if not isinstance(body, dict) or "ConsumedCapacity" not in body:
@@ -1523,6 +1530,11 @@ RULES = [
          "item as DynamoDB documents. Units masked in BatchGetItem, and in BatchWriteItem with a "
          "DeleteRequest (index units still compared there).",
          _rule_batch_capacity),
+    Rule("lsi-fetch-capacity",
+         "Reads on a local index: onggi charges the table for exactly the base items it fetches (commit "
+         "c3c6fba); DynamoDB Local charges fetches for a ProjectionExpression of projected attributes "
+         "and none for a Scan with Select ALL_ATTRIBUTES. Table units masked, index units compared.",
+         _rule_lsi_fetch_capacity),
     Rule("message-list-order",
          "\"... does not project [a, b]\" lists a set of attribute names: DynamoDB Local prints it in Java "
          "hash order. Compared sorted.",

@@ -226,18 +226,67 @@ pub async fn verify(client: &Client, table: &str, writers: &[Writer]) -> Verific
     total
 }
 
-/// Creates the test table (hash key `pk`, string) on a server.
+/// Creates the test table (hash key `pk`, string) on a server, with a global index on `version`
+/// (every item has one), so that a crash also tests that items and index entries are written
+/// together.
 pub async fn create_crash_table(client: &Client, table: &str) {
+    use aws_sdk_dynamodb::types::{GlobalSecondaryIndex, KeyType, Projection, ProjectionType};
     client
         .create_table()
         .table_name(table)
         .attribute_definitions(attribute_definition("pk", ScalarAttributeType::S))
-        .key_schema(key_element("pk", aws_sdk_dynamodb::types::KeyType::Hash))
+        .attribute_definitions(attribute_definition("version", ScalarAttributeType::N))
+        .key_schema(key_element("pk", KeyType::Hash))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("by_version")
+                .key_schema(key_element("version", KeyType::Hash))
+                .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+                .build()
+                .expect("a GSI"),
+        )
         .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
         .send()
         .await
         .expect("create table");
     crate::harness::wait_active(client, table).await;
+}
+
+/// Every `(pk, version)` pair of the table (`index: None`) or of its index, by paged Scan.
+async fn scan_pairs(client: &Client, table: &str, index: Option<&str>) -> std::collections::BTreeSet<(String, String)> {
+    let mut pairs = std::collections::BTreeSet::new();
+    let mut start = None;
+    loop {
+        let output = client
+            .scan()
+            .table_name(table)
+            .set_index_name(index.map(str::to_string))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("scan {index:?}: {error:?}"));
+        for item in output.items.unwrap_or_default() {
+            let text = |name: &str| match item.get(name) {
+                Some(AttributeValue::S(text)) | Some(AttributeValue::N(text)) => text.clone(),
+                other => panic!("{name} is {other:?}"),
+            };
+            assert!(pairs.insert((text("pk"), text("version"))), "{index:?} returned an item twice");
+        }
+        match output.last_evaluated_key {
+            Some(key) => start = Some(key),
+            None => return pairs,
+        }
+    }
+}
+
+/// After a crash the index holds exactly one entry per item, at the item's version: the entry and
+/// the item were made durable together or not at all. Returns the number of items.
+pub async fn verify_index(client: &Client, table: &str) -> usize {
+    let items = scan_pairs(client, table, None).await;
+    let entries = scan_pairs(client, table, Some("by_version")).await;
+    assert_eq!(items.len(), entries.len(), "the index and its table hold different numbers of items");
+    assert!(items == entries, "the index differs from its table after a crash");
+    items.len()
 }
 
 /// Runs `writers` through `client` until `phase` has passed, then calls `stop` while writes are in
@@ -306,6 +355,8 @@ async fn kill_restart_cycles() {
         server = Server::start(&data_dir, &log);
         let client = server.client();
         let found = verify(&client, &table, &writers).await;
+        let indexed = verify_index(&client, &table).await;
+        println!("crash cycle {cycle}: the index holds exactly the {indexed} items' entries");
         println!(
             "crash cycle {cycle}: killed pid {pid} with {in_flight} writes in flight; {} writes acknowledged this cycle \
              ({acknowledged} in total); after restart: {} acknowledged keys verified intact ({} at a newer unacknowledged \
