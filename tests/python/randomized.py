@@ -1531,8 +1531,9 @@ RULES = [
          "DeleteRequest (index units still compared there).",
          _rule_batch_capacity),
     Rule("lsi-fetch-capacity",
-         "Reads on a local index: onggi charges the table for exactly the base items it fetches (commit "
-         "c3c6fba); DynamoDB Local charges fetches for a ProjectionExpression of projected attributes "
+         "Reads on a local index: onggi charges the table for exactly the base items it fetches (its "
+         "choice: \"LSI reads that fetch base items charge the fetches to the table\"); DynamoDB Local "
+         "charges fetches for a ProjectionExpression of projected attributes "
          "and none for a Scan with Select ALL_ATTRIBUTES. Table units masked, index units compared.",
          _rule_lsi_fetch_capacity),
     Rule("message-list-order",

@@ -2,7 +2,8 @@
 //! DynamoDB-compatible endpoint (onggi, DynamoDB Local, ...), with SigV4-signed requests.
 //!
 //! Phases: `load` creates the table (hash key `key`, type S) if missing and inserts the records
-//! with PutItem; `run` drives a workload in a closed loop (`--concurrency` tasks, each waiting for
+//! with BatchWriteItem (`--load-batch` records per call, resending unprocessed items; 1 means
+//! PutItem); `run` drives a workload in a closed loop (`--concurrency` tasks, each waiting for
 //! its reply before sending the next request) and reports per-operation throughput and latency
 //! percentiles from HDR histograms. Errors and misses (a GetItem of a loaded key finding no
 //! item) make a run invalid.
@@ -119,6 +120,9 @@ pub struct BenchArgs {
     /// Seed of the key and value generators.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Records per BatchWriteItem in the load phase (1 loads with PutItem; at most 25).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=25))]
+    pub load_batch: u64,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -232,6 +236,7 @@ struct Shared {
     stop: AtomicBool,
     next_insert: AtomicU64,
     remaining: Option<AtomicU64>,
+    load_batch: u64,
 }
 
 fn key_name(index: u64) -> String {
@@ -371,15 +376,63 @@ impl Worker {
     }
 
     async fn load(mut self) -> Vec<Histogram<u64>> {
+        let batch = self.shared.load_batch;
         loop {
-            let key = self.shared.next_insert.fetch_add(1, Ordering::Relaxed);
-            if key >= self.shared.records || self.shared.stop.load(Ordering::Relaxed) {
+            let first = self.shared.next_insert.fetch_add(batch, Ordering::Relaxed);
+            if first >= self.shared.records || self.shared.stop.load(Ordering::Relaxed) {
                 return self.histograms;
             }
+            let last = (first + batch).min(self.shared.records);
             let started = Instant::now();
-            let ok = self.put(key).await;
-            self.record(Op::Insert, started, ok, true);
+            if batch == 1 {
+                let ok = self.put(first).await;
+                self.record(Op::Insert, started, ok, true);
+                continue;
+            }
+            let written = self.put_batch(first..last).await;
+            // Each record written counts once, at the latency of the BatchWriteItem that wrote it.
+            if written > 0 {
+                self.shared.counts[Op::Insert.index()].fetch_add(written, Ordering::Relaxed);
+                let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+                self.histograms[Op::Insert.index()].saturating_record_n(micros, written);
+            }
         }
+    }
+
+    /// Writes the records `keys` with BatchWriteItem, resending unprocessed items (with backoff,
+    /// bounded); returns how many were written.
+    async fn put_batch(&mut self, keys: std::ops::Range<u64>) -> u64 {
+        let total = keys.end - keys.start;
+        let mut requests = Vec::with_capacity(total as usize);
+        for key in keys {
+            let body = self.record_body(key);
+            let mut put: serde_json::Value = serde_json::from_str(&body).expect("record bodies are JSON");
+            let item = put["Item"].take();
+            requests.push(serde_json::json!({"PutRequest": {"Item": item}}));
+        }
+        let mut pending = serde_json::json!({ self.shared.table.as_str(): requests });
+        for attempt in 0..10u32 {
+            let body = serde_json::json!({"RequestItems": pending}).to_string();
+            let Some(reply) = self.call("BatchWriteItem", body).await else { return 0 };
+            #[derive(serde::Deserialize)]
+            struct BatchWriteItemOutput {
+                #[serde(rename = "UnprocessedItems", default)]
+                unprocessed: serde_json::Map<String, serde_json::Value>,
+            }
+            match serde_json::from_slice::<BatchWriteItemOutput>(&reply) {
+                Ok(output) if output.unprocessed.values().all(|left| left.as_array().is_none_or(Vec::is_empty)) => {
+                    return total;
+                }
+                Ok(output) => pending = serde_json::Value::Object(output.unprocessed),
+                Err(error) => {
+                    self.fail(format!("bad BatchWriteItem reply: {error}"));
+                    return 0;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10 << attempt.min(6))).await;
+        }
+        self.fail("unprocessed: BatchWriteItem left items unprocessed after 10 attempts".to_string());
+        0
     }
 
     fn claim(&self) -> bool {
@@ -631,6 +684,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
             stop: AtomicBool::new(false),
             next_insert: AtomicU64::new(0),
             remaining: remaining.map(AtomicU64::new),
+            load_batch: args.load_batch,
         })
     };
     let mut phases = Vec::new();

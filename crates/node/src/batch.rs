@@ -88,6 +88,17 @@ impl Node {
                     "The list of keys in RequestItems for BatchGetItem is required: {name} has empty list"
                 )));
             }
+            let empty_key = request
+                .get("Keys")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .any(|key| key.is_null() || key.as_object().is_some_and(Map::is_empty));
+            if empty_key {
+                return Err(validation(format!(
+                    "The list of keys in RequestItems for BatchGetItem may not contain null or empty values: {name} has one or more empty keys"
+                )));
+            }
             total += keys;
         }
         if total > BATCH_GET_KEYS_MAX {

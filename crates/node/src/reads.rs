@@ -210,6 +210,7 @@ fn shape(
     source: &Source<'_>,
     filter: Option<Condition>,
     projection: Option<Projection>,
+    query: bool,
 ) -> Result<Shape, DynamoError> {
     let has_projection = projection.is_some();
     let projection_name = if request.uses_projection_expression { "ProjectionExpression" } else { "AttributesToGet" };
@@ -273,9 +274,10 @@ fn shape(
             }
         });
     }
-    // DynamoDB Local refuses a filter on attributes an index does not hold, even on a local
-    // index that could fetch them; onggi does the same.
-    if let (Some(index), false) = (source.index, filter_missing.is_empty()) {
+    // DynamoDB Local refuses a Query filter on attributes an index does not hold, even on a local
+    // index that could fetch them; onggi does the same. A Scan's filter sees the entry as it is
+    // (a local index fetches the base item).
+    if let (Some(index), false, true) = (source.index, filter_missing.is_empty(), query) {
         return Err(DynamoError::validation(format!(
             "One or more parameter values were invalid: Secondary index {} does not project one or more filter attributes: [{}]",
             index.schema.name,
@@ -292,7 +294,7 @@ fn shape(
     let fetch_base = source.index.is_some()
         && !source.is_global()
         && !source.has_all_attributes()
-        && (select == Select::AllAttributes || !missing.is_empty());
+        && (select == Select::AllAttributes || !missing.is_empty() || !filter_missing.is_empty());
     Ok(Shape { filter, projection, select, fetch_base })
 }
 
@@ -627,7 +629,7 @@ impl Node {
             }
         }
         crate::expressions::check_key_paths(&resolved, &table.schema)?;
-        let shape = shape(&request, &source, resolved.filter, resolved.projection)?;
+        let shape = shape(&request, &source, resolved.filter, resolved.projection, true)?;
         if let Some(raw) = request.exclusive_start_key {
             let start = source.start_key(raw)?;
             let position = source.storage_key(&start);
@@ -636,7 +638,11 @@ impl Node {
             }
             range.resume_after(position);
         }
-        let page = self.read_page(&source, &range, &shape, request.limit, request.consistent)?;
+        let mut page = self.read_page(&source, &range, &shape, request.limit, request.consistent)?;
+        if source.index.is_none() && table.schema.key.sort.is_none() {
+            // A table without a sort key holds one item per partition key: nothing can follow.
+            page.last_key = None;
+        }
         Ok(self.finish(&request, &source, &shape, page))
     }
 
@@ -698,7 +704,7 @@ impl Node {
             return Err(validation("Consistent reads are not supported on global secondary indexes"));
         }
         crate::expressions::check_key_paths(&resolved, &table.schema)?;
-        let shape = shape(&request, &source, resolved.filter, resolved.projection)?;
+        let shape = shape(&request, &source, resolved.filter, resolved.projection, false)?;
         let mut range = match segment {
             None => Range { lower: Bound::Unbounded, upper: Bound::Unbounded, direction: Direction::Forward },
             Some((segment, total)) => Range {

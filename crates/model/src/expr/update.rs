@@ -79,6 +79,43 @@ fn evaluate(operand: &Operand, item: &Item) -> Result<AttributeValue, DynamoErro
     }
 }
 
+/// Checks that every path `operand` reads exists in `item` (the first pass of an update).
+fn check_reads(operand: &Operand, item: &Item) -> Result<(), DynamoError> {
+    match operand {
+        Operand::Path(path) => lookup(item, path).map(|_| ()).ok_or_else(missing_attribute),
+        Operand::Value(_) | Operand::Size(_) => Ok(()),
+        Operand::IfNotExists(path, fallback) => match lookup(item, path) {
+            Some(_) => Ok(()),
+            None => check_reads(fallback, item),
+        },
+        Operand::ListAppend(left, right) | Operand::Plus(left, right) | Operand::Minus(left, right) => {
+            check_reads(left, item)?;
+            check_reads(right, item)
+        }
+    }
+}
+
+/// Checks that `path` can be written in `item`: every parent exists and is the container the
+/// next step needs.
+fn check_target(item: &Item, path: &Path) -> Result<(), DynamoError> {
+    let elements = path.elements();
+    if elements.len() == 1 {
+        return Ok(());
+    }
+    let mut current = item.get(path.attribute_name()).ok_or_else(invalid_path)?;
+    for element in &elements[1..elements.len() - 1] {
+        current = match (element, current) {
+            (PathElement::Name(name), AttributeValue::M(map)) => map.get(name).ok_or_else(invalid_path)?,
+            (PathElement::Index(index), AttributeValue::L(list)) => list.get(*index).ok_or_else(invalid_path)?,
+            _ => return Err(invalid_path()),
+        };
+    }
+    match (elements.last().expect("non-empty"), current) {
+        (PathElement::Name(_), AttributeValue::M(_)) | (PathElement::Index(_), AttributeValue::L(_)) => Ok(()),
+        _ => Err(invalid_path()),
+    }
+}
+
 /// The container that holds the last element of `path`: `None` when a parent is missing or
 /// is not the container the next step needs.
 enum Slot<'i> {
@@ -197,6 +234,27 @@ impl Update {
     /// Applies the update to `item` (the existing item, or an item holding only the key when
     /// there is none), returning the new item and what was written.
     pub fn apply(&self, item: &Item) -> Result<UpdateOutcome, DynamoError> {
+        // A first pass in textual order finds the errors DynamoDB reports first: for each action,
+        // a target path that cannot be written, then (SET) an operand reading a missing
+        // attribute, or (ADD, DELETE) an operand of the wrong type for the existing value. Type
+        // errors inside SET operands (list_append, +, -) come from the second pass.
+        for action in &self.actions {
+            check_target(item, action.path())?;
+            match action {
+                UpdateAction::Set(_, operand) => check_reads(operand, item)?,
+                UpdateAction::Add(path, operand) => {
+                    if let Some(existing) = lookup(item, path) {
+                        add(Some(existing), operand)?;
+                    }
+                }
+                UpdateAction::Delete(path, operand) => {
+                    if let Some(existing) = lookup(item, path) {
+                        delete(existing, operand)?;
+                    }
+                }
+                UpdateAction::Remove(_) => {}
+            }
+        }
         // Every SET operand reads the item as it was before the update.
         let mut sets = Vec::new();
         for action in &self.actions {
