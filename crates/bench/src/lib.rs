@@ -120,6 +120,12 @@ pub struct BenchArgs {
     /// Seed of the key and value generators.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Open loop: operations per second offered in the run phase, spread over the `--concurrency`
+    /// connections (which bound the requests outstanding). Latency counts from each operation's
+    /// intended start, so queueing behind a slow server is measured, not hidden (no coordinated
+    /// omission). Without it the run is a closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Records per BatchWriteItem in the load phase (1 loads with PutItem; at most 25).
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=25))]
     pub load_batch: u64,
@@ -211,6 +217,8 @@ pub struct Report {
     pub records: u64,
     pub value_size: usize,
     pub concurrency: usize,
+    /// Open loop: the offered rate (operations per second); `None` for a closed loop.
+    pub rate: Option<f64>,
     pub seed: u64,
     pub phases: Vec<PhaseReport>,
 }
@@ -237,6 +245,10 @@ struct Shared {
     next_insert: AtomicU64,
     remaining: Option<AtomicU64>,
     load_batch: u64,
+    /// Open loop: the offered rate, the schedule's origin and the next slot to take.
+    rate: Option<f64>,
+    schedule_origin: Instant,
+    next_slot: AtomicU64,
 }
 
 fn key_name(index: u64) -> String {
@@ -455,7 +467,22 @@ impl Worker {
                 Workload::Put => Op::Put,
                 _ => Op::Read,
             };
-            let started = Instant::now();
+            let started = match self.shared.rate {
+                None => Instant::now(),
+                Some(rate) => {
+                    // Open loop: this operation's slot in a fixed schedule; wait for it if early,
+                    // and count latency from it either way.
+                    let slot = self.shared.next_slot.fetch_add(1, Ordering::Relaxed);
+                    let intended = self.shared.schedule_origin + Duration::from_secs_f64(slot as f64 / rate);
+                    if intended > Instant::now() {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(intended)).await;
+                    }
+                    if self.shared.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    intended
+                }
+            };
             let ok = match op {
                 Op::Read => self.read().await,
                 Op::Update => {
@@ -649,6 +676,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
     if args.records == 0 {
         return Err("--records must be at least 1".into());
     }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(format!("--rate must be a positive number of operations per second, not {rate}"));
+    }
     let signer = Signer {
         access_key: args.access_key.clone(),
         secret_key: args.secret_key.clone(),
@@ -685,6 +717,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
             next_insert: AtomicU64::new(0),
             remaining: remaining.map(AtomicU64::new),
             load_batch: args.load_batch,
+            rate: args.rate,
+            schedule_origin: Instant::now(),
+            next_slot: AtomicU64::new(0),
         })
     };
     let mut phases = Vec::new();
@@ -706,6 +741,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
         records: args.records,
         value_size: args.value_size,
         concurrency: args.concurrency,
+        rate: args.rate,
         seed: args.seed,
         phases,
     })
@@ -731,6 +767,14 @@ pub fn render_text(report: &Report) -> String {
         if report.consistent { "consistent" } else { "eventually consistent" },
         report.endpoints.join(",")
     );
+    match report.rate {
+        Some(rate) => {
+            let _ = writeln!(out, "open loop: {rate:.0} ops/s offered; latency counted from each intended start");
+        }
+        None => {
+            let _ = writeln!(out, "closed loop");
+        }
+    }
     for phase in &report.phases {
         let _ = writeln!(
             out,

@@ -70,9 +70,18 @@ impl<'t> Source<'t> {
     fn resolve(table: &'t TableHandle, index_name: Option<&str>) -> Result<Source<'t>, DynamoError> {
         let index = match index_name {
             None => None,
-            Some(name) => Some(table.index(name).filter(|index| index.readable()).ok_or_else(|| {
-                DynamoError::validation(format!("The table does not have the specified index: {name}"))
-            })?),
+            Some(name) => {
+                let index = table.index(name).ok_or_else(|| {
+                    DynamoError::validation(format!("The table does not have the specified index: {name}"))
+                })?;
+                if !index.readable() {
+                    // Real DynamoDB's answer while a new index is being built.
+                    return Err(DynamoError::validation(format!(
+                        "Cannot read from backfilling global secondary index: {name}"
+                    )));
+                }
+                Some(index)
+            }
         };
         Ok(Source { table, index })
     }
