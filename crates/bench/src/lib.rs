@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod sigv4;
+pub mod timeline;
 pub mod zipf;
 
 use std::collections::BTreeMap;
@@ -126,6 +127,9 @@ pub struct BenchArgs {
     /// omission). Without it the run is a closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Write an SVG chart of throughput and latency over time to this file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// Records per BatchWriteItem in the load phase (1 loads with PutItem; at most 25).
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=25))]
     pub load_batch: u64,
@@ -202,6 +206,23 @@ pub struct PhaseReport {
     pub misses: u64,
     pub error_kinds: BTreeMap<String, u64>,
     pub by_operation: Vec<OpReport>,
+    /// Second by second since the phase began (warm-up included).
+    pub timeline: Vec<timeline::TimelinePoint>,
+}
+
+/// An SVG chart of the report's throughput and latency over time, phase by phase.
+pub fn render_svg(report: &Report) -> String {
+    let title = format!(
+        "onggi bench: workload {:?}, {} records, concurrency {}{}, {}",
+        report.workload,
+        report.records,
+        report.concurrency,
+        report.rate.map(|rate| format!(", open loop at {rate:.0} ops/s")).unwrap_or_default(),
+        report.endpoints.join(",")
+    );
+    let phases: Vec<(&str, &[timeline::TimelinePoint])> =
+        report.phases.iter().map(|phase| (phase.phase.as_str(), phase.timeline.as_slice())).collect();
+    timeline::render_svg(&title, &phases)
 }
 
 /// The whole report.
@@ -264,6 +285,7 @@ struct Worker {
     next_endpoint: usize,
     rng: Rng,
     histograms: Vec<Histogram<u64>>,
+    timeline: timeline::Timeline,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -278,6 +300,7 @@ impl Worker {
             next_endpoint: index % shared.endpoints.len(),
             rng: Rng::new(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             histograms: OPS.iter().map(|_| new_histogram()).collect(),
+            timeline: timeline::Timeline::default(),
             shared,
         }
     }
@@ -378,21 +401,31 @@ impl Worker {
     }
 
     fn record(&mut self, op: Op, started: Instant, ok: bool, recording: bool) {
+        self.record_n(op, started, ok, recording, 1, true);
+    }
+
+    /// Records `count` operations that completed now, started at `started`; `chart`: also on the
+    /// timeline (not the read and update inside a read-modify-write, which is charted whole).
+    fn record_n(&mut self, op: Op, started: Instant, ok: bool, recording: bool, count: u64, chart: bool) {
         if ok {
-            self.shared.counts[op.index()].fetch_add(1, Ordering::Relaxed);
+            self.shared.counts[op.index()].fetch_add(count, Ordering::Relaxed);
+            let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
             if recording {
-                let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
-                self.histograms[op.index()].saturating_record(micros);
+                self.histograms[op.index()].saturating_record_n(micros, count);
+            }
+            if chart {
+                let second = self.shared.schedule_origin.elapsed().as_secs() as usize;
+                self.timeline.record(second, micros, count);
             }
         }
     }
 
-    async fn load(mut self) -> Vec<Histogram<u64>> {
+    async fn load(mut self) -> (Vec<Histogram<u64>>, timeline::Timeline) {
         let batch = self.shared.load_batch;
         loop {
             let first = self.shared.next_insert.fetch_add(batch, Ordering::Relaxed);
             if first >= self.shared.records || self.shared.stop.load(Ordering::Relaxed) {
-                return self.histograms;
+                return (self.histograms, self.timeline);
             }
             let last = (first + batch).min(self.shared.records);
             let started = Instant::now();
@@ -404,9 +437,7 @@ impl Worker {
             let written = self.put_batch(first..last).await;
             // Each record written counts once, at the latency of the BatchWriteItem that wrote it.
             if written > 0 {
-                self.shared.counts[Op::Insert.index()].fetch_add(written, Ordering::Relaxed);
-                let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
-                self.histograms[Op::Insert.index()].saturating_record_n(micros, written);
+                self.record_n(Op::Insert, started, true, true, written, true);
             }
         }
     }
@@ -456,7 +487,7 @@ impl Worker {
         }
     }
 
-    async fn run(mut self) -> Vec<Histogram<u64>> {
+    async fn run(mut self) -> (Vec<Histogram<u64>>, timeline::Timeline) {
         while !self.shared.stop.load(Ordering::Relaxed) && self.claim() {
             let recording = self.shared.recording.load(Ordering::Relaxed);
             let draw = self.rng.next_f64();
@@ -496,17 +527,17 @@ impl Worker {
                 Op::ReadModifyWrite => {
                     let key = self.shared.chooser.next(&mut self.rng);
                     let read_ok = self.read_key(key).await;
-                    self.record(Op::Read, started, read_ok, recording);
+                    self.record_n(Op::Read, started, read_ok, recording, 1, false);
                     let update_started = Instant::now();
                     let update_ok = read_ok && self.update_key(key).await;
-                    self.record(Op::Update, update_started, update_ok, recording);
+                    self.record_n(Op::Update, update_started, update_ok, recording, 1, false);
                     update_ok
                 }
                 Op::Insert => unreachable!("the run phase does not insert"),
             };
             self.record(op, started, ok, recording);
         }
-        self.histograms
+        (self.histograms, self.timeline)
     }
 }
 
@@ -557,16 +588,18 @@ async fn run_phase(shared: Arc<Shared>, args: &BenchArgs, phase: Phase) -> Resul
         tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
     let all_done = async {
         let mut histograms: Vec<Histogram<u64>> = OPS.iter().map(|_| new_histogram()).collect();
+        let mut timeline = timeline::Timeline::default();
         for handle in handles {
-            let worker = handle.await.map_err(|error| format!("a worker failed: {error}"))?;
+            let (worker, worker_timeline) = handle.await.map_err(|error| format!("a worker failed: {error}"))?;
             for (sum, part) in histograms.iter_mut().zip(worker) {
                 sum.add(part).map_err(|error| error.to_string())?;
             }
+            timeline.merge(&worker_timeline);
         }
-        Ok::<_, String>((histograms, Instant::now()))
+        Ok::<_, String>((histograms, timeline, Instant::now()))
     };
     tokio::pin!(all_done);
-    let (histograms, finished) = loop {
+    let (histograms, timeline, finished) = loop {
         tokio::select! {
             result = &mut all_done => break result?,
             _ = tick.tick() => {
@@ -624,6 +657,7 @@ async fn run_phase(shared: Arc<Shared>, args: &BenchArgs, phase: Phase) -> Resul
         misses: shared.misses.load(Ordering::Relaxed),
         error_kinds: shared.error_kinds.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         by_operation,
+        timeline: timeline.points(),
     })
 }
 

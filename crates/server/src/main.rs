@@ -124,8 +124,15 @@ fn bench(args: onggi_bench::BenchArgs) -> ExitCode {
         }
     };
     let json = args.json;
+    let plot = args.plot.clone();
     match runtime.block_on(onggi_bench::run(args)) {
         Ok(report) => {
+            if let Some(path) = plot
+                && let Err(error) = std::fs::write(&path, onggi_bench::render_svg(&report))
+            {
+                eprintln!("onggi bench: cannot write the chart to {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
             if json {
                 match onggi_bench::render_json(&report) {
                     Ok(text) => println!("{text}"),
