@@ -7,8 +7,10 @@
 //!
 //! Today this holds the pieces a single node already needs and the cluster will build on:
 //! hybrid logical clocks ([`hlc`]), the versioned item record every replica stores ([`record`]),
-//! and the placement-aware key layout ([`keys`]).
+//! the placement-aware key layout ([`keys`]), and the partition layout that places partitions on
+//! nodes ([`layout`]).
 
 pub mod hlc;
 pub mod keys;
+pub mod layout;
 pub mod record;
