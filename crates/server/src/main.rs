@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use onggi_api::ServerConfig;
 use onggi_node::{Node, NodeConfig, StorageChoice};
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small objects
+/// (JSON members, attribute names, values), and glibc's malloc took a quarter of the server's CPU
+/// on a durable put workload (perf; see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// onggi: a leaderless, Dynamo-style database that speaks the Amazon DynamoDB API.
 #[derive(Parser)]
 #[command(version, about)]
