@@ -660,7 +660,12 @@ fn validate_index(
         if key.partition.name != table_key.partition.name {
             return Err(validation("Local Secondary indices must have the same hash key as the main table"));
         }
-        if key.sort.is_none() || table_key.sort.is_none() {
+        if table_key.sort.is_none() {
+            return Err(validation(
+                "Local Secondary indices are not allowed on hash tables, only hash and range tables",
+            ));
+        }
+        if key.sort.is_none() {
             return Err(validation("Local secondary indices must have a range key"));
         }
     }

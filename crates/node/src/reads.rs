@@ -221,6 +221,25 @@ fn shape(
     projection: Option<Projection>,
     query: bool,
 ) -> Result<Shape, DynamoError> {
+    let mut filter_missing: Vec<String> = Vec::new();
+    if let Some(filter) = &filter {
+        filter.for_each_path(&mut |path: &Path| {
+            let name = path.attribute_name();
+            if !source.projects(name) && !filter_missing.iter().any(|seen| seen == name) {
+                filter_missing.push(name.to_string());
+            }
+        });
+    }
+    // DynamoDB Local refuses a Query filter on attributes an index does not hold, even on a local
+    // index that could fetch them; onggi does the same. A Scan's filter sees the entry as it is
+    // (a local index fetches the base item).
+    if let (Some(index), false, true) = (source.index, filter_missing.is_empty(), query) {
+        return Err(DynamoError::validation(format!(
+            "One or more parameter values were invalid: Secondary index {} does not project one or more filter attributes: [{}]",
+            index.schema.name,
+            filter_missing.join(", ")
+        )));
+    }
     let has_projection = projection.is_some();
     let projection_name = if request.uses_projection_expression { "ProjectionExpression" } else { "AttributesToGet" };
     let select = match request.select {
@@ -274,25 +293,6 @@ fn shape(
         projection.paths.iter().for_each(&mut note_missing);
     }
     let projection_missing = !missing.is_empty();
-    let mut filter_missing: Vec<String> = Vec::new();
-    if let Some(filter) = &filter {
-        filter.for_each_path(&mut |path: &Path| {
-            let name = path.attribute_name();
-            if !source.projects(name) && !filter_missing.iter().any(|seen| seen == name) {
-                filter_missing.push(name.to_string());
-            }
-        });
-    }
-    // DynamoDB Local refuses a Query filter on attributes an index does not hold, even on a local
-    // index that could fetch them; onggi does the same. A Scan's filter sees the entry as it is
-    // (a local index fetches the base item).
-    if let (Some(index), false, true) = (source.index, filter_missing.is_empty(), query) {
-        return Err(DynamoError::validation(format!(
-            "One or more parameter values were invalid: Secondary index {} does not project one or more filter attributes: [{}]",
-            index.schema.name,
-            filter_missing.join(", ")
-        )));
-    }
     if source.is_global() && projection_missing {
         let index = source.index.map_or("", |index| index.schema.name.as_str());
         return Err(DynamoError::validation(format!(
