@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 
 import pytest
 
@@ -185,3 +186,155 @@ def test_dumped_sequence_is_a_valid_sequence_file(tmp_path):
         for name in (step.request.get("RequestItems") or {}):
             assert name.startswith("diff_rnd_5_")
     assert not live
+
+
+def _tops(expr: str, names: dict) -> list[str]:
+    return [names.get(x, x) for x in re.findall(r"(?:^|,)\s*([^.,\[\s]+)", expr)]
+
+
+def test_valid_parts_of_steps_carry_no_second_error():
+    # A deliberately invalid step has one error: no self-comparison ("a >= a" is refused statically),
+    # key-attribute updates without a condition (DynamoDB Local checks the condition first), no unused
+    # attribute definition in a valid CreateTable, one overlapping pair in a broken projection.
+    cmp_re = re.compile(r"([#\w][^\s(),]*) (?:=|<>|<=|>=|<|>) ([#\w][^\s(),]*)")
+    seen_overlap = seen_key = 0
+    for seed in range(1, 160):
+        for lop in rz.generate(seed)[0]:
+            req = lop.request
+            names = req.get("ExpressionAttributeNames") or {}
+
+            def resolve(p: str) -> str:
+                return ".".join(names.get(x, x) for x in re.split(r"\.", p))
+
+            for member in ("ConditionExpression", "FilterExpression"):
+                for left, right in cmp_re.findall(req.get(member) or ""):
+                    assert resolve(left) != resolve(right), (seed, req[member])
+            if lop.op == "CreateTable" and not lop.invalid:
+                used = {k["AttributeName"] for k in req["KeySchema"]}
+                for member in ("LocalSecondaryIndexes", "GlobalSecondaryIndexes"):
+                    used |= {k["AttributeName"] for ix in req.get(member, []) for k in ix["KeySchema"]}
+                assert used == {d["AttributeName"] for d in req["AttributeDefinitions"]}
+            if lop.invalid == "update update_key":
+                seen_key += 1
+                assert "ConditionExpression" not in req
+            if lop.invalid == "expression overlap in ProjectionExpression":
+                seen_overlap += 1
+                tops = _tops(req["ProjectionExpression"], names)
+                assert len(tops) == len(set(tops)) + 1, req["ProjectionExpression"]
+    assert seen_overlap and seen_key
+
+
+def test_lek_on_the_inclusive_bound_rule():
+    # onggi's LastEvaluatedKey on the last item of "s <= :c" (then an empty page) equals DynamoDB Local's
+    # answer without it; not for another bound, nor for "=", nor the other way round.
+    def query(op: str, values: list, forward: bool = True) -> rz.LOp:
+        return rz.LOp("Query", {"TableName": "t", "Limit": 2, "ScanIndexForward": forward}, mode="query",
+                      info={"range_cond": {"attr": "s", "op": op, "values": values}})
+
+    a, c = {"pk": {"S": "h"}, "s": {"S": "a"}}, {"pk": {"S": "h"}, "s": {"S": "c"}}
+    exp = pages({"Items": [a, c], "Count": 2, "ScannedCount": 2})
+    act = pages({"Items": [a, c], "Count": 2, "ScannedCount": 2, "LastEvaluatedKey": c},
+                {"Items": [], "Count": 0, "ScannedCount": 0})
+    ev, av = rz.compare_op(query("<=", [{"S": "c"}]), exp, act)
+    assert ev == av
+    ev, av = rz.compare_op(query("BETWEEN", [{"S": "0"}, {"S": "c"}]), exp, act)
+    assert ev == av
+    for lop in (query("<=", [{"S": "d"}]), query("=", [{"S": "c"}]), query("<=", [{"S": "c"}], forward=False),
+                query(">=", [{"S": "c"}])):
+        ev, av = rz.compare_op(lop, exp, act)
+        assert ev != av
+    ev, av = rz.compare_op(query("<=", [{"S": "c"}]), act, exp)
+    assert ev != av
+
+
+def test_gsi_partial_key_capacity_rule():
+    # DynamoDB Local's charge to a composite GSI the item is in neither before nor after is accepted;
+    # a charge onggi makes and DynamoDB Local does not, or one for an item that was in the index, is not.
+    lop = rz.LOp("PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}, "gr": {"S": "1"}},
+                             "ReturnConsumedCapacity": "INDEXES"},
+                 info={"composite_gsis": {"t": {"key": ["pk"], "gsis": {"gsi_0": ["gh", "gr"]}}}})
+    charged = pages({"ConsumedCapacity": {"TableName": "t", "CapacityUnits": 2.0, "Table": {"CapacityUnits": 1.0},
+                                          "GlobalSecondaryIndexes": {"gsi_0": {"CapacityUnits": 1.0}}}})
+    free = pages({"ConsumedCapacity": {"TableName": "t", "CapacityUnits": 1.0, "Table": {"CapacityUnits": 1.0}}})
+    partial = {"gsi_states": {"t": [({"pk": {"S": "a"}, "gh": {"S": "1"}}, {"pk": {"S": "a"}, "gr": {"S": "1"}})]}}
+    was_in = {"gsi_states": {"t": [({"pk": {"S": "a"}, "gh": {"S": "1"}, "gr": {"S": "0"}},
+                                    {"pk": {"S": "a"}, "gr": {"S": "1"}})]}}
+    ev, av = rz.compare_op(lop, charged, free, partial)
+    assert ev == av
+    ev, av = rz.compare_op(lop, free, charged, partial)
+    assert ev != av
+    ev, av = rz.compare_op(lop, charged, free, was_in)
+    assert ev != av
+    ev, av = rz.compare_op(lop, charged, free, None)
+    assert ev != av
+    total = dict(lop.request, ReturnConsumedCapacity="TOTAL")
+    lop_t = rz.LOp("PutItem", total, info=lop.info)
+    ev, av = rz.compare_op(lop_t, pages({"ConsumedCapacity": {"TableName": "t", "CapacityUnits": 2.0}}),
+                           pages({"ConsumedCapacity": {"TableName": "t", "CapacityUnits": 1.0}}), partial)
+    assert ev == av
+
+
+def test_unused_definition_rule():
+    # Only the deliberate unused_def step, only DynamoDB Local accepting and onggi giving DynamoDB's message.
+    msg = rz.UNUSED_DEFINITION
+    ok = pages({"TableDescription": {"TableName": "t"}})
+    refused = [rz.Page({}, resp({"__type": "com.amazon.coral.validate#ValidationException", "message": msg}, 400))]
+    other = [rz.Page({}, resp({"__type": "com.amazon.coral.validate#ValidationException", "message": "x"}, 400))]
+    lop = rz.LOp("CreateTable", {"TableName": "t"}, invalid="CreateTable unused_def")
+    ev, av = rz.compare_op(lop, ok, refused)
+    assert ev == av
+    assert rz.compare_op(lop, ok, other)[0] != rz.compare_op(lop, ok, other)[1]
+    assert rz.compare_op(lop, refused, ok)[0] != rz.compare_op(lop, refused, ok)[1]
+    valid = rz.LOp("CreateTable", {"TableName": "t"})
+    assert rz.compare_op(valid, ok, refused)[0] != rz.compare_op(valid, ok, refused)[1]
+
+
+def test_update_precedence_candidates():
+    # Only valid UpdateItems with several actions, failing with two different ValidationExceptions.
+    def err(m: str) -> dict:
+        return {"status": 400, "__type": "com.amazon.coral.validate#ValidationException", "message": m}
+
+    lop = rz.LOp("UpdateItem", {"TableName": "t"}, info={"update_actions": [["SET", "a = c"], ["SET", "b.c = :v"]]})
+    assert rz._update_precedence_candidate(lop, err("x"), err("y"))
+    assert not rz._update_precedence_candidate(lop, err("x"), err("x"))
+    assert not rz._update_precedence_candidate(lop, err("x"), {"status": 200})
+    ccf = dict(err("x"), __type="com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException")
+    assert not rz._update_precedence_candidate(lop, ccf, err("y"))
+    one = rz.LOp("UpdateItem", {"TableName": "t"}, info={"update_actions": [["SET", "a = c"]]})
+    assert not rz._update_precedence_candidate(one, err("x"), err("y"))
+    bad = rz.LOp("UpdateItem", {"TableName": "t"}, info=lop.info, invalid="update overlap")
+    assert not rz._update_precedence_candidate(bad, err("x"), err("y"))
+
+
+def test_index_named_rule():
+    # Either index keyed on the empty attribute may be named; an index without that key may not.
+    def err(ix: str, key: str = "g2") -> list:
+        return [rz.Page({}, resp({"__type": "com.amazon.coral.validate#ValidationException", "message":
+                                  "One or more parameter values are not valid. A value specified for a secondary index "
+                                  f"key is not supported. The AttributeValue for a key attribute cannot contain an empty "
+                                  f"string value. IndexName: {ix}, IndexKey: {key}"}, 400))]
+
+    lop = rz.LOp("PutItem", {"TableName": "t"}, info={"index_keys": {"gsi_0": ["part", "g2"], "gsi_1": ["g2", "g3"],
+                                                                       "gsi_2": ["g3"]}},
+                 invalid="item index key g2 wrong type/empty")
+    ev, av = rz.compare_op(lop, err("gsi_1"), err("gsi_0"))
+    assert ev == av
+    for a in (err("gsi_2"), err("gsi_1", "g3"), err("gsi_9")):
+        ev, av = rz.compare_op(lop, err("gsi_1"), a)
+        assert ev != av
+    plain = rz.LOp("PutItem", {"TableName": "t"})
+    ev, av = rz.compare_op(plain, err("gsi_1"), err("gsi_0"))
+    assert ev != av
+
+
+def test_updated_nested_paths_rule():
+    # DynamoDB Local's whole attribute, projected onto the written path l[1], is onggi's closed-up list.
+    lop = rz.LOp("UpdateItem", {"TableName": "t", "ReturnValues": "UPDATED_NEW"},
+                 info={"update_paths": [["l", 1], ["g"]]})
+    exp = pages({"Attributes": {"l": {"L": [{"N": "-1"}, {"NS": ["164"]}]}, "g": {"S": "0"}}})
+    act = pages({"Attributes": {"l": {"L": [{"NS": ["164"]}]}, "g": {"S": "0"}}})
+    ev, av = rz.compare_op(lop, exp, act)
+    assert ev == av
+    wrong = pages({"Attributes": {"l": {"L": [{"N": "-1"}]}, "g": {"S": "0"}}})
+    ev, av = rz.compare_op(lop, exp, wrong)
+    assert ev != av
