@@ -1226,7 +1226,9 @@ class Generator:
             elif sub == "wrong_type":
                 esk = self.key(t)
                 esk[t.hash.name] = self.wrong_type_value(t.hash.type)
-            elif not t.range and not ix:
+            elif not t.range and (not ix or (ix.hash.name == t.hash.name and not ix.range)):
+                # {hash} alone would be the whole key (of the table, or of a GSI keyed by the table's
+                # hash key only): name an attribute of no key instead, so the step stays invalid.
                 esk = {"b1": {"S": "x"}}
             req["ExclusiveStartKey"] = esk
             out = f"ExclusiveStartKey {sub}"
