@@ -499,6 +499,33 @@ fn query_range(source: &Source<'_>, condition: &KeyCondition, forward: bool) -> 
     Ok((Range { lower, upper, direction }, fixed))
 }
 
+/// The members Query and Scan share (their inputs name them alike), parsed: the read options, and
+/// the expression members every read has. Limit, Select and ReturnConsumedCapacity are checked
+/// here, before anything else of the request.
+macro_rules! shared_members {
+    ($input:expr, $operation:expr) => {{
+        let input = $input;
+        let request = ReadRequest {
+            name: required_table_name(input.table_name.as_deref())?,
+            index_name: input.index_name.as_deref(),
+            select: parse_select(input.select.as_deref())?,
+            limit: parse_limit(input.limit)?,
+            consistent: input.consistent_read.unwrap_or(false),
+            report: CapacityReport::parse(input.return_consumed_capacity.as_deref())?,
+            exclusive_start_key: input.exclusive_start_key.as_ref(),
+            uses_projection_expression: input.projection_expression.is_some(),
+        };
+        let mut expressions = RequestExpressions::new($operation);
+        expressions.filter = input.filter_expression.as_deref();
+        expressions.projection = input.projection_expression.as_deref();
+        expressions.names = input.expression_attribute_names.as_ref();
+        expressions.values = input.expression_attribute_values.as_ref();
+        expressions.attributes_to_get = input.attributes_to_get.as_ref();
+        expressions.conditional_operator = input.conditional_operator.as_ref();
+        (request, expressions)
+    }};
+}
+
 impl Node {
     /// Reads one page of `range` in `source`.
     fn read_page(
@@ -586,26 +613,10 @@ impl Node {
     }
 
     pub(crate) async fn query_impl(&self, input: QueryInput) -> Result<QueryOutput, DynamoError> {
-        let request = ReadRequest {
-            name: required_table_name(input.table_name.as_deref())?,
-            index_name: input.index_name.as_deref(),
-            select: parse_select(input.select.as_deref())?,
-            limit: parse_limit(input.limit)?,
-            consistent: input.consistent_read.unwrap_or(false),
-            report: CapacityReport::parse(input.return_consumed_capacity.as_deref())?,
-            exclusive_start_key: input.exclusive_start_key.as_ref(),
-            uses_projection_expression: input.projection_expression.is_some(),
-        };
-        let mut expressions = RequestExpressions::new(Operation::Query);
+        let (request, mut expressions) = shared_members!(&input, Operation::Query);
         expressions.key_condition = input.key_condition_expression.as_deref();
-        expressions.filter = input.filter_expression.as_deref();
-        expressions.projection = input.projection_expression.as_deref();
-        expressions.names = input.expression_attribute_names.as_ref();
-        expressions.values = input.expression_attribute_values.as_ref();
-        expressions.attributes_to_get = input.attributes_to_get.as_ref();
         expressions.key_conditions = input.key_conditions.as_ref();
         expressions.query_filter = input.query_filter.as_ref();
-        expressions.conditional_operator = input.conditional_operator.as_ref();
         let resolved = expressions.resolve()?;
         let Some(key_condition) = resolved.key_condition.clone() else {
             return Err(validation(
@@ -656,16 +667,8 @@ impl Node {
     }
 
     pub(crate) async fn scan_impl(&self, input: ScanInput) -> Result<QueryOutput, DynamoError> {
-        let request = ReadRequest {
-            name: required_table_name(input.table_name.as_deref())?,
-            index_name: input.index_name.as_deref(),
-            select: parse_select(input.select.as_deref())?,
-            limit: parse_limit(input.limit)?,
-            consistent: input.consistent_read.unwrap_or(false),
-            report: CapacityReport::parse(input.return_consumed_capacity.as_deref())?,
-            exclusive_start_key: input.exclusive_start_key.as_ref(),
-            uses_projection_expression: input.projection_expression.is_some(),
-        };
+        let (request, mut expressions) = shared_members!(&input, Operation::Scan);
+        expressions.scan_filter = input.scan_filter.as_ref();
         let segment = match (input.segment, input.total_segments) {
             (None, None) => None,
             (Some(_), None) => {
@@ -698,14 +701,6 @@ impl Node {
                 Some((segment as u32, total as u32))
             }
         };
-        let mut expressions = RequestExpressions::new(Operation::Scan);
-        expressions.filter = input.filter_expression.as_deref();
-        expressions.projection = input.projection_expression.as_deref();
-        expressions.names = input.expression_attribute_names.as_ref();
-        expressions.values = input.expression_attribute_values.as_ref();
-        expressions.attributes_to_get = input.attributes_to_get.as_ref();
-        expressions.scan_filter = input.scan_filter.as_ref();
-        expressions.conditional_operator = input.conditional_operator.as_ref();
         let resolved = expressions.resolve()?;
         let table = self.table(request.name)?;
         let source = Source::resolve(&table, request.index_name)?;
