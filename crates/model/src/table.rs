@@ -450,15 +450,7 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
     let mut definitions: Vec<(String, KeyType)> = Vec::new();
     let mut defined = std::collections::HashSet::with_capacity(definitions_input.len());
     for definition in definitions_input {
-        let attribute_name = definition.attribute_name.clone().unwrap_or_default();
-        let key_type = definition
-            .attribute_type
-            .as_deref()
-            .and_then(KeyType::parse)
-            .ok_or_else(|| validation("Member must satisfy enum value set: [B, N, S]"))?;
-        if attribute_name.is_empty() || attribute_name.len() > 255 {
-            return Err(validation(KEY_NAME_LENGTH_MESSAGE));
-        }
+        let (attribute_name, key_type) = parse_definition(definition)?;
         if !defined.insert(attribute_name.clone()) {
             return Err(validation("Cannot have two attributes with the same name"));
         }
@@ -536,28 +528,11 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
                     "Local Secondary Indices AND Global Secondary Indices must have different names",
                 ));
             }
-            match billing_mode {
-                BillingMode::Provisioned => {
-                    let throughput = index.provisioned_throughput.as_ref().ok_or_else(|| {
-                        validation("No provisioned throughput specified for the global secondary index")
-                    })?;
-                    validate_throughput(throughput, true)?;
-                }
-                BillingMode::PayPerRequest => {
-                    if index.provisioned_throughput.is_some() {
-                        return Err(validation(format!(
-                            "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {} when BillingMode is PAY_PER_REQUEST",
-                            schema.name
-                        )));
-                    }
-                    schema.provisioned_throughput = None;
-                }
-            }
+            check_global_index_throughput(&mut schema, index, billing_mode)?;
             global_indexes.push(schema);
         }
     }
-    let used: Vec<&str> =
-        key.names().chain(local_indexes.iter().chain(&global_indexes).flat_map(|index| index.key.names())).collect();
+    let used = key_attributes(&key, local_indexes.iter().chain(&global_indexes));
     if definitions.iter().any(|(name, _)| !used.contains(&name.as_str())) {
         return Err(validation(
             "The number of attributes in key schema must match the number of attributes defined in attribute definitions.",
@@ -593,15 +568,7 @@ pub fn validate_new_global_index(
 ) -> Result<(IndexSchema, Vec<(String, KeyType)>), DynamoError> {
     let mut merged = schema.attribute_definitions.clone();
     for definition in definitions {
-        let name = definition.attribute_name.clone().unwrap_or_default();
-        let key_type = definition
-            .attribute_type
-            .as_deref()
-            .and_then(KeyType::parse)
-            .ok_or_else(|| validation("Member must satisfy enum value set: [B, N, S]"))?;
-        if name.is_empty() || name.len() > 255 {
-            return Err(validation(KEY_NAME_LENGTH_MESSAGE));
-        }
+        let (name, key_type) = parse_definition(definition)?;
         match merged.iter().find(|(existing, _)| *existing == name) {
             Some((_, existing)) if *existing != key_type => {
                 return Err(validation(
@@ -622,7 +589,35 @@ pub fn validate_new_global_index(
             "One or more parameter values were invalid: Number of GlobalSecondaryIndexes exceeds per-table limit of 20",
         ));
     }
-    match schema.billing_mode {
+    check_global_index_throughput(&mut index_schema, index, schema.billing_mode)?;
+    // Keep only the definitions some key uses (the new index's included).
+    let used = key_attributes(&schema.key, schema.indexes().chain([&index_schema]));
+    let merged = merged.into_iter().filter(|(name, _)| used.contains(&name.as_str())).collect();
+    Ok((index_schema, merged))
+}
+
+/// One attribute definition: its name (1–255 bytes) and key type.
+fn parse_definition(definition: &AttributeDefinition) -> Result<(String, KeyType), DynamoError> {
+    let name = definition.attribute_name.clone().unwrap_or_default();
+    let key_type = definition
+        .attribute_type
+        .as_deref()
+        .and_then(KeyType::parse)
+        .ok_or_else(|| validation("Member must satisfy enum value set: [B, N, S]"))?;
+    if name.is_empty() || name.len() > 255 {
+        return Err(validation(KEY_NAME_LENGTH_MESSAGE));
+    }
+    Ok((name, key_type))
+}
+
+/// A global index's throughput against the table's billing mode: required when provisioned,
+/// refused (and cleared) when on demand.
+fn check_global_index_throughput(
+    schema: &mut IndexSchema,
+    index: &IndexDefinition,
+    billing_mode: BillingMode,
+) -> Result<(), DynamoError> {
+    match billing_mode {
         BillingMode::Provisioned => {
             let throughput = index
                 .provisioned_throughput
@@ -634,17 +629,19 @@ pub fn validate_new_global_index(
             if index.provisioned_throughput.is_some() {
                 return Err(validation(format!(
                     "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {} when BillingMode is PAY_PER_REQUEST",
-                    index_schema.name
+                    schema.name
                 )));
             }
-            index_schema.provisioned_throughput = None;
+            schema.provisioned_throughput = None;
         }
     }
-    // Keep only the definitions some key uses (the new index's included).
-    let used: Vec<&str> =
-        schema.key.names().chain(schema.indexes().chain([&index_schema]).flat_map(|index| index.key.names())).collect();
-    let merged = merged.into_iter().filter(|(name, _)| used.contains(&name.as_str())).collect();
-    Ok((index_schema, merged))
+    Ok(())
+}
+
+/// The attributes a table key and its indexes' keys use: the only ones attribute definitions
+/// may name.
+fn key_attributes<'s>(key: &'s KeySchema, indexes: impl Iterator<Item = &'s IndexSchema>) -> Vec<&'s str> {
+    key.names().chain(indexes.flat_map(|index| index.key.names())).collect()
 }
 
 fn validate_index(
@@ -740,6 +737,12 @@ impl IndexSchema {
 }
 
 impl TableSchema {
+    /// Drops attribute definitions no key uses any more (after an index was removed).
+    pub fn prune_attribute_definitions(&mut self) {
+        let used: Vec<String> = key_attributes(&self.key, self.indexes()).into_iter().map(str::to_string).collect();
+        self.attribute_definitions.retain(|(name, _)| used.contains(name));
+    }
+
     /// Every secondary index, local ones first.
     pub fn indexes(&self) -> impl Iterator<Item = &IndexSchema> {
         self.local_indexes.iter().chain(&self.global_indexes)

@@ -252,13 +252,7 @@ impl Node {
                         .position(|index| index.name == index_name)
                         .ok_or_else(|| DynamoError::resource_not_found("Requested resource not found"))?;
                     let removed = schema.global_indexes.remove(position);
-                    let used: Vec<String> = schema
-                        .key
-                        .names()
-                        .chain(schema.indexes().flat_map(|index| index.key.names()))
-                        .map(str::to_string)
-                        .collect();
-                    schema.attribute_definitions.retain(|(name, _)| used.contains(name));
+                    schema.prune_attribute_definitions();
                     index_change = Some(IndexChange::Deleted(crate::catalog::index_tree_name(&removed)));
                 }
                 IndexUpdate::Update(index_name, throughput) => {
