@@ -13,4 +13,8 @@
 pub mod hlc;
 pub mod keys;
 pub mod layout;
+pub mod membership;
+pub mod merkle;
+pub mod paxos;
 pub mod record;
+pub mod rng;

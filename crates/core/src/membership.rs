@@ -1,0 +1,1 @@
+//! Membership and failure detection (to be written).

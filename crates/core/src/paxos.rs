@@ -1,0 +1,1 @@
+//! Per-item consensus (to be written).

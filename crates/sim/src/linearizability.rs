@@ -1,0 +1,1 @@
+//! Linearizability checking of single-key histories (to be written).
