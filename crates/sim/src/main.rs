@@ -1,5 +1,6 @@
 //! Replays or sweeps simulator seeds: `onggi-sim --seed S` runs one seed and prints its report;
-//! `onggi-sim --from A --count N` runs seeds A..A+N and prints every failing one.
+//! `onggi-sim --from A --count N` runs seeds A..A+N and prints one line per seed, or with
+//! `--quiet` only the failing seeds and a total.
 
 use std::process::ExitCode;
 
@@ -20,14 +21,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let quiet = args.iter().any(|arg| arg == "--quiet");
     let mut failures = 0;
+    let (mut operations, mut faults, mut converge) = (0, 0, Vec::new());
     for seed in from..from.saturating_add(count) {
         let config = Config::from_seed(seed);
         let report = run(&config);
+        operations += report.ok + report.failed + report.indeterminate;
+        faults += report.partitions + report.crashes + report.pauses;
+        converge.extend(report.converged_after_ms);
         if count == 1 {
             println!("{config:?}");
         }
-        println!("{}", report.summary());
+        if !quiet || !report.violations.is_empty() {
+            println!("{}", report.summary());
+        }
         for violation in &report.violations {
             println!("  {violation}");
         }
@@ -36,6 +44,14 @@ fn main() -> ExitCode {
             println!("  replay: cargo run -p onggi-sim --release -- --seed {seed}");
         }
     }
+    converge.sort_unstable();
+    let median = converge.get(converge.len() / 2).copied().unwrap_or(0);
+    let max = converge.last().copied().unwrap_or(0);
+    println!(
+        "seeds {from}..{}: {operations} client operations, {faults} partitions/crashes/pauses; replicas converged \
+         after healing in {median} ms median, {max} ms max (simulated)",
+        from.saturating_add(count)
+    );
     if failures > 0 {
         println!("{failures} of {count} seeds failed");
         return ExitCode::FAILURE;
