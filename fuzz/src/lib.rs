@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value as Json, json};
 
 use onggi_core::hlc::Timestamp;
+use onggi_core::layout::NodeId;
+use onggi_core::paxos::Ballot;
 use onggi_core::record::Record;
 use onggi_model::codec::{decode_item, encode_item};
 use onggi_model::expr::{Operand, Operation, RequestExpressions, ResolvedExpressions, UpdateAction};
@@ -512,7 +514,7 @@ pub fn codec(data: &[u8]) {
                 exercise(resolved, &[&item]);
             }
         }
-        let record = Record { timestamp: Timestamp(u64::MAX), item: Some(item), expired: false };
+        let record = Record { version: Ballot { time: Timestamp(u64::MAX), node: NodeId(u64::MAX) }, item: Some(item), expired: false };
         assert_eq!(Record::decode(&record.encode()).as_ref(), Ok(&record), "record does not round-trip");
     }
     if let Ok(record) = Record::decode(data) {

@@ -1,32 +1,37 @@
 //! The versioned item record: what every replica stores for one item key.
 //!
-//! A record is one version of an item — its hybrid-logical-clock timestamp, and either the item or
+//! A record is one version of an item — its version stamp (the [`Ballot`] of the consensus round
+//! that chose it: a hybrid-logical-clock time and the coordinating node), and either the item or
 //! a tombstone saying it was deleted. Deletes are tombstones rather than removals so that replicas
 //! can later agree on "deleted at T" (anti-entropy, hinted handoff, read repair); tombstones are
 //! collected only once every replica has them.
 //!
-//! Layout (format version 1): `[version: u8 = 1][flags: u8][timestamp: u64 BE]` followed, unless a
-//! tombstone, by the item in `onggi_model::codec` format version 1. Flags: bit 0 = tombstone;
-//! bit 1 = expired (a tombstone written by the Time to Live expirer, which streams report as a
-//! system deletion). Other bits are refused.
+//! Layout (format version 2): `[version: u8 = 2][flags: u8][time: u64 BE][node: u64 BE]` followed,
+//! unless a tombstone, by the item in `onggi_model::codec` format version 1. Flags: bit 0 =
+//! tombstone; bit 1 = expired (a tombstone written by the Time to Live expirer, which streams
+//! report as a system deletion). Other bits are refused. Format version 1 (written by single-node
+//! builds before the cluster) is the same without the node, and reads as node 0.
 
 use onggi_model::Item;
 use onggi_model::codec::{self, CodecError};
 
 use crate::hlc::Timestamp;
+use crate::layout::NodeId;
+use crate::paxos::Ballot;
 
 /// The version of the record layout written by this code.
-pub const RECORD_FORMAT_VERSION: u8 = 1;
+pub const RECORD_FORMAT_VERSION: u8 = 2;
 
 const FLAG_TOMBSTONE: u8 = 1;
 const FLAG_EXPIRED: u8 = 2;
-const HEADER_BYTES: usize = 10;
+const HEADER_BYTES_V1: usize = 10;
+const HEADER_BYTES: usize = 18;
 
 /// One version of an item.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
-    /// When this version was written; versions of one key are ordered by it.
-    pub timestamp: Timestamp,
+    /// Which version this is; versions of one key are ordered by it.
+    pub version: Ballot,
     /// The item, or `None` for a tombstone.
     pub item: Option<Item>,
     /// A tombstone written because the item's Time to Live passed (never set on items).
@@ -71,7 +76,8 @@ impl Record {
             flags |= FLAG_EXPIRED;
         }
         out.push(flags);
-        out.extend_from_slice(&self.timestamp.0.to_be_bytes());
+        out.extend_from_slice(&self.version.time.0.to_be_bytes());
+        out.extend_from_slice(&self.version.node.0.to_be_bytes());
         if let Some(item) = &self.item {
             codec::encode_item(item, &mut out);
         }
@@ -80,27 +86,31 @@ impl Record {
 
     /// Decodes a record, refusing unknown format versions.
     pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
-        let version = *bytes.first().ok_or(RecordError::Truncated)?;
-        if version != RECORD_FORMAT_VERSION {
-            return Err(RecordError::UnknownFormat(version));
-        }
-        if bytes.len() < HEADER_BYTES {
+        let format = *bytes.first().ok_or(RecordError::Truncated)?;
+        let header = match format {
+            1 => HEADER_BYTES_V1,
+            RECORD_FORMAT_VERSION => HEADER_BYTES,
+            other => return Err(RecordError::UnknownFormat(other)),
+        };
+        if bytes.len() < header {
             return Err(RecordError::Truncated);
         }
         let flags = bytes[1];
         if flags & !(FLAG_TOMBSTONE | FLAG_EXPIRED) != 0 || flags == FLAG_EXPIRED {
             return Err(RecordError::UnknownFlags(flags));
         }
-        let timestamp = Timestamp(u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes")));
+        let word = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let node = if format == 1 { NodeId(0) } else { NodeId(word(10)) };
+        let version = Ballot { time: Timestamp(word(2)), node };
         let item = if flags & FLAG_TOMBSTONE != 0 {
-            if bytes.len() != HEADER_BYTES {
+            if bytes.len() != header {
                 return Err(RecordError::Truncated);
             }
             None
         } else {
-            Some(codec::decode_item(&bytes[HEADER_BYTES..]).map_err(RecordError::Item)?)
+            Some(codec::decode_item(&bytes[header..]).map_err(RecordError::Item)?)
         };
-        Ok(Record { timestamp, item, expired: flags & FLAG_EXPIRED != 0 })
+        Ok(Record { version, item, expired: flags & FLAG_EXPIRED != 0 })
     }
 }
 
@@ -113,20 +123,32 @@ mod tests {
     fn round_trips_items_and_tombstones() {
         let mut item = Item::new();
         item.insert("pk".into(), AttributeValue::S("a".into()));
+        let version = |time: Timestamp, node: u64| Ballot { time, node: NodeId(node) };
         for record in [
-            Record { timestamp: Timestamp::new(7, 3), item: Some(item), expired: false },
-            Record { timestamp: Timestamp(9), item: None, expired: false },
-            Record { timestamp: Timestamp(10), item: None, expired: true },
+            Record { version: version(Timestamp::new(7, 3), 2), item: Some(item.clone()), expired: false },
+            Record { version: version(Timestamp(9), u64::MAX), item: None, expired: false },
+            Record { version: version(Timestamp(10), 0), item: None, expired: true },
         ] {
             assert_eq!(Record::decode(&record.encode()).unwrap(), record);
         }
+        // Format 1 (no node) still reads, as node 0.
+        let mut v1 = vec![1, 0];
+        v1.extend_from_slice(&Timestamp::new(7, 3).0.to_be_bytes());
+        codec::encode_item(&item, &mut v1);
+        let record = Record::decode(&v1).unwrap();
+        assert_eq!(record.version, version(Timestamp::new(7, 3), 0));
+        assert_eq!(record.item, Some(item));
+        assert_eq!(Record::decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 9]).unwrap().item, None);
     }
 
     #[test]
     fn refuses_unknown_versions() {
-        let mut bytes = Record { timestamp: Timestamp(1), item: None, expired: false }.encode();
+        let mut bytes = Record { version: Ballot::ZERO, item: None, expired: false }.encode();
+        bytes[0] = 3;
+        assert_eq!(Record::decode(&bytes), Err(RecordError::UnknownFormat(3)));
+        assert_eq!(Record::decode(&bytes[..17]), Err(RecordError::UnknownFormat(3)));
         bytes[0] = 2;
-        assert_eq!(Record::decode(&bytes), Err(RecordError::UnknownFormat(2)));
+        assert_eq!(Record::decode(&bytes[..17]), Err(RecordError::Truncated));
         assert_eq!(Record::decode(&[]), Err(RecordError::Truncated));
     }
 }

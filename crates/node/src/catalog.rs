@@ -258,7 +258,7 @@ fn recount(
     {
         let (_, value) = entry.map_err(|error| error.to_string())?;
         let record = Record::decode(&value).map_err(|error| format!("table {table}: {error}"))?;
-        newest = newest.max(record.timestamp);
+        newest = newest.max(record.version.time);
         if let Some(item) = record.item {
             count += 1;
             size += (item_size_bytes(&item) + overhead) as i64;

@@ -11,8 +11,8 @@
 //! cluster can apply the same changes asynchronously to GSI partitions placed by their own key
 //! (eventually consistent, as in DynamoDB) while LSIs stay with their base partition.
 
-use onggi_core::hlc::Timestamp;
 use onggi_core::keys::index_entry_key;
+use onggi_core::paxos::Ballot;
 use onggi_core::record::Record;
 use onggi_model::table::{IndexSchema, KeySchema};
 use onggi_model::value::item_size_bytes;
@@ -79,7 +79,7 @@ pub(crate) fn index_changes(
     base_key: &[u8],
     old: Option<&Item>,
     new: Option<&Item>,
-    timestamp: Timestamp,
+    version: Ballot,
     batch: &mut WriteBatch,
 ) -> Vec<IndexDelta> {
     let mut deltas = Vec::new();
@@ -96,7 +96,7 @@ pub(crate) fn index_changes(
         }
         let new_size = after.as_ref().map(|(_, entry)| entry_size(entry));
         if let Some((new_key, entry)) = after {
-            batch.put(&index.tree, new_key, Record { timestamp, item: Some(entry), expired: false }.encode());
+            batch.put(&index.tree, new_key, Record { version, item: Some(entry), expired: false }.encode());
         }
         deltas.push(IndexDelta { position, old_size: before.as_ref().map(|(_, entry)| entry_size(entry)), new_size });
     }

@@ -225,10 +225,10 @@ impl Node {
     ) -> Result<(), DynamoError> {
         let old_size = old.map(item_size_bytes);
         let new_size = new.as_ref().map(item_size_bytes);
-        let timestamp = self.inner.timestamp();
+        let version = self.inner.version();
         let mut batch = WriteBatch::new();
-        let index_deltas = indexing::index_changes(table, &key, old, new.as_ref(), timestamp, &mut batch);
-        let record = Record { timestamp, item: new, expired: origin == WriteOrigin::Expiry };
+        let index_deltas = indexing::index_changes(table, &key, old, new.as_ref(), version, &mut batch);
+        let record = Record { version, item: new, expired: origin == WriteOrigin::Expiry };
         batch.put(&table.tree, key, record.encode());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let table = table.clone();

@@ -31,7 +31,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use onggi_core::hlc::{Clock, Timestamp};
+use onggi_core::hlc::Clock;
+use onggi_core::layout::NodeId;
+use onggi_core::paxos::Ballot;
 use onggi_storage::{Engine, FjallEngine, FjallOptions, MemoryEngine};
 
 use crate::catalog::Catalog;
@@ -62,6 +64,8 @@ pub(crate) struct Inner {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) catalog: Catalog,
     clock: Mutex<Clock>,
+    /// This node's id in the cluster, the tie-breaker of its version stamps (0 on a single node).
+    pub(crate) node_id: NodeId,
     pub(crate) locks: items::LockStripes,
     pub(crate) default_region: String,
     _data_dir: Option<DataDir>,
@@ -113,6 +117,7 @@ impl Node {
                 engine,
                 catalog,
                 clock: Mutex::new(clock),
+                node_id: NodeId(0),
                 locks: items::LockStripes::new(),
                 default_region: config.default_region,
                 _data_dir: data_dir,
@@ -127,10 +132,10 @@ impl Node {
 }
 
 impl Inner {
-    /// A fresh hybrid-logical-clock timestamp for a local write.
-    pub(crate) fn timestamp(&self) -> Timestamp {
+    /// A fresh version stamp for a local write: a hybrid-logical-clock time and this node.
+    pub(crate) fn version(&self) -> Ballot {
         let mut clock = self.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        clock.now(wall_clock_ms())
+        Ballot { time: clock.now(wall_clock_ms()), node: self.node_id }
     }
 }
 
