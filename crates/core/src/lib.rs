@@ -5,11 +5,14 @@
 //! deterministic simulator can run whole clusters from a seed. The node crate is the thin shell
 //! that feeds these machines real time, sockets and disks.
 //!
-//! Today this holds the pieces a single node already needs and the cluster will build on:
-//! hybrid logical clocks ([`hlc`]), the versioned item record every replica stores ([`record`]),
-//! the placement-aware key layout ([`keys`]), and the partition layout that places partitions on
-//! nodes ([`layout`]).
+//! What it holds: hybrid logical clocks ([`hlc`]), the seeded generator ([`rng`]), the versioned
+//! item record every replica stores ([`record`]) and a replica's persisted consensus state
+//! ([`consensus_state`]), the placement-aware key layout ([`keys`]), the partition layout that
+//! places partitions on nodes ([`layout`]), per-item consensus ([`paxos`]), Merkle trees for
+//! anti-entropy ([`merkle`]) and gossip membership with failure detection ([`membership`]). The
+//! simulator (`onggi-sim`) runs them together under faults.
 
+pub mod consensus_state;
 pub mod hlc;
 pub mod keys;
 pub mod layout;

@@ -4,7 +4,7 @@
 //! **Backfill.** From the moment UpdateTable publishes a new index (status `Backfilling`), every
 //! write maintains it. A writer that read the table's description before that moment notices,
 //! once it holds its item's lock, that the description changed, and starts over (see
-//! `Node::lock_and_check`). The backfill then visits every item under the item's lock: the entry
+//! `Node::execute`). The backfill then visits every item under the item's lock: the entry
 //! is either already there (written by a writer that knew the index, and then current) or missing
 //! and added from the item as it is now. When the walk ends the index becomes `Active` (readable).
 //! A crash during the walk leaves the status `Backfilling`, and the walk starts over at the next

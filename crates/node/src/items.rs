@@ -4,13 +4,20 @@
 //! 1. validate the whole request (table, values, key, expressions, return-value options) — a
 //!    request that fails here has touched nothing;
 //! 2. lock the item's stripe, read its current record;
-//! 3. evaluate the condition and compute the new item with pure functions of the old one;
-//! 4. write the new record (or a tombstone) with a fresh HLC timestamp, durably;
+//! 3. *decide*: evaluate the condition and compute the new item with pure functions of the old
+//!    one — a closure from the current item to an [`Effect`] and the answer (or an error such as
+//!    a failed condition), with no side effect;
+//! 4. write the new record (or a tombstone) with a fresh version stamp, durably;
 //! 5. release the stripe and answer.
 //!
 //! The lock is held across the durable write, so a conditional write or an update never acts on a
 //! version that another in-flight write is replacing. Writes to different stripes proceed in
 //! parallel and share fsyncs through the engine's group commit.
+//!
+//! Steps 2–5 are [`Node::execute`], the one seam between an operation and how its item is made
+//! to change: on a cluster the same decide closure becomes the apply function of a per-item
+//! consensus round (`onggi_core::paxos`), which may run it more than once — hence no side
+//! effects.
 
 use onggi_core::keys::item_key;
 use onggi_core::record::Record;
@@ -146,6 +153,16 @@ impl WriteOptions {
     }
 }
 
+/// What a write does to its item, decided from the item's current value.
+pub(crate) enum Effect {
+    /// Nothing (a delete of a missing item).
+    Keep,
+    /// Store this item.
+    Put(Item),
+    /// Store a tombstone.
+    Delete,
+}
+
 fn condition_failed(old: Option<&Item>, return_old: bool) -> DynamoError {
     let mut error = DynamoError::new(ErrorKind::ConditionalCheckFailed, "The conditional request failed");
     if return_old {
@@ -166,29 +183,34 @@ impl Node {
         Ok((key_item, key))
     }
 
-    /// Takes the item's lock, reads its current version and checks the request's condition on
-    /// it. The guard must be held until the new version is durable.
+    /// Runs `decide` on the item's current value under the item's lock and makes the effect it
+    /// chose durable (see the module docs); `decide`'s error, such as a failed condition, is the
+    /// answer and writes nothing.
     ///
     /// Returns `None` when `table` stopped being the table's current description before the lock
     /// was taken (an index was added or removed): the caller starts over with the new one, so
     /// that every write maintains exactly the indexes its table has once it holds the lock (what
     /// index backfill and index removal rely on).
-    async fn lock_and_check(
+    pub(crate) async fn execute<T>(
         &self,
         table: &Arc<TableHandle>,
-        key: &[u8],
-        prepared: &expressions::Prepared,
-        return_old_on_failure: bool,
-    ) -> Result<Option<(OwnedMutexGuard<()>, Option<Item>)>, DynamoError> {
-        let guard = self.inner.locks.lock(table, key).await;
+        key: Vec<u8>,
+        origin: WriteOrigin,
+        decide: impl FnOnce(Option<&Item>) -> Result<(Effect, T), DynamoError>,
+    ) -> Result<Option<T>, DynamoError> {
+        let guard = self.inner.locks.lock(table, &key).await;
         if !self.is_current(table) {
             return Ok(None);
         }
-        let current = self.read_current(table, key)?;
-        if !prepared.check(current.as_ref())? {
-            return Err(condition_failed(current.as_ref(), return_old_on_failure));
-        }
-        Ok(Some((guard, current)))
+        let current = self.read_current(table, &key)?;
+        let (effect, answer) = decide(current.as_ref())?;
+        let new = match effect {
+            Effect::Keep => return Ok(Some(answer)),
+            Effect::Put(item) => Some(item),
+            Effect::Delete => None,
+        };
+        self.write_current(table, key, current.as_ref(), new, origin, guard).await?;
+        Ok(Some(answer))
     }
 
     pub(crate) fn table(&self, name: &str) -> Result<Arc<TableHandle>, DynamoError> {
@@ -291,14 +313,15 @@ impl Node {
         prepared: &expressions::Prepared,
         options: &WriteOptions,
     ) -> Result<Option<WriteItemOutput>, DynamoError> {
-        let Some((guard, old)) = self.lock_and_check(table, &key, prepared, options.return_old_on_failure).await?
-        else {
-            return Ok(None);
-        };
-        let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), Some(&item));
-        self.write_current(table, key, old.as_ref(), Some(item), WriteOrigin::Client, guard).await?;
-        let attributes = if options.return_values == ReturnValues::AllOld { old } else { None };
-        Ok(Some(WriteItemOutput { attributes, consumed_capacity }))
+        self.execute(table, key, WriteOrigin::Client, |old| {
+            if !prepared.check(old)? {
+                return Err(condition_failed(old, options.return_old_on_failure));
+            }
+            let consumed_capacity = capacity::for_write(options.report, &table.schema, old, Some(&item));
+            let attributes = if options.return_values == ReturnValues::AllOld { old.cloned() } else { None };
+            Ok((Effect::Put(item), WriteItemOutput { attributes, consumed_capacity }))
+        })
+        .await
     }
 
     /// Puts `item` unconditionally (BatchWriteItem), returning the capacity it consumed.
@@ -406,35 +429,34 @@ impl Node {
         options: &WriteOptions,
         input: &UpdateItemInput,
     ) -> Result<Option<WriteItemOutput>, DynamoError> {
-        let Some((guard, old)) = self.lock_and_check(table, &key, prepared, options.return_old_on_failure).await?
-        else {
-            return Ok(None);
-        };
-        // An update of a missing item creates it from its key.
-        let base = old.clone().unwrap_or(key_item);
-        let outcome = prepared.apply_update(&base)?;
-        let new = outcome.item.clone();
-        if new.values().any(|value| value.depth() > CONTAINER_DEPTH_MAX) {
-            return Err(DynamoError::validation("Nesting Levels have exceeded supported limits"));
-        }
-        let new_size = item_size_bytes(&new);
-        if new_size > ITEM_SIZE_BYTES_MAX {
-            return Err(DynamoError::validation("Item size to update has exceeded the maximum allowed size"));
-        }
-        // The "update expression" wording is for UpdateExpression only; AttributeUpdates gets PutItem's.
-        table.schema.check_index_keys(&new, input.update_expression.is_some())?;
-        let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), Some(&new));
-        let attributes = match options.return_values {
-            ReturnValues::None => None,
-            ReturnValues::AllOld => old.clone(),
-            ReturnValues::AllNew => Some(new.clone()),
-            ReturnValues::UpdatedOld => {
-                old.as_ref().map(|old| outcome.project_updated(old)).filter(|item| !item.is_empty())
+        self.execute(table, key, WriteOrigin::Client, |old| {
+            if !prepared.check(old)? {
+                return Err(condition_failed(old, options.return_old_on_failure));
             }
-            ReturnValues::UpdatedNew => Some(outcome.project_updated(&new)).filter(|item| !item.is_empty()),
-        };
-        self.write_current(table, key, old.as_ref(), Some(new), WriteOrigin::Client, guard).await?;
-        Ok(Some(WriteItemOutput { attributes, consumed_capacity }))
+            // An update of a missing item creates it from its key.
+            let base = old.cloned().unwrap_or(key_item);
+            let outcome = prepared.apply_update(&base)?;
+            let new = outcome.item.clone();
+            if new.values().any(|value| value.depth() > CONTAINER_DEPTH_MAX) {
+                return Err(DynamoError::validation("Nesting Levels have exceeded supported limits"));
+            }
+            let new_size = item_size_bytes(&new);
+            if new_size > ITEM_SIZE_BYTES_MAX {
+                return Err(DynamoError::validation("Item size to update has exceeded the maximum allowed size"));
+            }
+            // The "update expression" wording is for UpdateExpression only; AttributeUpdates gets PutItem's.
+            table.schema.check_index_keys(&new, input.update_expression.is_some())?;
+            let consumed_capacity = capacity::for_write(options.report, &table.schema, old, Some(&new));
+            let attributes = match options.return_values {
+                ReturnValues::None => None,
+                ReturnValues::AllOld => old.cloned(),
+                ReturnValues::AllNew => Some(new.clone()),
+                ReturnValues::UpdatedOld => old.map(|old| outcome.project_updated(old)).filter(|item| !item.is_empty()),
+                ReturnValues::UpdatedNew => Some(outcome.project_updated(&new)).filter(|item| !item.is_empty()),
+            };
+            Ok((Effect::Put(new), WriteItemOutput { attributes, consumed_capacity }))
+        })
+        .await
     }
 
     pub(crate) async fn delete_item_impl(&self, input: DeleteItemInput) -> Result<WriteItemOutput, DynamoError> {
@@ -467,17 +489,17 @@ impl Node {
         options: &WriteOptions,
         origin: WriteOrigin,
     ) -> Result<Option<WriteItemOutput>, DynamoError> {
-        let Some((guard, old)) = self.lock_and_check(table, &key, prepared, options.return_old_on_failure).await?
-        else {
-            return Ok(None);
-        };
-        let consumed_capacity = capacity::for_write(options.report, &table.schema, old.as_ref(), None);
-        if old.is_some() {
+        self.execute(table, key, origin, |old| {
+            if !prepared.check(old)? {
+                return Err(condition_failed(old, options.return_old_on_failure));
+            }
+            let consumed_capacity = capacity::for_write(options.report, &table.schema, old, None);
             // A tombstone, not a removal: replicas must later agree that the item is gone.
-            self.write_current(table, key, old.as_ref(), None, origin, guard).await?;
-        }
-        let attributes = if options.return_values == ReturnValues::AllOld { old } else { None };
-        Ok(Some(WriteItemOutput { attributes, consumed_capacity }))
+            let effect = if old.is_some() { Effect::Delete } else { Effect::Keep };
+            let attributes = if options.return_values == ReturnValues::AllOld { old.cloned() } else { None };
+            Ok((effect, WriteItemOutput { attributes, consumed_capacity }))
+        })
+        .await
     }
 }
 

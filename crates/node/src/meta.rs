@@ -22,7 +22,7 @@ use serde_json::{Value as Json, json};
 
 use crate::catalog::TableHandle;
 use crate::describe::ACCOUNT_ID;
-use crate::items::WriteOrigin;
+use crate::items::{Effect, WriteOrigin};
 use crate::tables::{storage_error, table_not_found};
 use crate::{Node, wall_clock_ms};
 
@@ -310,16 +310,15 @@ impl Node {
         attribute: &str,
         now: u64,
     ) -> Result<bool, DynamoError> {
-        let guard = self.inner.locks.lock(table, &key).await;
-        if !self.is_current(table) {
-            return Ok(false);
-        }
-        let Some(current) = self.read_current(table, &key)? else { return Ok(false) };
-        if !is_expired(&current, attribute, now) {
-            return Ok(false);
-        }
-        self.write_current(table, key, Some(&current), None, WriteOrigin::Expiry, guard).await?;
-        Ok(true)
+        let expired = self
+            .execute(table, key, WriteOrigin::Expiry, |current| {
+                Ok(match current {
+                    Some(item) if is_expired(item, attribute, now) => (Effect::Delete, true),
+                    _ => (Effect::Keep, false),
+                })
+            })
+            .await?;
+        Ok(expired == Some(true))
     }
 }
 
