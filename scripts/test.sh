@@ -29,7 +29,7 @@ else
     cargo test --workspace --no-fail-fast
 fi
 
-step "Cluster simulator sweep (release build: ~1 ms per seed instead of ~100)"
+step "Cluster simulator sweep (release build: a few ms per seed; unoptimized it is ~100 times slower)"
 # Every seed is a whole simulated cluster under faults, checked for linearizability and
 # convergence; the dev-profile test above runs 100 seeds, this runs thousands more. A failing
 # seed prints its replay command. ONGGI_SIM_FROM/ONGGI_SIM_COUNT explore other ranges.

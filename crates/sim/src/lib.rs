@@ -9,17 +9,22 @@
 //!
 //! The nodes run the real core: [`onggi_core::paxos`] for every strict-mode operation,
 //! [`onggi_core::layout`] to place items on replicas, [`onggi_core::hlc`] clocks (skewed per
-//! node) for ballots. What the simulator adds is the shell a real node has: it delivers messages,
-//! persists acceptor state before replying (and loses everything not yet persisted in a crash),
-//! keeps timers, retries with randomized back-off, and runs background repair. The [`world`]
-//! module holds that shell; the checkers are here.
+//! node) for ballots, and [`onggi_core::merkle`] trees and comparisons for anti-entropy. What the
+//! simulator adds is the shell a real node has: it delivers messages, persists acceptor state
+//! before replying (and loses everything not yet persisted in a crash), keeps timers, retries
+//! with randomized back-off, and runs background repair — finishing abandoned proposals, and
+//! comparing each partition's Merkle trees with another replica's and exchanging the versions
+//! under the leaves that differ. The [`world`] module holds that shell; the checkers are here.
 //!
 //! **Checkers.** (1) Every key's history — what clients invoked, when, and what they were told —
 //! is linearizable ([`linearizability`]); acknowledged writes that were lost, and reads that went
 //! back in time, both show up as non-linearizable histories. The history ends with a strict read
 //! of every key after the cluster has healed, so a lost acknowledged write cannot hide by never
-//! being read. (2) After the faults stop, the replicas of every item converge — equal committed
-//! versions and no unfinished proposals — within a bounded time ([`Config::heal_bound_ms`]).
+//! being read. (2) After the faults stop, the replicas converge within a bounded time
+//! ([`Config::heal_bound_ms`]): every item has equal committed versions and no unfinished
+//! proposals on all its replicas, and every partition equal Merkle roots on all its replicas.
+//! (3) At the end every node's Merkle trees, kept up to date write by write, equal trees rebuilt
+//! from its store.
 
 pub mod linearizability;
 pub mod world;

@@ -5,7 +5,18 @@
 //! before any reply (commits are written without a sync, like the node's commit path, and are
 //! lost in a crash unless a later sync covered them), coordinators running [`Proposer`]s with
 //! round timeouts and randomized back-off, and a background task that finishes stale proposals
-//! and exchanges committed versions with the other replicas (anti-entropy).
+//! and runs Merkle anti-entropy with the other replicas.
+//!
+//! **Anti-entropy** is what a node will do ([`onggi_core::merkle`]): every node keeps one
+//! [`MerkleTree`] per partition it replicates, over the committed version of each key (tombstones
+//! included), updated on every change of a committed version and rebuilt from storage when the
+//! node starts. Every `REPAIR_INTERVAL_MS` a node picks one of its partitions and another
+//! replica of it, and runs a [`Comparison`] over simulated messages (`Message::MerkleRequest`,
+//! `Message::MerkleResponse`); a comparison whose answer does not come in time is abandoned (the
+//! network loses messages; the next tick starts a fresh one). When the trees differ, the two nodes
+//! exchange their committed versions of the keys in the differing token ranges only
+//! (`Message::RangeVersions`, push then pull) and merge them with [`Acceptor::commit`], which
+//! keeps the newer version.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -13,6 +24,7 @@ use std::fmt::Write as _;
 
 use onggi_core::hlc::{Clock, Timestamp};
 use onggi_core::layout::{Layout, Node as LayoutNode, NodeId, PartitionId};
+use onggi_core::merkle::{self, Comparison, MerkleTree};
 use onggi_core::paxos::{Acceptance, Acceptor, Ballot, Decision, Knowledge, Promise, Proposer, Step, Version};
 use onggi_core::rng::Rng;
 
@@ -33,6 +45,23 @@ const CLIENT_TIMEOUT_MS: u64 = 2_500;
 const REPAIR_INTERVAL_MS: u64 = 100;
 /// Proposals older than this (by ballot time) are finished by background repair.
 const STALE_PROPOSAL_MS: u64 = 400;
+/// Depth of every Merkle tree: a real node's default, so comparisons descend as far as they will
+/// in production (six round trips to a differing leaf).
+const MERKLE_DEPTH: u8 = merkle::DEPTH_DEFAULT;
+/// Node digests per comparison message. Small on purpose: with at most five keys a comparison's
+/// frontier never exceeds twenty nodes, so a production-sized bound would never split one, and
+/// the split path would go untested.
+const MERKLE_HASHES_PER_MESSAGE: u32 = 8;
+/// How long the initiator of a comparison waits for each answer before abandoning the comparison:
+/// a round trip takes at most twice the largest drawn delay (40 ms), so a later answer was lost
+/// or is held by a paused peer.
+const MERKLE_REQUEST_TIMEOUT_MS: u64 = 120;
+/// Comparisons one node runs at once: repair ticks start none while this many are running, so a
+/// node whose peers do not answer accumulates no state.
+const MERKLE_COMPARISONS_MAX: usize = 4;
+
+const _: () = assert!(MERKLE_DEPTH <= merkle::DEPTH_MAX);
+const _: () = assert!(MERKLE_HASHES_PER_MESSAGE >= 1 && MERKLE_HASHES_PER_MESSAGE <= merkle::HASHES_PER_MESSAGE_MAX);
 /// Physical time of the simulation's start, so clocks look like real ones.
 const EPOCH_MS: u64 = 1_800_000_000_000;
 
@@ -87,6 +116,9 @@ pub enum Sabotage {
     ForgetfulAcceptors,
     /// No background repair: no anti-entropy, no finishing of abandoned proposals.
     NoRepair,
+    /// No anti-entropy, but abandoned proposals are still finished: a replica that missed both a
+    /// version's accept and its commit has nothing else to bring it up to date.
+    NoAntiEntropy,
 }
 
 impl Config {
@@ -142,6 +174,16 @@ pub struct Report {
     pub crashes: u64,
     /// Pauses injected.
     pub pauses: u64,
+    /// Merkle comparisons background repair started.
+    pub merkle_comparisons: u64,
+    /// Of those: abandoned before finishing (an answer lost or late, a peer paused or crashed).
+    pub merkle_abandoned: u64,
+    /// Of those: finished with differing token ranges, so the two replicas exchanged versions.
+    pub merkle_differences: u64,
+    /// Committed versions anti-entropy sent, both directions of every exchange.
+    pub versions_transferred: u64,
+    /// Of those: versions newer than the receiver's, which brought it up to date.
+    pub versions_repaired: u64,
     /// Simulated milliseconds from the end of the faults to converged replicas.
     pub converged_after_ms: Option<u64>,
     /// Everything that went wrong; empty for a passing seed.
@@ -153,7 +195,8 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "seed {}: {} ok, {} failed, {} indeterminate ({} contention, {} deadline, {} client timeout); {} messages \
-             ({} dropped); {} partitions, {} crashes, {} pauses; converged {} ms after healing; {} violations",
+             ({} dropped); {} partitions, {} crashes, {} pauses; {} Merkle comparisons ({} abandoned, {} found \
+             differences), {} versions transferred ({} repaired); converged {} ms after healing; {} violations",
             self.seed,
             self.ok,
             self.failed,
@@ -166,6 +209,11 @@ impl Report {
             self.partitions,
             self.crashes,
             self.pauses,
+            self.merkle_comparisons,
+            self.merkle_abandoned,
+            self.merkle_differences,
+            self.versions_transferred,
+            self.versions_repaired,
             self.converged_after_ms.map_or("never".to_string(), |ms| ms.to_string()),
             self.violations.len()
         )
@@ -255,10 +303,30 @@ enum Message {
         key: Key,
         version: Version<Value>,
     },
-    /// Anti-entropy: the sender's committed versions of one partition's keys; `reply` asks the
-    /// receiver to answer with its own.
-    Sync {
+    /// Anti-entropy, initiator to responder: request number `step` of the comparison
+    /// `comparison` (an id of the initiator's) of the trees of `partition`. The responder keeps
+    /// no state: it answers from its tree as it is.
+    MerkleRequest {
+        comparison: u64,
+        step: u32,
         partition: PartitionId,
+        request: merkle::Request,
+    },
+    /// Anti-entropy, responder to initiator: the answer to request `step` of `comparison`. The
+    /// pair names the request exactly, so a duplicated or late answer to an earlier request is
+    /// never taken for the answer to the one in flight.
+    MerkleResponse {
+        comparison: u64,
+        step: u32,
+        response: merkle::Response,
+    },
+    /// Anti-entropy after a comparison found differences: the sender's committed versions of the
+    /// keys of `partition` whose tokens lie in `ranges` (the differing leaves' token ranges);
+    /// `reply` asks the receiver to answer with its own versions there that this message did not
+    /// carry.
+    RangeVersions {
+        partition: PartitionId,
+        ranges: Vec<(u64, u64)>,
         versions: Vec<(Key, Version<Value>)>,
         reply: bool,
     },
@@ -285,6 +353,7 @@ enum Event {
     ClientNext { client: usize },
     ClientTimeout { client: usize, seq: u64 },
     Repair { node: usize, incarnation: u64 },
+    ComparisonTimeout { node: usize, comparison: u64, step: u32 },
     Fault,
     HealLink { from: usize, to: usize },
     NodeUp { node: usize },
@@ -320,6 +389,26 @@ struct SimNode {
     dirty: BTreeSet<Key>,
     ops: BTreeMap<u64, Coordination>,
     next_op: u64,
+    /// One Merkle tree per partition this node replicates, over the committed versions in
+    /// `store`: kept current on every change of a committed version, rebuilt from `store` when
+    /// the node starts (empty while it is down).
+    trees: BTreeMap<PartitionId, MerkleTree>,
+    /// The comparisons this node started that are still running, by id.
+    comparisons: BTreeMap<u64, AntiEntropy>,
+    /// The next comparison id. Never reset, not even by a crash, so that an answer meant for a
+    /// comparison of an earlier life never pairs with one of this life (a real node would draw
+    /// ids at random, or from its clock).
+    next_comparison: u64,
+}
+
+/// A Merkle comparison this node started with one other replica of a partition.
+struct AntiEntropy {
+    partition: PartitionId,
+    /// The other replica, by index.
+    peer: usize,
+    comparison: Comparison,
+    /// The number of the request in flight (numbered from 1).
+    step: u32,
 }
 
 impl SimNode {
@@ -377,6 +466,25 @@ fn key_token(key: Key) -> u64 {
     rng.next_u64()
 }
 
+/// A simulated key's storage key, as a Merkle tree sees it: the token (8 bytes, big-endian), then
+/// the key itself, like a real storage key's token prefix and partition key.
+fn tree_key(key: Key) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&key_token(key).to_be_bytes());
+    bytes[8..].copy_from_slice(&key.to_be_bytes());
+    bytes
+}
+
+/// The bytes that identify a committed version in a Merkle tree: its ballot is its timestamp.
+fn stamp(ballot: Ballot) -> [u8; merkle::VERSION_STAMP_BYTES] {
+    merkle::version_stamp(ballot.time, ballot.node)
+}
+
+/// Whether `token` lies in one of the inclusive `ranges`.
+fn in_ranges(token: u64, ranges: &[(u64, u64)]) -> bool {
+    ranges.iter().any(|&(first, last)| first <= token && token <= last)
+}
+
 /// Runs the simulation `config` describes and checks it.
 pub fn run(config: &Config) -> Report {
     let mut world = World::new(config.clone());
@@ -412,12 +520,15 @@ impl World {
                     dirty: BTreeSet::new(),
                     ops: BTreeMap::new(),
                     next_op: 0,
+                    trees: BTreeMap::new(),
+                    comparisons: BTreeMap::new(),
+                    next_comparison: 0,
                 }
             })
             .collect();
         let clients = (0..config.clients).map(|_| Client { seq: 0, pending: None, seen: BTreeMap::new() }).collect();
         let report = Report { seed: config.seed, ..Report::default() };
-        World {
+        let mut world = World {
             config,
             rng,
             now: 0,
@@ -436,7 +547,11 @@ impl World {
             final_reads: BTreeSet::new(),
             done: false,
             report,
+        };
+        for node in 0..world.nodes.len() {
+            world.rebuild_trees(node);
         }
+        world
     }
 
     fn schedule(&mut self, after_ms: u64, event: Event) {
@@ -549,6 +664,12 @@ impl World {
                 }
             }
             Event::Repair { node, incarnation } => self.repair(node, incarnation),
+            Event::ComparisonTimeout { node, comparison, step } => {
+                if self.nodes[node].comparisons.get(&comparison).is_some_and(|running| running.step == step) {
+                    self.nodes[node].comparisons.remove(&comparison);
+                    self.report.merkle_abandoned += 1;
+                }
+            }
             Event::Fault => self.inject_fault(),
             Event::HealLink { from, to } => {
                 self.cut.remove(&(from, to));
@@ -692,9 +813,7 @@ impl World {
                 self.send(me, reply_to, Message::Accepted { op, ballot, answer });
             }
             Message::Commit { key, version } => {
-                if self.nodes[node].acceptor(key).commit(version) {
-                    self.nodes[node].dirty.insert(key);
-                }
+                self.commit(node, key, version);
             }
             Message::ReadReply { op, knowledge } => {
                 let Endpoint::Node(replica) = from else { return };
@@ -720,7 +839,21 @@ impl World {
                     self.advance(op, step);
                 }
             }
-            Message::Sync { partition, versions, reply } => self.on_sync(node, from, partition, versions, reply),
+            Message::MerkleRequest { comparison, step, partition, request } => {
+                // A partition this node does not replicate has no tree: no answer, and the
+                // initiator abandons the comparison.
+                if let Some(tree) = self.nodes[node].trees.get_mut(&partition) {
+                    tree.refresh();
+                    let response = merkle::respond(tree, &request);
+                    self.send(me, reply_to, Message::MerkleResponse { comparison, step, response });
+                }
+            }
+            Message::MerkleResponse { comparison, step, response } => {
+                self.on_merkle_response(node, from, comparison, step, response);
+            }
+            Message::RangeVersions { partition, ranges, versions, reply } => {
+                self.on_range_versions(node, from, partition, ranges, versions, reply);
+            }
             Message::Answer { .. } => {}
         }
     }
@@ -731,6 +864,72 @@ impl World {
         if self.config.sabotage != Some(Sabotage::ForgetfulAcceptors) {
             self.nodes[node].sync();
         }
+    }
+
+    /// Records a chosen version of `key` on `node` (a commit, or a version anti-entropy brought)
+    /// and, when it is newer than the committed one, replaces that version's entry in the key's
+    /// Merkle tree, in the same step, as a node's write path does. The write is not synced (the
+    /// node's commit path does not wait for one). Returns whether the version was newer.
+    fn commit(&mut self, node: usize, key: Key, version: Version<Value>) -> bool {
+        let partition = self.layout.partition_of_token(key_token(key));
+        let SimNode { store, dirty, trees, .. } = &mut self.nodes[node];
+        let Some(tree) = trees.get_mut(&partition) else {
+            // Commits and exchanges go to a partition's replicas only: this is a bug in the shell.
+            self.report.violations.push(format!("node {node} was sent key {key} of {partition:?}, not its own"));
+            return false;
+        };
+        let acceptor = store.entry(key).or_default();
+        let before = acceptor.committed.as_ref().map(|version| version.ballot);
+        let after = version.ballot;
+        if !acceptor.commit(version) {
+            return false;
+        }
+        dirty.insert(key);
+        let old = before.map(stamp);
+        if let Err(error) = tree.replace(&tree_key(key), old.as_ref().map(|old| old.as_slice()), &stamp(after)) {
+            // The tree had drifted from storage: say so, and do what a node would, rebuild it.
+            self.report.violations.push(format!(
+                "node {node}'s Merkle tree of {partition:?} could not follow the commit of key {key}: {error}"
+            ));
+            let tree = self.tree_from_store(node, partition);
+            self.nodes[node].trees.insert(partition, tree);
+        }
+        true
+    }
+
+    /// The Merkle tree of `partition` over the committed versions in `node`'s store: how a node
+    /// builds its trees when it starts, by one scan of each partition.
+    fn tree_from_store(&self, node: usize, partition: PartitionId) -> MerkleTree {
+        let (first, last) = self.layout.partition_range(partition);
+        let entries = self.store_entries(node, partition);
+        // Most simulated partitions hold no key. `from_entries` hashes every node of the tree
+        // whatever it holds (2,047 hashes at depth 10), `new` only one per level, and both build
+        // the same empty tree: without this, building trees would take most of a run's time.
+        let tree = if entries.is_empty() {
+            MerkleTree::new(first, last, MERKLE_DEPTH)
+        } else {
+            MerkleTree::from_entries(first, last, MERKLE_DEPTH, entries)
+        };
+        tree.expect("a partition's range holds a token per leaf, and its keys' tokens")
+    }
+
+    /// The Merkle entries (tree key, version stamp) of `partition` in `node`'s store: its keys'
+    /// committed versions.
+    fn store_entries(&self, node: usize, partition: PartitionId) -> Vec<([u8; 16], [u8; merkle::VERSION_STAMP_BYTES])> {
+        self.nodes[node]
+            .store
+            .iter()
+            .filter(|(key, _)| self.layout.partition_of_token(key_token(**key)) == partition)
+            .filter_map(|(&key, state)| state.committed.as_ref().map(|version| (tree_key(key), stamp(version.ballot))))
+            .collect()
+    }
+
+    /// Rebuilds all of `node`'s trees, one per partition it replicates, from its store.
+    fn rebuild_trees(&mut self, node: usize) {
+        let partitions: Vec<PartitionId> = self.layout.partitions_of(self.nodes[node].id).collect();
+        let trees =
+            partitions.into_iter().map(|partition| (partition, self.tree_from_store(node, partition))).collect();
+        self.nodes[node].trees = trees;
     }
 
     // ----- coordination -----
@@ -906,54 +1105,156 @@ impl World {
                 self.coordinate(node, None, key, ClientOp::Read);
             }
         }
-        // Anti-entropy with one other replica of one partition this node holds.
-        let id = self.nodes[node].id;
-        let partitions: Vec<PartitionId> = self.layout.partitions_of(id).collect();
-        let keys: Vec<Key> = (0..self.config.keys).collect();
-        let held: Vec<PartitionId> = partitions
-            .into_iter()
-            .filter(|&p| keys.iter().any(|&k| self.layout.partition_of_token(key_token(k)) == p))
+        if self.config.sabotage == Some(Sabotage::NoAntiEntropy) {
+            return;
+        }
+        self.start_comparison(node);
+    }
+
+    /// Starts a Merkle comparison of one partition this node replicates, picked at random, with
+    /// another replica of it, picked at random. Only partitions whose tree here holds entries
+    /// are picked: a partition empty here but not on a peer is compared, and repaired both ways,
+    /// when that peer picks it. (The simulated keys fill a handful of the 64 partitions; picking
+    /// among all of them would leave most ticks comparing empty trees.)
+    fn start_comparison(&mut self, node: usize) {
+        if self.nodes[node].comparisons.len() >= MERKLE_COMPARISONS_MAX {
+            return;
+        }
+        let held: Vec<PartitionId> = self.nodes[node]
+            .trees
+            .iter()
+            .filter(|(_, tree)| !tree.is_empty())
+            .map(|(&partition, _)| partition)
             .collect();
         if held.is_empty() {
             return;
         }
         let partition = held[self.rng.below(held.len() as u64) as usize];
+        let id = self.nodes[node].id;
         let peers: Vec<NodeId> = self.layout.replicas(partition).iter().copied().filter(|&p| p != id).collect();
         if peers.is_empty() {
             return;
         }
         let pick = self.rng.below(peers.len() as u64) as usize;
         let peer = self.index_of(peers[pick]);
-        let versions = self.committed_versions(node, partition);
-        self.send(Endpoint::Node(node), Endpoint::Node(peer), Message::Sync { partition, versions, reply: true });
+        let state = &mut self.nodes[node];
+        let Some(tree) = state.trees.get_mut(&partition) else { return };
+        // Digests read during the comparison are then cached ones.
+        tree.refresh();
+        let comparison =
+            Comparison::new(tree, MERKLE_HASHES_PER_MESSAGE).expect("the per-message bound is checked at compile time");
+        let comparison_id = state.next_comparison;
+        state.next_comparison += 1;
+        state.comparisons.insert(comparison_id, AntiEntropy { partition, peer, comparison, step: 0 });
+        self.report.merkle_comparisons += 1;
+        self.send_comparison_request(node, comparison_id);
     }
 
-    fn committed_versions(&self, node: usize, partition: PartitionId) -> Vec<(Key, Version<Value>)> {
+    /// Sends the next request of a running comparison, and schedules its timeout.
+    fn send_comparison_request(&mut self, node: usize, comparison: u64) {
+        let Some(running) = self.nodes[node].comparisons.get_mut(&comparison) else { return };
+        let Some(request) = running.comparison.poll_request() else { return };
+        running.step += 1;
+        let (step, partition, peer) = (running.step, running.partition, running.peer);
+        let message = Message::MerkleRequest { comparison, step, partition, request };
+        self.send(Endpoint::Node(node), Endpoint::Node(peer), message);
+        self.schedule(MERKLE_REQUEST_TIMEOUT_MS, Event::ComparisonTimeout { node, comparison, step });
+    }
+
+    /// The initiator's side: feeds an answer to its comparison, then asks the next question, or,
+    /// once the comparison has finished with differences, starts the exchange of versions.
+    fn on_merkle_response(
+        &mut self,
+        node: usize,
+        from: Endpoint,
+        comparison: u64,
+        step: u32,
+        response: merkle::Response,
+    ) {
+        let SimNode { trees, comparisons, .. } = &mut self.nodes[node];
+        let Some(running) = comparisons.get_mut(&comparison) else {
+            return; // finished, abandoned, or of an earlier life
+        };
+        if from != Endpoint::Node(running.peer) || step != running.step {
+            return; // a duplicate, or a late answer to an earlier request
+        }
+        let handled = match trees.get(&running.partition) {
+            Some(tree) => running.comparison.handle_response(tree, response).is_ok(),
+            None => false,
+        };
+        if !handled {
+            // A refusal or a malformed answer ends the comparison; the next tick starts another.
+            comparisons.remove(&comparison);
+            self.report.merkle_abandoned += 1;
+            return;
+        }
+        if !running.comparison.is_finished() {
+            self.send_comparison_request(node, comparison);
+            return;
+        }
+        let Some(finished) = comparisons.remove(&comparison) else { return };
+        let ranges = finished.comparison.differing_ranges();
+        if ranges.is_empty() {
+            return;
+        }
+        self.report.merkle_differences += 1;
+        let versions = self.committed_versions_in(node, &ranges);
+        self.report.versions_transferred += versions.len() as u64;
+        let message = Message::RangeVersions { partition: finished.partition, ranges, versions, reply: true };
+        self.send(Endpoint::Node(node), from, message);
+    }
+
+    /// `node`'s committed versions of the keys whose tokens lie in `ranges`: a range scan of
+    /// storage on a real node.
+    fn committed_versions_in(&self, node: usize, ranges: &[(u64, u64)]) -> Vec<(Key, Version<Value>)> {
         self.nodes[node]
             .store
             .iter()
-            .filter(|(key, _)| self.layout.partition_of_token(key_token(**key)) == partition)
+            .filter(|(key, _)| in_ranges(key_token(**key), ranges))
             .filter_map(|(&key, state)| state.committed.clone().map(|version| (key, version)))
             .collect()
     }
 
-    fn on_sync(
+    /// Either side of the exchange that follows a comparison: merges the versions received, and
+    /// when asked, answers with its own versions in the same ranges that it did not receive
+    /// (newer ones, or keys the sender lacks). Ranges outside the partition, and versions of keys
+    /// outside the ranges, are ignored: they were not asked about.
+    fn on_range_versions(
         &mut self,
         node: usize,
         from: Endpoint,
         partition: PartitionId,
+        ranges: Vec<(u64, u64)>,
         versions: Vec<(Key, Version<Value>)>,
         reply: bool,
     ) {
-        for (key, version) in versions {
-            if self.nodes[node].acceptor(key).commit(version) {
-                self.nodes[node].dirty.insert(key);
+        if !self.nodes[node].trees.contains_key(&partition) {
+            return; // not a replica of it (so `partition` names a real partition below)
+        }
+        let (first, last) = self.layout.partition_range(partition);
+        let ranges: Vec<(u64, u64)> =
+            ranges.into_iter().filter(|&(start, end)| first <= start && start <= end && end <= last).collect();
+        let received: BTreeMap<Key, Version<Value>> =
+            versions.into_iter().filter(|(key, _)| in_ranges(key_token(*key), &ranges)).collect();
+        for (&key, version) in &received {
+            if self.commit(node, key, version.clone()) {
+                self.report.versions_repaired += 1;
             }
         }
-        if reply {
-            let versions = self.committed_versions(node, partition);
-            self.send(Endpoint::Node(node), from, Message::Sync { partition, versions, reply: false });
+        if !reply {
+            return;
         }
+        let answer: Vec<(Key, Version<Value>)> = self
+            .committed_versions_in(node, &ranges)
+            .into_iter()
+            .filter(|(key, version)| received.get(key) != Some(version))
+            .collect();
+        if answer.is_empty() {
+            return;
+        }
+        self.report.versions_transferred += answer.len() as u64;
+        let message = Message::RangeVersions { partition, ranges, versions: answer, reply: false };
+        self.send(Endpoint::Node(node), from, message);
     }
 
     // ----- faults -----
@@ -1017,6 +1318,9 @@ impl World {
         state.store = state.durable.clone();
         state.dirty.clear();
         state.ops.clear();
+        // Trees live in memory only; the restart rebuilds them from what survived.
+        state.trees.clear();
+        state.comparisons.clear();
         // The clock survives only as far as physical time carries it: a restarted node's HLC
         // starts from its wall clock (ballots stay unique by node id and persisted promises).
         state.clock = Clock::new();
@@ -1026,6 +1330,8 @@ impl World {
         if self.nodes[node].up {
             return;
         }
+        // A starting node scans each partition it replicates to build its Merkle trees.
+        self.rebuild_trees(node);
         let state = &mut self.nodes[node];
         state.up = true;
         state.incarnation += 1;
@@ -1059,6 +1365,15 @@ impl World {
                     let _ = write!(detail, "\n  key {key} on {replica:?}: {state:?}");
                 }
             }
+            for partition in self.partitions_with_differing_roots() {
+                for &replica in self.layout.replicas(partition) {
+                    let tree = self.nodes[self.index_of(replica)].trees.get(&partition);
+                    let root = tree.map(MerkleTree::root);
+                    let entries = tree.map(MerkleTree::len);
+                    let _ =
+                        write!(detail, "\n  {partition:?} on {replica:?}: Merkle root {root:?}, {entries:?} entries");
+                }
+            }
             self.report
                 .violations
                 .push(format!("replicas did not converge within {} ms of healing:{detail}", self.config.heal_bound_ms));
@@ -1068,8 +1383,11 @@ impl World {
         self.schedule(50, Event::CheckConvergence);
     }
 
+    /// Whether the replicas agree: for every key no unfinished proposal and one committed
+    /// version on all its replicas, and for every partition one Merkle root on all its replicas
+    /// (what anti-entropy sees: equal roots end its work on a partition).
     fn converged(&self) -> bool {
-        (0..self.config.keys).all(|key| {
+        let keys_agree = (0..self.config.keys).all(|key| {
             let states: Vec<Option<&Acceptor<Value>>> = self
                 .replicas_of(key)
                 .iter()
@@ -1078,7 +1396,25 @@ impl World {
             let committed = |state: &Option<&Acceptor<Value>>| state.and_then(|s| s.committed.clone());
             states.iter().all(|state| state.is_none_or(|s| s.accepted.is_none()))
                 && states.iter().all(|state| committed(state) == committed(&states[0]))
-        })
+        });
+        keys_agree && self.partitions_with_differing_roots().is_empty()
+    }
+
+    /// The partitions whose replicas' Merkle roots differ (a replica without the tree, down,
+    /// differs from every other).
+    fn partitions_with_differing_roots(&self) -> Vec<PartitionId> {
+        (0..self.layout.partition_count())
+            .map(PartitionId)
+            .filter(|&partition| {
+                let roots: Vec<Option<merkle::Digest>> = self
+                    .layout
+                    .replicas(partition)
+                    .iter()
+                    .map(|&replica| self.nodes[self.index_of(replica)].trees.get(&partition).map(MerkleTree::root))
+                    .collect();
+                roots.iter().any(|root| root.is_none() || *root != roots[0])
+            })
+            .collect()
     }
 
     /// After convergence: one strict read of every key, by extra clients, through random nodes.
@@ -1093,6 +1429,27 @@ impl World {
     }
 
     fn finish(mut self) -> Report {
+        // Paired with the incremental updates: every tree must equal one rebuilt from its store.
+        // Empty trees of one depth share a root whatever their interval (the hashes do not
+        // involve it), so partitions without entries need no tree of their own to check against.
+        let (first, last) = self.layout.partition_range(PartitionId(0));
+        let empty_root = MerkleTree::new(first, last, MERKLE_DEPTH).expect("a valid partition tree").root();
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].up {
+                continue;
+            }
+            for partition in self.layout.partitions_of(self.nodes[node].id) {
+                let kept = self.nodes[node].trees.get(&partition).map(MerkleTree::root);
+                let entries = self.store_entries(node, partition);
+                let expected =
+                    if entries.is_empty() { empty_root } else { self.tree_from_store(node, partition).root() };
+                if kept != Some(expected) {
+                    self.report
+                        .violations
+                        .push(format!("node {node}'s Merkle tree of {partition:?} does not match its store"));
+                }
+            }
+        }
         for (key, events) in &self.history {
             if let Err(violation) = linearizability::check(None, events) {
                 self.report.violations.push(format!("key {key} is not linearizable: {violation}"));
