@@ -88,9 +88,12 @@ pub fn index_tree_name(index: &IndexSchema) -> String {
     format!("index.{}", index.id)
 }
 
-/// Every storage tree a table owns: its items and its indexes.
+/// Every storage tree a table owns: its items, its indexes, and (on a cluster) its consensus state.
 pub fn tree_names(schema: &TableSchema) -> Vec<String> {
-    std::iter::once(items_tree_name(schema)).chain(schema.indexes().map(index_tree_name)).collect()
+    std::iter::once(items_tree_name(schema))
+        .chain(schema.indexes().map(index_tree_name))
+        .chain(std::iter::once(crate::cluster::consensus_tree_name(schema)))
+        .collect()
 }
 
 /// Opens the trees of a table's indexes, reusing the statistics of indexes `previous` already had.
@@ -233,7 +236,8 @@ impl Catalog {
             .collect();
         let mut dropped = 0;
         for tree in self.engine.list_trees()? {
-            if (tree.starts_with("items.") || tree.starts_with("index.")) && !named.contains(&tree) {
+            let owned_by_a_table = ["items.", "index.", "consensus."].iter().any(|prefix| tree.starts_with(prefix));
+            if owned_by_a_table && !named.contains(&tree) {
                 self.engine.drop_tree(&tree)?;
                 dropped += 1;
             }

@@ -16,8 +16,8 @@
 //!
 //! Steps 2–5 are [`Node::execute`], the one seam between an operation and how its item is made
 //! to change: on a cluster the same decide closure becomes the apply function of a per-item
-//! consensus round (`onggi_core::paxos`), which may run it more than once — hence no side
-//! effects.
+//! consensus round (`onggi_core::paxos`, driven by `crate::cluster`), which may run it more than
+//! once — hence no side effects.
 
 use onggi_core::keys::item_key;
 use onggi_core::record::Record;
@@ -196,8 +196,15 @@ impl Node {
         table: &Arc<TableHandle>,
         key: Vec<u8>,
         origin: WriteOrigin,
-        decide: impl FnOnce(Option<&Item>) -> Result<(Effect, T), DynamoError>,
+        mut decide: impl FnMut(Option<&Item>) -> Result<(Effect, T), DynamoError>,
     ) -> Result<Option<T>, DynamoError> {
+        if let Some(cluster) = self.cluster() {
+            if !self.is_current(table) {
+                return Ok(None);
+            }
+            let cluster = cluster.clone();
+            return self.execute_replicated(&cluster, table, key, false, decide).await.map(|(answer, _)| Some(answer));
+        }
         let guard = self.inner.locks.lock(table, &key).await;
         if !self.is_current(table) {
             return Ok(None);
@@ -319,7 +326,7 @@ impl Node {
             }
             let consumed_capacity = capacity::for_write(options.report, &table.schema, old, Some(&item));
             let attributes = if options.return_values == ReturnValues::AllOld { old.cloned() } else { None };
-            Ok((Effect::Put(item), WriteItemOutput { attributes, consumed_capacity }))
+            Ok((Effect::Put(item.clone()), WriteItemOutput { attributes, consumed_capacity }))
         })
         .await
     }
@@ -385,6 +392,15 @@ impl Node {
         key: &[u8],
         consistent: bool,
     ) -> Result<Option<Item>, DynamoError> {
+        if let Some(cluster) = self.cluster() {
+            let cluster = cluster.clone();
+            if !consistent {
+                return self.read_one_replica(&cluster, table, key).await;
+            }
+            let table = self.table(&table.schema.name)?;
+            let keep = |_: Option<&Item>| Ok((Effect::Keep, ()));
+            return self.execute_replicated(&cluster, &table, key.to_vec(), true, keep).await.map(|(_, item)| item);
+        }
         if consistent {
             let _guard = self.inner.locks.lock(table, key).await;
             self.read_current(table, key)
@@ -434,7 +450,7 @@ impl Node {
                 return Err(condition_failed(old, options.return_old_on_failure));
             }
             // An update of a missing item creates it from its key.
-            let base = old.cloned().unwrap_or(key_item);
+            let base = old.cloned().unwrap_or_else(|| key_item.clone());
             let outcome = prepared.apply_update(&base)?;
             let new = outcome.item.clone();
             if new.values().any(|value| value.depth() > CONTAINER_DEPTH_MAX) {

@@ -18,6 +18,7 @@ mod backfill;
 mod batch;
 mod capacity;
 pub mod catalog;
+pub mod cluster;
 pub mod datadir;
 mod describe;
 mod expressions;
@@ -28,12 +29,14 @@ mod reads;
 mod tables;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use onggi_core::hlc::Clock;
+use onggi_core::hlc::{Clock, Timestamp};
 use onggi_core::layout::NodeId;
 use onggi_core::paxos::Ballot;
+use onggi_core::rng::Rng;
 use onggi_storage::{Engine, FjallEngine, FjallOptions, MemoryEngine};
 
 use crate::catalog::Catalog;
@@ -65,7 +68,11 @@ pub(crate) struct Inner {
     pub(crate) catalog: Catalog,
     clock: Mutex<Clock>,
     /// This node's id in the cluster, the tie-breaker of its version stamps (0 on a single node).
-    pub(crate) node_id: NodeId,
+    pub(crate) node_id: AtomicU64,
+    /// The cluster this node is part of, once started.
+    pub(crate) cluster: OnceLock<Arc<cluster::Cluster>>,
+    /// Randomness for back-off, seeded from the operating system.
+    rng: Mutex<Rng>,
     pub(crate) locks: items::LockStripes,
     pub(crate) default_region: String,
     _data_dir: Option<DataDir>,
@@ -117,7 +124,9 @@ impl Node {
                 engine,
                 catalog,
                 clock: Mutex::new(clock),
-                node_id: NodeId(0),
+                node_id: AtomicU64::new(0),
+                cluster: OnceLock::new(),
+                rng: Mutex::new(Rng::new(os_seed())),
                 locks: items::LockStripes::new(),
                 default_region: config.default_region,
                 _data_dir: data_dir,
@@ -135,8 +144,27 @@ impl Inner {
     /// A fresh version stamp for a local write: a hybrid-logical-clock time and this node.
     pub(crate) fn version(&self) -> Ballot {
         let mut clock = self.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ballot { time: clock.now(wall_clock_ms()), node: self.node_id }
+        Ballot { time: clock.now(wall_clock_ms()), node: NodeId(self.node_id.load(Ordering::Relaxed)) }
     }
+
+    /// Moves the clock past a time seen from another node, so later stamps order after it.
+    pub(crate) fn observe(&self, remote: Timestamp) {
+        let mut clock = self.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        clock.observe(remote, wall_clock_ms());
+    }
+
+    /// A random number below `bound` (> 0).
+    pub(crate) fn random_below(&self, bound: u64) -> u64 {
+        self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner).below(bound)
+    }
+}
+
+/// A seed from the operating system's randomness (via the standard library's hash keys).
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(wall_clock_ms());
+    hasher.finish()
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -129,6 +129,7 @@ fn ttl_description(schema: &TableSchema) -> Json {
 
 impl Node {
     pub(crate) async fn update_time_to_live_impl(&self, input: UpdateTimeToLiveInput) -> Result<Json, DynamoError> {
+        self.refuse_on_a_cluster("UpdateTimeToLive")?;
         let name = required_table_name(input.table_name.as_deref())?;
         let Some(specification) = input.time_to_live_specification.as_ref().filter(|value| !value.is_null()) else {
             return Err(validation("TimeToLiveSpecification cannot be null"));
@@ -172,6 +173,9 @@ impl Node {
         operation: TagOperation,
         input: TagsInput,
     ) -> Result<Json, DynamoError> {
+        if operation != TagOperation::List {
+            self.refuse_on_a_cluster("TagResource and UntagResource")?;
+        }
         let Some(arn) = input.resource_arn.as_deref() else {
             return Err(validation(
                 "1 validation error detected: Value null at 'resourceArn' failed to satisfy constraint: Member must not be null",

@@ -613,6 +613,7 @@ impl Node {
     }
 
     pub(crate) async fn query_impl(&self, input: QueryInput) -> Result<QueryOutput, DynamoError> {
+        self.check_range_reads_local("Query")?;
         let (request, mut expressions) = shared_members!(&input, Operation::Query);
         expressions.key_condition = input.key_condition_expression.as_deref();
         expressions.key_conditions = input.key_conditions.as_ref();
@@ -667,6 +668,7 @@ impl Node {
     }
 
     pub(crate) async fn scan_impl(&self, input: ScanInput) -> Result<QueryOutput, DynamoError> {
+        self.check_range_reads_local("Scan")?;
         let (request, mut expressions) = shared_members!(&input, Operation::Scan);
         expressions.scan_filter = input.scan_filter.as_ref();
         let segment = match (input.segment, input.total_segments) {

@@ -107,6 +107,27 @@ fn parse_index_updates(updates: &[serde_json::Value]) -> Result<Vec<IndexUpdate>
     Ok(parsed)
 }
 
+impl Node {
+    /// Refuses a table-level change a multi-node cluster does not agree on yet.
+    pub(crate) fn refuse_on_a_cluster(&self, operation: &str) -> Result<(), DynamoError> {
+        match self.cluster() {
+            Some(_) => Err(crate::cluster::not_on_a_cluster(operation)),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a range read this node cannot answer alone: on a cluster with more members than
+    /// replicas per item, no node holds every partition.
+    pub(crate) fn check_range_reads_local(&self, operation: &str) -> Result<(), DynamoError> {
+        match self.cluster() {
+            Some(cluster) if !cluster.holds_everything() => Err(crate::cluster::not_on_a_cluster(&format!(
+                "{operation} when the cluster has more members than replicas per item"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub(crate) fn table_not_found() -> DynamoError {
     DynamoError::resource_not_found("Cannot do operations on a non-existent table")
 }
@@ -133,7 +154,7 @@ impl Node {
             return Err(DynamoError::validation("onggi does not support DynamoDB Streams yet"));
         }
         let catalog = &self.inner.catalog;
-        let _change = catalog.changes.lock().await;
+        let change = catalog.changes.lock().await;
         if catalog.get(&schema.name).is_some() {
             return Err(DynamoError::new(ErrorKind::ResourceInUse, "Cannot create preexisting table"));
         }
@@ -145,6 +166,8 @@ impl Node {
         }
         let handle = catalog.store(schema).await.map_err(storage_error)?;
         tracing::info!(table = %handle.schema.name, id = %handle.schema.id, "table created");
+        drop(change);
+        self.announce_table_created(&handle.schema).await;
         Ok(TableDescriptionOutput { table_description: describe(&handle, "ACTIVE", self.region(context)) })
     }
 
@@ -188,6 +211,7 @@ impl Node {
         context: &RequestContext,
         input: UpdateTableInput,
     ) -> Result<TableDescriptionOutput, DynamoError> {
+        self.refuse_on_a_cluster("UpdateTable")?;
         let name = required_table_name(input.table_name.as_deref())?;
         let index_updates = match &input.global_secondary_index_updates {
             Some(updates) => parse_index_updates(updates)?,
@@ -345,7 +369,7 @@ impl Node {
     ) -> Result<TableDescriptionOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let catalog = &self.inner.catalog;
-        let _change = catalog.changes.lock().await;
+        let change = catalog.changes.lock().await;
         let table = catalog.get(name).ok_or_else(table_not_found)?;
         if table.schema.deletion_protection {
             return Err(DynamoError::validation(
@@ -356,6 +380,8 @@ impl Node {
         let description = describe(&table, "DELETING", self.region(context));
         catalog.remove(name).await.map_err(storage_error)?;
         tracing::info!(table = %name, "table deleted");
+        drop(change);
+        self.announce_table_deleted(&table.schema).await;
         Ok(TableDescriptionOutput { table_description: description })
     }
 }

@@ -1,4 +1,5 @@
-//! The `onggi` command: `onggi serve` runs a node; `onggi bench` load-tests an endpoint.
+//! The `onggi` command: `onggi serve` runs a node; `onggi dev` runs a local cluster of them;
+//! `onggi bench` load-tests an endpoint.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use onggi_api::ServerConfig;
+use onggi_node::cluster::ClusterConfig;
 use onggi_node::{Node, NodeConfig, StorageChoice};
 
 /// mimalloc instead of the system allocator: a request allocates and frees many small objects
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run a node: serve the DynamoDB API over HTTP.
     Serve(ServeArgs),
+    /// Run a local cluster: several `onggi serve` processes on consecutive ports.
+    Dev(DevArgs),
     /// Load-test a DynamoDB-compatible endpoint (YCSB-style workloads).
     Bench(onggi_bench::BenchArgs),
 }
@@ -61,6 +65,56 @@ struct ServeArgs {
     /// about this long (plus the pass itself) after its TTL passes.
     #[arg(long, env = "ONGGI_TTL_INTERVAL", default_value_t = 10.0)]
     ttl_interval: f64,
+    /// This node's id in its cluster: unique, never reused. Needed with --members.
+    #[arg(long, env = "ONGGI_NODE_ID")]
+    node_id: Option<u64>,
+    /// Where this node listens for its cluster peers. Needed with --members.
+    #[arg(long, env = "ONGGI_CLUSTER_LISTEN")]
+    cluster_listen: Option<SocketAddr>,
+    /// Every member of the cluster, this node included, as ID=HOST:PORT (cluster addresses),
+    /// comma-separated. Without it the node forms a cluster of one.
+    #[arg(long, env = "ONGGI_MEMBERS", value_delimiter = ',')]
+    members: Vec<String>,
+    /// The cluster's name: nodes of another cluster are refused.
+    #[arg(long, env = "ONGGI_CLUSTER_NAME", default_value = "onggi")]
+    cluster_name: String,
+    /// Replicas per item (N).
+    #[arg(long, env = "ONGGI_REPLICATION", default_value_t = 3)]
+    replication: usize,
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The first node serves the DynamoDB API on this port, the next on the port after, and so
+    /// on; cluster ports start 100 higher.
+    #[arg(long, default_value_t = 8000)]
+    base_port: u16,
+    /// Keep each node's data under DIR/node-ID (kept between runs).
+    #[arg(long, default_value = "./onggi-dev")]
+    data_dir: PathBuf,
+    /// Keep data in memory only.
+    #[arg(long)]
+    in_memory: bool,
+}
+
+/// Parses `--members` entries.
+fn parse_members(entries: &[String]) -> Result<Vec<(u64, SocketAddr)>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            let (id, address) =
+                entry.split_once('=').ok_or_else(|| format!("--members entry {entry:?} is not ID=HOST:PORT"))?;
+            let id = id.trim().parse().map_err(|_| format!("--members entry {entry:?}: {id:?} is not a node id"))?;
+            let address = address
+                .trim()
+                .parse()
+                .map_err(|_| format!("--members entry {entry:?}: {address:?} is not an address"))?;
+            Ok((id, address))
+        })
+        .collect()
 }
 
 fn init_logging(format: LogFormat) {
@@ -102,6 +156,26 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let node = Node::open(NodeConfig { storage, default_region: args.region.clone() })?;
     if !(args.ttl_interval.is_finite() && args.ttl_interval > 0.0) {
         return Err(format!("--ttl-interval must be a positive number of seconds, not {}", args.ttl_interval));
+    }
+    let members = parse_members(&args.members)?;
+    if !members.is_empty() {
+        let node_id = args.node_id.ok_or("--members needs --node-id")?;
+        let listen = match args.cluster_listen {
+            Some(listen) => listen,
+            None => members
+                .iter()
+                .find(|(id, _)| *id == node_id)
+                .map(|(_, address)| *address)
+                .ok_or_else(|| format!("node {node_id} is not in --members"))?,
+        };
+        let config = ClusterConfig {
+            node_id,
+            cluster_name: args.cluster_name.clone(),
+            listen,
+            members,
+            replication: args.replication,
+        };
+        node.start_cluster(config).await?;
     }
     node.start_background(Duration::from_secs_f64(args.ttl_interval));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -160,10 +234,80 @@ fn bench(args: onggi_bench::BenchArgs) -> ExitCode {
     }
 }
 
+/// Runs `onggi dev`: starts the nodes, prints their endpoints, and stops them on Ctrl-C.
+fn dev(args: DevArgs) -> Result<(), String> {
+    use std::io::BufRead;
+    if args.nodes == 0 || args.nodes > 16 {
+        return Err("--nodes must be between 1 and 16".into());
+    }
+    let executable = std::env::current_exe().map_err(|error| format!("cannot find the onggi executable: {error}"))?;
+    let api_port = |i: usize| args.base_port as usize + i;
+    let cluster_port = |i: usize| args.base_port as usize + 100 + i;
+    if cluster_port(args.nodes) > usize::from(u16::MAX) {
+        return Err("--base-port is too high".into());
+    }
+    let members: Vec<String> = (0..args.nodes).map(|i| format!("{}=127.0.0.1:{}", i + 1, cluster_port(i))).collect();
+    let mut children = Vec::new();
+    for i in 0..args.nodes {
+        let mut command = std::process::Command::new(&executable);
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", api_port(i)))
+            .arg("--node-id")
+            .arg((i + 1).to_string())
+            .arg("--members")
+            .arg(members.join(","))
+            .stdout(std::process::Stdio::piped());
+        if args.in_memory {
+            command.arg("--in-memory");
+        } else {
+            command.arg("--data-dir").arg(args.data_dir.join(format!("node-{}", i + 1)));
+        }
+        let mut child = command.spawn().map_err(|error| format!("cannot start node {}: {error}", i + 1))?;
+        let stdout = child.stdout.take().ok_or("no stdout from a node")?;
+        children.push(child);
+        // Wait for the node's banner (its one stdout line) before starting the next.
+        let mut banner = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut banner).map_err(|error| error.to_string())?;
+        if banner.is_empty() {
+            for child in &mut children {
+                let _ = child.kill();
+            }
+            return Err(format!("node {} exited during start-up (see its log above)", i + 1));
+        }
+    }
+    println!("onggi dev: {} nodes, replication factor {}:", args.nodes, args.nodes.min(3));
+    for i in 0..args.nodes {
+        println!("  node {}: http://127.0.0.1:{}  (cluster port {})", i + 1, api_port(i), cluster_port(i));
+    }
+    println!("Press Ctrl-C to stop them.");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(shutdown_signal());
+    for child in &mut children {
+        // SIGTERM: each node finishes its requests and flushes; acknowledged writes are already durable.
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    }
+    for child in &mut children {
+        let _ = child.wait();
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => bench(args),
+        Command::Dev(args) => {
+            init_logging(LogFormat::Text);
+            match dev(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("onggi dev: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(args) => {
             init_logging(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -1,0 +1,645 @@
+//! The node on a cluster: its replicas' consensus state and the coordinator of item operations.
+//!
+//! A node started with a [`ClusterConfig`] binds the cluster transport (`onggi-transport`) and
+//! computes the partition layout (`onggi_core::layout`) of the configured members. From then on:
+//!
+//! - **As a replica** it answers consensus requests about items it holds (`replica_*`): under the
+//!   item's lock it loads the item's [`Acceptor`] — the committed version is the item's record in
+//!   the table's tree, the promised ballot and any accepted proposal are a
+//!   [`ConsensusState`] in the table's consensus tree — runs the pure handler, and persists what
+//!   changed (fsynced) before answering. A commit writes the chosen version as the item's record,
+//!   with its index entries, in one batch that also retires the consensus state it supersedes.
+//! - **As a coordinator** it runs [`Node::execute`]'s decide closure as the apply function of a
+//!   [`Proposer`] over the item's replicas (the local one called directly, the others through
+//!   the transport), with round timeouts, randomized back-off under contention and an overall
+//!   deadline; strict reads take the proposer's one-round-trip read path. A write is
+//!   acknowledged once a majority of replicas accepted it durably; commits then go to every
+//!   replica without waiting (the local one is applied before answering).
+//!
+//! **What is not here yet** (each answers a clear error or is documented): membership is the
+//! static list given at start (gossip, join and decommission come next); tables are created and
+//! deleted on every reachable member by the node that receives the request, not by consensus, so
+//! a member that is down misses the change; UpdateTable, TTL and tag changes are refused on a
+//! multi-node cluster; Query and Scan read the receiving node's own replica, which holds every
+//! partition only while the cluster has no more members than the replication factor (they are
+//! refused otherwise) and is eventually consistent; no hinted handoff, read repair or
+//! anti-entropy yet, so a replica that missed commits catches up only through later consensus
+//! rounds on the same items.
+
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use onggi_core::consensus_state::ConsensusState;
+use onggi_core::layout::{Layout, Node as Member, NodeId};
+use onggi_core::paxos::{Acceptor, Ballot, Decision, Knowledge, Proposer, Step, Version};
+use onggi_core::record::Record;
+use onggi_model::table::TableSchema;
+use onggi_model::{DynamoError, Item};
+use onggi_storage::{Durability, Tree, WriteBatch};
+use onggi_transport::{Handler, HandlerError, PeerInfo, Transport};
+
+use crate::catalog::TableHandle;
+use crate::indexing;
+use crate::items::Effect;
+use crate::tables::storage_error;
+use crate::{Inner, Node};
+use wire::{Reply, Request, Value};
+
+/// How long a coordinator waits for one round's answers.
+const ROUND_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How long a coordinator keeps trying before it gives up on an operation.
+const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
+/// Partitions of a cluster created by this build (fixed for the cluster's life).
+pub const PARTITIONS_DEFAULT: u32 = 256;
+
+/// How a node joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node's id: unique in the cluster, never reused.
+    pub node_id: u64,
+    /// The cluster's name; nodes of another cluster are refused at the handshake.
+    pub cluster_name: String,
+    /// Where this node listens for its peers.
+    pub listen: SocketAddr,
+    /// Every member (this node included): id and cluster address.
+    pub members: Vec<(u64, SocketAddr)>,
+    /// Replicas per item (N).
+    pub replication: usize,
+}
+
+/// A node's cluster state.
+pub(crate) struct Cluster {
+    me: NodeId,
+    layout: Layout,
+    addresses: BTreeMap<NodeId, SocketAddr>,
+    transport: Transport,
+    /// Consensus trees by table id, opened on first use.
+    consensus_trees: Mutex<BTreeMap<String, Tree>>,
+}
+
+impl Cluster {
+    /// The replicas of the item at `key`.
+    pub(crate) fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
+        self.layout.replicas(self.layout.partition_of_key(key)).to_vec()
+    }
+
+    /// Whether this node holds a replica of every partition (so local range reads see all data).
+    pub(crate) fn holds_everything(&self) -> bool {
+        self.layout.replica_count() == self.layout.nodes().len()
+    }
+
+    /// Other members' cluster addresses.
+    fn peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addresses.iter().filter(|(id, _)| **id != self.me).map(|(_, address)| *address)
+    }
+}
+
+/// The name of the storage tree holding a table's consensus state.
+pub fn consensus_tree_name(schema: &TableSchema) -> String {
+    format!("consensus.{}", schema.id)
+}
+
+/// Answers peers' requests on behalf of the node (held weakly: the node owns the transport).
+struct PeerHandler {
+    node: Weak<Inner>,
+}
+
+impl Handler for PeerHandler {
+    async fn request(&self, _from: PeerInfo, tag: u16, payload: Bytes) -> Result<Bytes, HandlerError> {
+        let node = Node { inner: self.node.upgrade().ok_or_else(|| HandlerError::new("node is stopping"))? };
+        match tag {
+            wire::tag::CONSENSUS => {
+                let (table_id, key, request) =
+                    wire::decode_request(&payload).map_err(|error| HandlerError::new(error.to_string()))?;
+                let reply = node
+                    .replica(&table_id, key, request)
+                    .await
+                    .map_err(|error| HandlerError::new(error.message.clone()))?;
+                Ok(Bytes::from(wire::encode_reply(&reply)))
+            }
+            wire::tag::TABLE_CREATED => {
+                let schema: TableSchema = serde_json::from_slice(&payload)
+                    .map_err(|error| HandlerError::new(format!("table schema: {error}")))?;
+                node.install_table(schema).await.map_err(|error| HandlerError::new(error.message.clone()))?;
+                Ok(Bytes::new())
+            }
+            wire::tag::TABLE_DELETED => {
+                let id = wire::decode_table_deleted(&payload).map_err(|error| HandlerError::new(error.to_string()))?;
+                node.uninstall_table(&id).await.map_err(|error| HandlerError::new(error.message.clone()))?;
+                Ok(Bytes::new())
+            }
+            other => Err(HandlerError::new(format!("unknown message tag {other}"))),
+        }
+    }
+
+    fn message(&self, _from: PeerInfo, tag: u16, payload: Bytes) {
+        let Some(inner) = self.node.upgrade() else { return };
+        if tag != wire::tag::COMMIT {
+            return;
+        }
+        let node = Node { inner };
+        tokio::spawn(async move {
+            match wire::decode_request(&payload) {
+                Ok((table_id, key, request @ Request::Commit(_))) => {
+                    if let Err(error) = node.replica(&table_id, key, request).await {
+                        tracing::debug!(%error, "commit not applied");
+                    }
+                }
+                Ok(_) => tracing::warn!("a one-way consensus message that is not a commit was ignored"),
+                Err(error) => tracing::warn!(%error, "malformed commit ignored"),
+            }
+        });
+    }
+}
+
+impl Node {
+    /// Joins the cluster `config` describes: binds the cluster transport and computes the layout.
+    /// Call once, before serving requests.
+    pub async fn start_cluster(&self, config: ClusterConfig) -> Result<(), String> {
+        let members: Vec<Member> = config.members.iter().map(|(id, _)| Member::new(NodeId(*id))).collect();
+        if !config.members.iter().any(|(id, _)| *id == config.node_id) {
+            return Err(format!("node {} is not among the cluster members", config.node_id));
+        }
+        let replication = config.replication.min(config.members.len());
+        let layout = Layout::new(PARTITIONS_DEFAULT, replication, members)
+            .map_err(|error| format!("cannot lay out the cluster: {error}"))?;
+        let handler = PeerHandler { node: Arc::downgrade(&self.inner) };
+        let transport_config = onggi_transport::Config::new(config.node_id, config.cluster_name.clone(), config.listen);
+        let transport = Transport::bind(transport_config, handler)
+            .await
+            .map_err(|error| format!("cannot listen for cluster peers on {}: {error}", config.listen))?;
+        let cluster = Cluster {
+            me: NodeId(config.node_id),
+            layout,
+            addresses: config.members.iter().map(|(id, address)| (NodeId(*id), *address)).collect(),
+            transport,
+            consensus_trees: Mutex::new(BTreeMap::new()),
+        };
+        self.inner.node_id.store(config.node_id, std::sync::atomic::Ordering::Relaxed);
+        self.inner.cluster.set(Arc::new(cluster)).map_err(|_| "the cluster was already started".to_string())?;
+        tracing::info!(node = config.node_id, members = config.members.len(), replication, "joined the cluster");
+        Ok(())
+    }
+
+    /// The cluster, when this node is part of one with other members.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.inner.cluster.get().filter(|cluster| cluster.addresses.len() > 1)
+    }
+
+    fn consensus_tree(&self, cluster: &Cluster, table: &TableHandle) -> Result<Tree, DynamoError> {
+        let mut trees = cluster.consensus_trees.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tree) = trees.get(&table.schema.id) {
+            return Ok(tree.clone());
+        }
+        let tree = self.inner.engine.open_tree(&consensus_tree_name(&table.schema)).map_err(storage_error)?;
+        trees.insert(table.schema.id.clone(), tree.clone());
+        Ok(tree)
+    }
+
+    fn table_by_id(&self, id: &str) -> Result<Arc<TableHandle>, DynamoError> {
+        self.inner
+            .catalog
+            .names()
+            .into_iter()
+            .filter_map(|name| self.inner.catalog.get(&name))
+            .find(|table| table.schema.id == id)
+            .ok_or_else(|| DynamoError::internal(format!("table {id} is not known on this node")))
+    }
+
+    // ----- replica -----
+
+    /// Handles one consensus request for an item this node holds.
+    async fn replica(&self, table_id: &str, key: Vec<u8>, request: Request) -> Result<Reply, DynamoError> {
+        let cluster = self.cluster().ok_or_else(|| DynamoError::internal("not part of a cluster"))?.clone();
+        let table = self.table_by_id(table_id)?;
+        let consensus = self.consensus_tree(&cluster, &table)?;
+        let guard = self.inner.locks.lock(&table, &key).await;
+        let (mut acceptor, state_present) = self.load_acceptor(&table, &consensus, &key)?;
+        match request {
+            Request::Read => Ok(Reply::Knowledge(acceptor.knowledge())),
+            Request::Prepare(ballot) => {
+                let (promise, changed) = acceptor.prepare(ballot);
+                if changed {
+                    self.persist_state(&consensus, &key, &acceptor).await?;
+                }
+                drop(guard);
+                Ok(Reply::Promise(promise))
+            }
+            Request::Accept(proposal) => {
+                let (answer, changed) = acceptor.accept(proposal);
+                if changed {
+                    self.persist_state(&consensus, &key, &acceptor).await?;
+                }
+                drop(guard);
+                Ok(Reply::Acceptance(answer))
+            }
+            Request::Commit(version) => {
+                let old = acceptor.committed.as_ref().and_then(|committed| committed.value.clone());
+                if acceptor.commit(version.clone()) {
+                    self.write_committed(&table, &consensus, key, old, version, &acceptor, state_present, guard)
+                        .await?;
+                }
+                Ok(Reply::Committed)
+            }
+        }
+    }
+
+    /// The item's acceptor, and whether a consensus state entry exists for it.
+    fn load_acceptor(
+        &self,
+        table: &TableHandle,
+        consensus: &Tree,
+        key: &[u8],
+    ) -> Result<(Acceptor<Value>, bool), DynamoError> {
+        let unreadable = |error: String| DynamoError::internal(format!("stored consensus data unreadable: {error}"));
+        let committed = match self.inner.engine.get(&table.tree, key).map_err(storage_error)? {
+            Some(bytes) => {
+                let record = Record::decode(&bytes).map_err(|error| unreadable(error.to_string()))?;
+                Some(Version { ballot: record.version, value: record.item })
+            }
+            None => None,
+        };
+        let (promised, accepted, present) = match self.inner.engine.get(consensus, key).map_err(storage_error)? {
+            Some(bytes) => {
+                let state = ConsensusState::decode(&bytes).map_err(|error| unreadable(error.to_string()))?;
+                let accepted = state.accepted.map(|record| Version { ballot: record.version, value: record.item });
+                (state.promised, accepted, true)
+            }
+            None => (committed.as_ref().map_or(Ballot::ZERO, |version| version.ballot), None, false),
+        };
+        Ok((Acceptor { promised, accepted, committed }, present))
+    }
+
+    fn consensus_state(acceptor: &Acceptor<Value>) -> ConsensusState {
+        ConsensusState {
+            promised: acceptor.promised,
+            accepted: acceptor.accepted.as_ref().map(|version| Record {
+                version: version.ballot,
+                item: version.value.clone(),
+                expired: false,
+            }),
+        }
+    }
+
+    /// Persists a promise or an accepted proposal, durably, before the answer that depends on it.
+    async fn persist_state(&self, consensus: &Tree, key: &[u8], acceptor: &Acceptor<Value>) -> Result<(), DynamoError> {
+        let mut batch = WriteBatch::new();
+        batch.put(consensus, key.to_vec(), Self::consensus_state(acceptor).encode());
+        self.commit_batch(batch, Durability::Sync, || {}).await
+    }
+
+    /// Writes a chosen version as the item's record, with its index entries, and retires the
+    /// consensus state it makes redundant, in one batch (not waiting for an fsync: a commit lost
+    /// in a crash is recovered from the accepted proposal it would have retired, or from peers).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_committed(
+        &self,
+        table: &Arc<TableHandle>,
+        consensus: &Tree,
+        key: Vec<u8>,
+        old: Option<Item>,
+        version: Version<Value>,
+        acceptor: &Acceptor<Value>,
+        state_present: bool,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<(), DynamoError> {
+        let mut batch = WriteBatch::new();
+        let index_deltas =
+            indexing::index_changes(table, &key, old.as_ref(), version.value.as_ref(), version.ballot, &mut batch);
+        let redundant = acceptor.accepted.is_none() && acceptor.promised <= version.ballot;
+        if redundant {
+            if state_present {
+                batch.delete(consensus, key.clone());
+            }
+        } else {
+            batch.put(consensus, key.clone(), Self::consensus_state(acceptor).encode());
+        }
+        let old_size = old.as_ref().map(onggi_model::value::item_size_bytes);
+        let new_size = version.value.as_ref().map(onggi_model::value::item_size_bytes);
+        let record = Record { version: version.ballot, item: version.value, expired: false };
+        batch.put(&table.tree, key, record.encode());
+        let table = table.clone();
+        self.commit_batch(batch, Durability::Buffered, move || {
+            table.account(old_size, new_size);
+            for delta in index_deltas {
+                delta.apply(&table);
+            }
+            drop(guard);
+        })
+        .await
+    }
+
+    async fn commit_batch(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+        on_success: impl FnOnce() + Send + 'static,
+    ) -> Result<(), DynamoError> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.inner.engine.commit(
+            batch,
+            durability,
+            Box::new(move |result| {
+                if result.is_ok() {
+                    on_success();
+                }
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.await.unwrap_or(Err(onggi_storage::StorageError::Closed)).map_err(storage_error)
+    }
+
+    // ----- coordinator -----
+
+    /// Sends `request` about an item to `replica` (called directly when it is this node).
+    async fn ask(
+        &self,
+        cluster: &Cluster,
+        replica: NodeId,
+        table_id: &str,
+        key: &[u8],
+        request: Request,
+    ) -> Option<Reply> {
+        if replica == cluster.me {
+            return self.replica(table_id, key.to_vec(), request).await.ok();
+        }
+        let address = *cluster.addresses.get(&replica)?;
+        let payload = Bytes::from(wire::encode_request(table_id, key, &request));
+        match cluster.transport.request(address, wire::tag::CONSENSUS, payload, ROUND_TIMEOUT).await {
+            Ok(bytes) => wire::decode_reply(&bytes).ok(),
+            Err(error) => {
+                tracing::debug!(%error, replica = replica.0, "consensus request failed");
+                None
+            }
+        }
+    }
+
+    /// Sends `request` to every replica at once and feeds the answers to `on_answer` until it
+    /// returns a step other than [`Step::Wait`], every replica has answered, or the round times out.
+    async fn round(
+        &self,
+        cluster: &Arc<Cluster>,
+        replicas: &[NodeId],
+        table_id: &str,
+        key: &[u8],
+        request: Request,
+        mut on_answer: impl FnMut(NodeId, Reply) -> Step<Value>,
+    ) -> Step<Value> {
+        let mut answers = tokio::task::JoinSet::new();
+        for &replica in replicas {
+            let (node, cluster, table_id, key, request) =
+                (self.clone(), cluster.clone(), table_id.to_string(), key.to_vec(), request.clone());
+            answers.spawn(async move { (replica, node.ask(&cluster, replica, &table_id, &key, request).await) });
+        }
+        let deadline = tokio::time::sleep(ROUND_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                answer = answers.join_next() => match answer {
+                    Some(Ok((replica, Some(reply)))) => {
+                        let step = on_answer(replica, reply);
+                        if step != Step::Wait {
+                            return step;
+                        }
+                    }
+                    Some(_) => {}
+                    None => return Step::Wait,
+                },
+                _ = &mut deadline => return Step::Wait,
+            }
+        }
+    }
+
+    fn new_ballot(&self, above: Ballot) -> Ballot {
+        self.inner.observe(above.time);
+        let ballot = self.inner.version();
+        debug_assert!(ballot > above);
+        ballot
+    }
+
+    /// Runs an item operation through per-item consensus (see the module docs). `decide` may run
+    /// several times, once per round that reaches the apply step.
+    pub(crate) async fn execute_replicated<T>(
+        &self,
+        cluster: &Arc<Cluster>,
+        table: &Arc<TableHandle>,
+        key: Vec<u8>,
+        read_only: bool,
+        mut decide: impl FnMut(Option<&Item>) -> Result<(Effect, T), DynamoError>,
+    ) -> Result<(T, Option<Item>), DynamoError> {
+        let replicas = cluster.replicas(&key);
+        let table_id = table.schema.id.clone();
+        let started = tokio::time::Instant::now();
+        let (mut proposer, mut step) = if read_only {
+            let proposer = Proposer::read(replicas.clone());
+            (proposer, Step::Wait)
+        } else {
+            let ballot = self.new_ballot(Ballot::ZERO);
+            (Proposer::write(replicas.clone(), ballot), Step::Prepare(ballot))
+        };
+        if read_only {
+            step = self
+                .round(cluster, &replicas, &table_id, &key, Request::Read, |from, reply| match reply {
+                    Reply::Knowledge(knowledge) => proposer.on_read(from, knowledge),
+                    _ => Step::Wait,
+                })
+                .await;
+        }
+        let mut decisions: Vec<(Ballot, Result<T, DynamoError>)> = Vec::new();
+        loop {
+            if started.elapsed() > OPERATION_DEADLINE {
+                return Err(self.gave_up(proposer.maybe_applied()));
+            }
+            step =
+                match step {
+                    Step::Wait => {
+                        // A round timed out: start a new one.
+                        let ballot = self.new_ballot(proposer.ballot());
+                        proposer.restart(ballot)
+                    }
+                    Step::Prepare(ballot) => {
+                        self.round(cluster, &replicas, &table_id, &key, Request::Prepare(ballot), |from, reply| {
+                            match reply {
+                                Reply::Promise(promise) => proposer.on_promise(from, ballot, promise),
+                                _ => Step::Wait,
+                            }
+                        })
+                        .await
+                    }
+                    Step::Apply(current) => {
+                        let item = current.and_then(|version| version.value);
+                        let (decision, answer) = match decide(item.as_ref()) {
+                            Ok((Effect::Put(new), answer)) => (Decision::Write(Some(new)), Ok(answer)),
+                            Ok((Effect::Delete, answer)) => (Decision::Write(None), Ok(answer)),
+                            Ok((Effect::Keep, answer)) => (Decision::Keep, Ok(answer)),
+                            Err(error) => (Decision::Keep, Err(error)),
+                        };
+                        decisions.push((proposer.ballot(), answer));
+                        proposer.decide(decision)
+                    }
+                    Step::Accept(proposal) => {
+                        let ballot = proposal.ballot;
+                        self.round(cluster, &replicas, &table_id, &key, Request::Accept(proposal), |from, reply| {
+                            match reply {
+                                Reply::Acceptance(answer) => proposer.on_accept(from, ballot, answer),
+                                _ => Step::Wait,
+                            }
+                        })
+                        .await
+                    }
+                    Step::Retry(above) => {
+                        let backoff = Duration::from_millis(1 + self.inner.random_below(20));
+                        tokio::time::sleep(backoff).await;
+                        let ballot = self.new_ballot(above.max(proposer.ballot()));
+                        proposer.restart(ballot)
+                    }
+                    Step::Done(outcome) => {
+                        if let Some(chosen) = outcome.commit.clone() {
+                            self.spread_commit(cluster, &replicas, &table_id, &key, chosen).await;
+                        }
+                        let current = outcome.version.and_then(|version| version.value);
+                        if read_only && outcome.decided_at == Ballot::ZERO {
+                            // The one-round-trip read decided nothing: decide now, on the value read.
+                            let (_, answer) = decide(current.as_ref())?;
+                            return Ok((answer, current));
+                        }
+                        let position = decisions
+                            .iter()
+                            .position(|(ballot, _)| *ballot == outcome.decided_at)
+                            .ok_or_else(|| DynamoError::internal("consensus finished without its decision"))?;
+                        return decisions.swap_remove(position).1.map(|answer| (answer, current));
+                    }
+                    Step::Indeterminate => return Err(self.gave_up(true)),
+                };
+        }
+    }
+
+    fn gave_up(&self, maybe_applied: bool) -> DynamoError {
+        if maybe_applied {
+            DynamoError::internal(
+                "the item's replicas could not confirm the write in time; it may or may not have been applied",
+            )
+        } else {
+            DynamoError::new(
+                onggi_model::ErrorKind::Throttling,
+                "not enough of the item's replicas are reachable; nothing was written, retry later",
+            )
+        }
+    }
+
+    /// Tells every replica about a chosen version: the local one before answering, the others
+    /// without waiting.
+    async fn spread_commit(
+        &self,
+        cluster: &Arc<Cluster>,
+        replicas: &[NodeId],
+        table_id: &str,
+        key: &[u8],
+        chosen: Version<Value>,
+    ) {
+        let payload = Bytes::from(wire::encode_request(table_id, key, &Request::Commit(chosen.clone())));
+        for &replica in replicas {
+            if replica == cluster.me {
+                if let Err(error) = self.replica(table_id, key.to_vec(), Request::Commit(chosen.clone())).await {
+                    tracing::warn!(%error, "local commit failed");
+                }
+            } else if let Some(&address) = cluster.addresses.get(&replica)
+                && let Err(error) = cluster.transport.send(address, wire::tag::COMMIT, payload.clone()).await
+            {
+                tracing::debug!(%error, replica = replica.0, "commit not sent");
+            }
+        }
+    }
+
+    /// Reads an item's committed version from one replica, this node when it is one (an
+    /// eventually consistent read).
+    pub(crate) async fn read_one_replica(
+        &self,
+        cluster: &Arc<Cluster>,
+        table: &TableHandle,
+        key: &[u8],
+    ) -> Result<Option<Item>, DynamoError> {
+        let replicas = cluster.replicas(key);
+        if replicas.contains(&cluster.me) {
+            return self.read_current(table, key);
+        }
+        for replica in replicas {
+            if let Some(Reply::Knowledge(Knowledge { committed, .. })) =
+                self.ask(cluster, replica, &table.schema.id, key, Request::Read).await
+            {
+                return Ok(committed.and_then(|version| version.value));
+            }
+        }
+        Err(self.gave_up(false))
+    }
+
+    // ----- tables -----
+
+    /// Tells every other member about a table this node created (best effort: see the module docs).
+    pub(crate) async fn announce_table_created(&self, schema: &TableSchema) {
+        let Some(cluster) = self.cluster() else { return };
+        let payload = match serde_json::to_vec(schema) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(error) => {
+                tracing::error!(%error, "table schema could not be encoded for peers");
+                return;
+            }
+        };
+        for peer in cluster.peers() {
+            let answer =
+                cluster.transport.request(peer, wire::tag::TABLE_CREATED, payload.clone(), ROUND_TIMEOUT).await;
+            if let Err(error) = answer {
+                tracing::warn!(%error, %peer, table = %schema.name, "peer did not learn of the new table");
+            }
+        }
+    }
+
+    /// Tells every other member about a table this node deleted.
+    pub(crate) async fn announce_table_deleted(&self, schema: &TableSchema) {
+        let Some(cluster) = self.cluster() else { return };
+        let payload = Bytes::from(wire::encode_table_deleted(&schema.id));
+        for peer in cluster.peers() {
+            let answer =
+                cluster.transport.request(peer, wire::tag::TABLE_DELETED, payload.clone(), ROUND_TIMEOUT).await;
+            if let Err(error) = answer {
+                tracing::warn!(%error, %peer, table = %schema.name, "peer did not learn that the table was deleted");
+            }
+        }
+    }
+
+    async fn install_table(&self, schema: TableSchema) -> Result<(), DynamoError> {
+        let catalog = &self.inner.catalog;
+        let _change = catalog.changes.lock().await;
+        match catalog.get(&schema.name) {
+            Some(existing) if existing.schema.id == schema.id => Ok(()),
+            Some(_) => Err(DynamoError::internal(format!("a different table named {} exists here", schema.name))),
+            None => {
+                let handle = catalog.store(schema).await.map_err(storage_error)?;
+                tracing::info!(table = %handle.schema.name, id = %handle.schema.id, "table created by a peer");
+                Ok(())
+            }
+        }
+    }
+
+    async fn uninstall_table(&self, id: &str) -> Result<(), DynamoError> {
+        let catalog = &self.inner.catalog;
+        let _change = catalog.changes.lock().await;
+        let Some(table) = catalog.names().into_iter().filter_map(|name| catalog.get(&name)).find(|t| t.schema.id == id)
+        else {
+            return Ok(());
+        };
+        catalog.remove(&table.schema.name).await.map_err(storage_error)?;
+        tracing::info!(table = %table.schema.name, "table deleted by a peer");
+        Ok(())
+    }
+}
+
+/// The error for table-level changes a multi-node cluster does not agree on yet.
+pub(crate) fn not_on_a_cluster(operation: &str) -> DynamoError {
+    DynamoError::validation(format!("onggi does not support {operation} on a multi-node cluster yet"))
+}
