@@ -514,7 +514,7 @@ pub fn codec(data: &[u8]) {
                 exercise(resolved, &[&item]);
             }
         }
-        let record = Record { version: Ballot { time: Timestamp(u64::MAX), node: NodeId(u64::MAX) }, item: Some(item), expired: false };
+        let record = Record { version: Ballot { time: Timestamp(u64::MAX), node: NodeId(u64::MAX) }, item: Some(item), expired: false, lineage: None };
         assert_eq!(Record::decode(&record.encode()).as_ref(), Ok(&record), "record does not round-trip");
     }
     if let Ok(record) = Record::decode(data) {

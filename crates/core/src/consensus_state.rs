@@ -112,11 +112,16 @@ mod tests {
             ConsensusState { promised: ballot(5, 2), accepted: None },
             ConsensusState {
                 promised: ballot(u64::MAX, u64::MAX),
-                accepted: Some(Record { version: ballot(4, 1), item: Some(item), expired: false }),
+                accepted: Some(Record { version: ballot(4, 1), item: Some(item), expired: false, lineage: None }),
             },
             ConsensusState {
                 promised: ballot(9, 3),
-                accepted: Some(Record { version: ballot(9, 3), item: None, expired: false }),
+                accepted: Some(Record {
+                    version: ballot(9, 3),
+                    item: None,
+                    expired: false,
+                    lineage: Some(crate::paxos::Lineage { since: Timestamp(2), writers: vec![ballot(9, 3)] }),
+                }),
             },
         ] {
             assert_eq!(ConsensusState::decode(&state.encode()), Ok(state));

@@ -202,6 +202,71 @@ impl<V: Clone + PartialEq> Acceptor<V> {
     }
 }
 
+/// What a value knows of the operations that wrote it, so that a proposer whose earlier attempt
+/// may or may not have been built upon can tell (see "Retries" in the module docs).
+pub trait Lineaged {
+    /// `Some(true)` if the write proposed at ballot `attempt` is in this value's history,
+    /// `Some(false)` if it certainly is not, `None` if the value cannot tell.
+    fn written_by(&self, attempt: Ballot) -> Option<bool>;
+}
+
+/// Values that keep no lineage: a proposer falls back on ballot order alone.
+impl Lineaged for u64 {
+    fn written_by(&self, _attempt: Ballot) -> Option<bool> {
+        None
+    }
+}
+
+/// The recent writers of a value: the attempt ballots of the writes in its history since a
+/// time, complete from that time on. A writer adds its attempt's ballot; entries older than a
+/// window behind the newest are dropped (raising `since`), so the lineage of an item written
+/// rarely is empty, and a contended one holds the writes of the last window — longer than any
+/// operation's retries last.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Lineage {
+    /// Every write in the history at or after this time is listed.
+    pub since: Timestamp,
+    /// Attempt ballots of the writes since then, oldest first.
+    pub writers: Vec<Ballot>,
+}
+
+/// Most writers a lineage keeps, whatever the window.
+pub const LINEAGE_WRITERS_MAX: usize = 64;
+
+impl Lineage {
+    /// The lineage of a version written without one (before the cluster, or by one node alone):
+    /// nothing is known of writes up to and including `version`.
+    pub fn unknown_before(version: Ballot) -> Lineage {
+        Lineage { since: Timestamp(version.time.0.saturating_add(1)), writers: Vec::new() }
+    }
+
+    /// See [`Lineaged::written_by`].
+    pub fn written_by(&self, attempt: Ballot) -> Option<bool> {
+        if self.writers.contains(&attempt) {
+            Some(true)
+        } else if attempt.time >= self.since {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// This lineage with the write proposed at `attempt` added, keeping `window_ms` of history.
+    pub fn with_writer(&self, attempt: Ballot, window_ms: u64) -> Lineage {
+        let horizon = Timestamp::new(attempt.time.physical_ms().saturating_sub(window_ms), 0);
+        let mut since = self.since.max(horizon);
+        let mut writers: Vec<Ballot> =
+            self.writers.iter().copied().filter(|writer| writer.time >= since && *writer != attempt).collect();
+        writers.push(attempt);
+        writers.sort_unstable();
+        while writers.len() > LINEAGE_WRITERS_MAX {
+            let dropped = writers.remove(0);
+            since = since.max(Timestamp(dropped.time.0.saturating_add(1)));
+        }
+        Lineage { since, writers }
+    }
+}
+
 /// The caller's decision once the item's current value is known.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Decision<V> {
@@ -289,7 +354,7 @@ pub struct Proposer<V> {
     decided_at: Ballot,
 }
 
-impl<V: Clone + PartialEq + Default> Proposer<V> {
+impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
     fn with_phase(replicas: Vec<NodeId>, ballot: Ballot, phase: Phase) -> Proposer<V> {
         assert!(!replicas.is_empty(), "an item has at least one replica");
         Proposer {
@@ -477,9 +542,26 @@ impl<V: Clone + PartialEq + Default> Proposer<V> {
         let safe_base =
             self.attempts.iter().all(|&(attempt, _)| current_ballot < attempt) || self.keeps.contains(&current_ballot);
         if !safe_base {
-            // A newer foreign version, possibly derived from one of our attempts.
-            self.phase = Phase::Finished;
-            return Step::Indeterminate;
+            // A newer foreign version, possibly derived from one of our attempts: its lineage
+            // may say which.
+            let value = current.as_ref().map(|version| &version.value);
+            let verdicts: Vec<(Option<bool>, Ballot)> = self
+                .attempts
+                .iter()
+                .map(|&(attempt, decided)| (value.and_then(|value| value.written_by(attempt)), decided))
+                .collect();
+            if let Some(&(_, decided_at)) = verdicts.iter().find(|(verdict, _)| *verdict == Some(true)) {
+                // The operation is in the current value's history: make sure that value is
+                // chosen (it may be unfinished), then report the operation done.
+                let value = current.map(|version| version.value).unwrap_or_default();
+                self.decided_at = decided_at;
+                return self.start_accept(Version { ballot: self.ballot, value }, true);
+            }
+            if verdicts.iter().any(|(verdict, _)| verdict.is_none()) {
+                self.phase = Phase::Finished;
+                return Step::Indeterminate;
+            }
+            // Every attempt is known absent from the current value's history: apply afresh.
         }
         self.phase = Phase::Deciding;
         self.current = current.clone();
@@ -828,5 +910,30 @@ mod tests {
             }
         }
         panic!("the re-proposal was not chosen");
+    }
+
+    #[test]
+    fn a_lineage_knows_its_recent_writers_and_what_it_cannot_tell() {
+        let t = |ms: u64| Ballot { time: Timestamp::new(ms, 0), node: NodeId(1) };
+        let lineage = Lineage::default().with_writer(t(1_000), 500).with_writer(t(1_200), 500);
+        assert_eq!(lineage.written_by(t(1_000)), Some(true));
+        assert_eq!(lineage.written_by(t(1_100)), Some(false));
+        // A later write pushes the window past the first writer: before the window, unknown.
+        let later = lineage.with_writer(t(1_600), 500);
+        assert_eq!(later.written_by(t(1_000)), None);
+        assert_eq!(later.written_by(t(1_200)), Some(true));
+        assert_eq!(later.written_by(t(1_150)), Some(false));
+        // Versions written without a lineage know nothing up to their own version.
+        let legacy = Lineage::unknown_before(t(2_000));
+        assert_eq!(legacy.written_by(t(1_999)), None);
+        assert_eq!(legacy.written_by(t(2_001)), Some(false));
+        // The writer count is bounded; dropping the oldest raises the horizon past it.
+        let mut crowded = Lineage::default();
+        for ms in 0..(LINEAGE_WRITERS_MAX as u64 + 10) {
+            crowded = crowded.with_writer(t(10_000 + ms), 60_000);
+        }
+        assert_eq!(crowded.writers.len(), LINEAGE_WRITERS_MAX);
+        assert_eq!(crowded.written_by(t(10_000)), None);
+        assert_eq!(crowded.written_by(t(10_000 + LINEAGE_WRITERS_MAX as u64 + 9)), Some(true));
     }
 }

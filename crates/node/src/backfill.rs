@@ -129,7 +129,7 @@ impl Node {
                 }
                 let size = entry_size(&entry);
                 let mut batch = WriteBatch::new();
-                let record = Record { version: self.inner.version(), item: Some(entry), expired: false };
+                let record = Record { version: self.inner.version(), item: Some(entry), expired: false, lineage: None };
                 batch.put(&index.tree, entry_key, record.encode());
                 let (sender, receiver) = tokio::sync::oneshot::channel();
                 let table = table.clone();

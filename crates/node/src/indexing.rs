@@ -96,7 +96,11 @@ pub(crate) fn index_changes(
         }
         let new_size = after.as_ref().map(|(_, entry)| entry_size(entry));
         if let Some((new_key, entry)) = after {
-            batch.put(&index.tree, new_key, Record { version, item: Some(entry), expired: false }.encode());
+            batch.put(
+                &index.tree,
+                new_key,
+                Record { version, item: Some(entry), expired: false, lineage: None }.encode(),
+            );
         }
         deltas.push(IndexDelta { position, old_size: before.as_ref().map(|(_, entry)| entry_size(entry)), new_size });
     }

@@ -257,7 +257,7 @@ impl Node {
         let version = self.inner.version();
         let mut batch = WriteBatch::new();
         let index_deltas = indexing::index_changes(table, &key, old, new.as_ref(), version, &mut batch);
-        let record = Record { version, item: new, expired: origin == WriteOrigin::Expiry };
+        let record = Record { version, item: new, expired: origin == WriteOrigin::Expiry, lineage: None };
         batch.put(&table.tree, key, record.encode());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let table = table.clone();

@@ -25,7 +25,9 @@ use std::fmt::Write as _;
 use onggi_core::hlc::{Clock, Timestamp};
 use onggi_core::layout::{Layout, Node as LayoutNode, NodeId, PartitionId};
 use onggi_core::merkle::{self, Comparison, MerkleTree};
-use onggi_core::paxos::{Acceptance, Acceptor, Ballot, Decision, Knowledge, Promise, Proposer, Step, Version};
+use onggi_core::paxos::{
+    Acceptance, Acceptor, Ballot, Decision, Knowledge, Lineage, Lineaged, Promise, Proposer, Step, Version,
+};
 use onggi_core::rng::Rng;
 
 use crate::linearizability::{self, Event as HistoryEvent, Op, Output};
@@ -34,6 +36,23 @@ use crate::linearizability::{self, Event as HistoryEvent, Op, Output};
 type Key = u64;
 /// A simulated item's value: `None` is absent (never written, or deleted).
 type Value = Option<u64>;
+
+/// What replicas agree on for an item: its value and the lineage of writes that made it, which
+/// lets a coordinator tell whether its earlier attempt is in the history (see `paxos.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Stored {
+    value: Value,
+    lineage: Lineage,
+}
+
+impl Lineaged for Stored {
+    fn written_by(&self, attempt: Ballot) -> Option<bool> {
+        self.lineage.written_by(attempt)
+    }
+}
+
+/// How much history of writers a value keeps: longer than any operation's retries.
+const LINEAGE_WINDOW_MS: u64 = 10_000;
 
 /// How long a coordinator waits for a round's answers before starting a new round.
 const ROUND_TIMEOUT_MS: u64 = 120;
@@ -277,7 +296,7 @@ enum Message {
     },
     ReadReply {
         op: OpRef,
-        knowledge: Knowledge<Value>,
+        knowledge: Knowledge<Stored>,
     },
     Prepare {
         op: OpRef,
@@ -287,12 +306,12 @@ enum Message {
     Promise {
         op: OpRef,
         ballot: Ballot,
-        promise: Promise<Value>,
+        promise: Promise<Stored>,
     },
     Accept {
         op: OpRef,
         key: Key,
-        proposal: Version<Value>,
+        proposal: Version<Stored>,
     },
     Accepted {
         op: OpRef,
@@ -301,7 +320,7 @@ enum Message {
     },
     Commit {
         key: Key,
-        version: Version<Value>,
+        version: Version<Stored>,
     },
     /// Anti-entropy, initiator to responder: request number `step` of the comparison
     /// `comparison` (an id of the initiator's) of the trees of `partition`. The responder keeps
@@ -327,7 +346,7 @@ enum Message {
     RangeVersions {
         partition: PartitionId,
         ranges: Vec<(u64, u64)>,
-        versions: Vec<(Key, Version<Value>)>,
+        versions: Vec<(Key, Version<Stored>)>,
         reply: bool,
     },
 }
@@ -368,7 +387,7 @@ struct Coordination {
     client: Option<(usize, u64)>,
     key: Key,
     op: ClientOp,
-    proposer: Proposer<Value>,
+    proposer: Proposer<Stored>,
     round: u32,
     /// What each round decided to tell the client, by the round's ballot.
     outputs: Vec<(Ballot, Output)>,
@@ -382,9 +401,9 @@ struct SimNode {
     skew_ms: i64,
     clock: Clock,
     /// The acceptor state as the node sees it.
-    store: BTreeMap<Key, Acceptor<Value>>,
+    store: BTreeMap<Key, Acceptor<Stored>>,
     /// What survives a crash.
-    durable: BTreeMap<Key, Acceptor<Value>>,
+    durable: BTreeMap<Key, Acceptor<Stored>>,
     /// Keys changed since the last sync.
     dirty: BTreeSet<Key>,
     ops: BTreeMap<u64, Coordination>,
@@ -421,7 +440,7 @@ impl SimNode {
         }
     }
 
-    fn acceptor(&mut self, key: Key) -> &mut Acceptor<Value> {
+    fn acceptor(&mut self, key: Key) -> &mut Acceptor<Stored> {
         self.store.entry(key).or_default()
     }
 }
@@ -870,7 +889,7 @@ impl World {
     /// and, when it is newer than the committed one, replaces that version's entry in the key's
     /// Merkle tree, in the same step, as a node's write path does. The write is not synced (the
     /// node's commit path does not wait for one). Returns whether the version was newer.
-    fn commit(&mut self, node: usize, key: Key, version: Version<Value>) -> bool {
+    fn commit(&mut self, node: usize, key: Key, version: Version<Stored>) -> bool {
         let partition = self.layout.partition_of_token(key_token(key));
         let SimNode { store, dirty, trees, .. } = &mut self.nodes[node];
         let Some(tree) = trees.get_mut(&partition) else {
@@ -1006,7 +1025,7 @@ impl World {
         self.advance(op, step);
     }
 
-    fn advance(&mut self, op: OpRef, step: Step<Value>) {
+    fn advance(&mut self, op: OpRef, step: Step<Stored>) {
         match step {
             Step::Wait => {}
             Step::Prepare(ballot) => {
@@ -1017,14 +1036,21 @@ impl World {
             }
             Step::Apply(current) => {
                 let coordination = self.coordination_mut(op).expect("coordinating");
-                let value = current.and_then(|version| version.value);
+                let current = current.map(|version| version.value).unwrap_or_default();
+                let value = current.value;
+                let ballot = coordination.proposer.ballot();
+                let write = |new: Value| {
+                    Decision::Write(Stored {
+                        value: new,
+                        lineage: current.lineage.with_writer(ballot, LINEAGE_WINDOW_MS),
+                    })
+                };
                 let (decision, output) = match coordination.op {
                     ClientOp::Read => (Decision::Keep, Output::Read(value)),
-                    ClientOp::Write(new) => (Decision::Write(new), Output::Written),
-                    ClientOp::Cas { expected, new } if expected == value => (Decision::Write(new), Output::Cas(true)),
+                    ClientOp::Write(new) => (write(new), Output::Written),
+                    ClientOp::Cas { expected, new } if expected == value => (write(new), Output::Cas(true)),
                     ClientOp::Cas { .. } => (Decision::Keep, Output::Cas(false)),
                 };
-                let ballot = coordination.proposer.ballot();
                 coordination.outputs.push((ballot, output));
                 let step = coordination.proposer.decide(decision);
                 self.advance(op, step);
@@ -1051,7 +1077,7 @@ impl World {
                 }
                 let coordination = self.coordination(op).expect("coordinating");
                 let output = match coordination.op {
-                    ClientOp::Read => Output::Read(outcome.version.and_then(|version| version.value)),
+                    ClientOp::Read => Output::Read(outcome.version.and_then(|version| version.value.value)),
                     _ => coordination
                         .outputs
                         .iter()
@@ -1206,7 +1232,7 @@ impl World {
 
     /// `node`'s committed versions of the keys whose tokens lie in `ranges`: a range scan of
     /// storage on a real node.
-    fn committed_versions_in(&self, node: usize, ranges: &[(u64, u64)]) -> Vec<(Key, Version<Value>)> {
+    fn committed_versions_in(&self, node: usize, ranges: &[(u64, u64)]) -> Vec<(Key, Version<Stored>)> {
         self.nodes[node]
             .store
             .iter()
@@ -1225,7 +1251,7 @@ impl World {
         from: Endpoint,
         partition: PartitionId,
         ranges: Vec<(u64, u64)>,
-        versions: Vec<(Key, Version<Value>)>,
+        versions: Vec<(Key, Version<Stored>)>,
         reply: bool,
     ) {
         if !self.nodes[node].trees.contains_key(&partition) {
@@ -1234,7 +1260,7 @@ impl World {
         let (first, last) = self.layout.partition_range(partition);
         let ranges: Vec<(u64, u64)> =
             ranges.into_iter().filter(|&(start, end)| first <= start && start <= end && end <= last).collect();
-        let received: BTreeMap<Key, Version<Value>> =
+        let received: BTreeMap<Key, Version<Stored>> =
             versions.into_iter().filter(|(key, _)| in_ranges(key_token(*key), &ranges)).collect();
         for (&key, version) in &received {
             if self.commit(node, key, version.clone()) {
@@ -1244,7 +1270,7 @@ impl World {
         if !reply {
             return;
         }
-        let answer: Vec<(Key, Version<Value>)> = self
+        let answer: Vec<(Key, Version<Stored>)> = self
             .committed_versions_in(node, &ranges)
             .into_iter()
             .filter(|(key, version)| received.get(key) != Some(version))
@@ -1388,12 +1414,12 @@ impl World {
     /// (what anti-entropy sees: equal roots end its work on a partition).
     fn converged(&self) -> bool {
         let keys_agree = (0..self.config.keys).all(|key| {
-            let states: Vec<Option<&Acceptor<Value>>> = self
+            let states: Vec<Option<&Acceptor<Stored>>> = self
                 .replicas_of(key)
                 .iter()
                 .map(|&replica| self.nodes[self.index_of(replica)].store.get(&key))
                 .collect();
-            let committed = |state: &Option<&Acceptor<Value>>| state.and_then(|s| s.committed.clone());
+            let committed = |state: &Option<&Acceptor<Stored>>| state.and_then(|s| s.committed.clone());
             states.iter().all(|state| state.is_none_or(|s| s.accepted.is_none()))
                 && states.iter().all(|state| committed(state) == committed(&states[0]))
         });

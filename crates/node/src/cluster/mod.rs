@@ -54,6 +54,9 @@ use wire::{Reply, Request, Value};
 const ROUND_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// How long a coordinator keeps trying before it gives up on an operation.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
+/// How much history of writers an item's value keeps (see `onggi_core::paxos::Lineage`): well
+/// beyond [`OPERATION_DEADLINE`], the longest a coordinator retries one operation.
+const LINEAGE_WINDOW_MS: u64 = 60_000;
 /// Partitions of a cluster created by this build (fixed for the cluster's life).
 pub const PARTITIONS_DEFAULT: u32 = 256;
 
@@ -80,6 +83,9 @@ pub(crate) struct Cluster {
     transport: Transport,
     /// Consensus trees by table id, opened on first use.
     consensus_trees: Mutex<BTreeMap<String, Tree>>,
+    /// Operations this node coordinates on one item run one at a time: concurrent rounds of one
+    /// coordinator would only make each other retry (replica locks are separate, `Inner::locks`).
+    coordinating: crate::items::LockStripes,
 }
 
 impl Cluster {
@@ -179,6 +185,7 @@ impl Node {
             addresses: config.members.iter().map(|(id, address)| (NodeId(*id), *address)).collect(),
             transport,
             consensus_trees: Mutex::new(BTreeMap::new()),
+            coordinating: crate::items::LockStripes::new(),
         };
         self.inner.node_id.store(config.node_id, std::sync::atomic::Ordering::Relaxed);
         self.inner.cluster.set(Arc::new(cluster)).map_err(|_| "the cluster was already started".to_string())?;
@@ -239,7 +246,7 @@ impl Node {
                 Ok(Reply::Acceptance(answer))
             }
             Request::Commit(version) => {
-                let old = acceptor.committed.as_ref().and_then(|committed| committed.value.clone());
+                let old = acceptor.committed.as_ref().and_then(|committed| committed.value.item.clone());
                 if acceptor.commit(version.clone()) {
                     self.write_committed(&table, &consensus, key, old, version, &acceptor, state_present, guard)
                         .await?;
@@ -260,14 +267,14 @@ impl Node {
         let committed = match self.inner.engine.get(&table.tree, key).map_err(storage_error)? {
             Some(bytes) => {
                 let record = Record::decode(&bytes).map_err(|error| unreadable(error.to_string()))?;
-                Some(Version { ballot: record.version, value: record.item })
+                Some(wire::from_record(record))
             }
             None => None,
         };
         let (promised, accepted, present) = match self.inner.engine.get(consensus, key).map_err(storage_error)? {
             Some(bytes) => {
                 let state = ConsensusState::decode(&bytes).map_err(|error| unreadable(error.to_string()))?;
-                let accepted = state.accepted.map(|record| Version { ballot: record.version, value: record.item });
+                let accepted = state.accepted.map(wire::from_record);
                 (state.promised, accepted, true)
             }
             None => (committed.as_ref().map_or(Ballot::ZERO, |version| version.ballot), None, false),
@@ -276,14 +283,7 @@ impl Node {
     }
 
     fn consensus_state(acceptor: &Acceptor<Value>) -> ConsensusState {
-        ConsensusState {
-            promised: acceptor.promised,
-            accepted: acceptor.accepted.as_ref().map(|version| Record {
-                version: version.ballot,
-                item: version.value.clone(),
-                expired: false,
-            }),
-        }
+        ConsensusState { promised: acceptor.promised, accepted: acceptor.accepted.as_ref().map(wire::to_record) }
     }
 
     /// Persists a promise or an accepted proposal, durably, before the answer that depends on it.
@@ -310,7 +310,7 @@ impl Node {
     ) -> Result<(), DynamoError> {
         let mut batch = WriteBatch::new();
         let index_deltas =
-            indexing::index_changes(table, &key, old.as_ref(), version.value.as_ref(), version.ballot, &mut batch);
+            indexing::index_changes(table, &key, old.as_ref(), version.value.item.as_ref(), version.ballot, &mut batch);
         let redundant = acceptor.accepted.is_none() && acceptor.promised <= version.ballot;
         if redundant {
             if state_present {
@@ -320,8 +320,8 @@ impl Node {
             batch.put(consensus, key.clone(), Self::consensus_state(acceptor).encode());
         }
         let old_size = old.as_ref().map(onggi_model::value::item_size_bytes);
-        let new_size = version.value.as_ref().map(onggi_model::value::item_size_bytes);
-        let record = Record { version: version.ballot, item: version.value, expired: false };
+        let new_size = version.value.item.as_ref().map(onggi_model::value::item_size_bytes);
+        let record = wire::to_record(&version);
         batch.put(&table.tree, key, record.encode());
         let table = table.clone();
         self.commit_batch(batch, Durability::Buffered, move || {
@@ -435,6 +435,7 @@ impl Node {
         let replicas = cluster.replicas(&key);
         let table_id = table.schema.id.clone();
         let started = tokio::time::Instant::now();
+        let _turn = cluster.coordinating.lock(table, &key).await;
         let (mut proposer, mut step) = if read_only {
             let proposer = Proposer::read(replicas.clone());
             (proposer, Step::Wait)
@@ -472,10 +473,15 @@ impl Node {
                         .await
                     }
                     Step::Apply(current) => {
-                        let item = current.and_then(|version| version.value);
-                        let (decision, answer) = match decide(item.as_ref()) {
-                            Ok((Effect::Put(new), answer)) => (Decision::Write(Some(new)), Ok(answer)),
-                            Ok((Effect::Delete, answer)) => (Decision::Write(None), Ok(answer)),
+                        let current = current.map(|version| version.value).unwrap_or_default();
+                        let lineage = current.lineage.with_writer(proposer.ballot(), LINEAGE_WINDOW_MS);
+                        let (decision, answer) = match decide(current.item.as_ref()) {
+                            Ok((Effect::Put(new), answer)) => {
+                                (Decision::Write(Value { item: Some(new), lineage }), Ok(answer))
+                            }
+                            Ok((Effect::Delete, answer)) => {
+                                (Decision::Write(Value { item: None, lineage }), Ok(answer))
+                            }
                             Ok((Effect::Keep, answer)) => (Decision::Keep, Ok(answer)),
                             Err(error) => (Decision::Keep, Err(error)),
                         };
@@ -502,7 +508,7 @@ impl Node {
                         if let Some(chosen) = outcome.commit.clone() {
                             self.spread_commit(cluster, &replicas, &table_id, &key, chosen).await;
                         }
-                        let current = outcome.version.and_then(|version| version.value);
+                        let current = outcome.version.and_then(|version| version.value.item);
                         if read_only && outcome.decided_at == Ballot::ZERO {
                             // The one-round-trip read decided nothing: decide now, on the value read.
                             let (_, answer) = decide(current.as_ref())?;
@@ -572,7 +578,7 @@ impl Node {
             if let Some(Reply::Knowledge(Knowledge { committed, .. })) =
                 self.ask(cluster, replica, &table.schema.id, key, Request::Read).await
             {
-                return Ok(committed.and_then(|version| version.value));
+                return Ok(committed.and_then(|version| version.value.item));
             }
         }
         Err(self.gave_up(false))

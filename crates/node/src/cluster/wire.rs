@@ -8,7 +8,7 @@
 
 use onggi_core::hlc::Timestamp;
 use onggi_core::layout::NodeId;
-use onggi_core::paxos::{Acceptance, Ballot, Knowledge, Promise, Version};
+use onggi_core::paxos::{Acceptance, Ballot, Knowledge, Lineage, Lineaged, Promise, Version};
 use onggi_core::record::Record;
 use onggi_model::Item;
 
@@ -27,8 +27,38 @@ pub mod tag {
     pub const TABLE_DELETED: u16 = 4;
 }
 
-/// An item's value in consensus: the item, or `None` for absent (never written, or deleted).
-pub type Value = Option<Item>;
+/// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the
+/// lineage of recent writes that made it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Value {
+    /// The item, or `None` when absent.
+    pub item: Option<Item>,
+    /// Its recent writers.
+    pub lineage: Lineage,
+}
+
+impl Lineaged for Value {
+    fn written_by(&self, attempt: Ballot) -> Option<bool> {
+        self.lineage.written_by(attempt)
+    }
+}
+
+/// A version as the record replicas store.
+pub fn to_record(version: &Version<Value>) -> Record {
+    Record {
+        version: version.ballot,
+        item: version.value.item.clone(),
+        expired: false,
+        lineage: Some(version.value.lineage.clone()),
+    }
+}
+
+/// A stored record as a version (a record written without a lineage knows nothing of its
+/// writers up to its own version).
+pub fn from_record(record: Record) -> Version<Value> {
+    let lineage = record.lineage.unwrap_or_else(|| Lineage::unknown_before(record.version));
+    Version { ballot: record.version, value: Value { item: record.item, lineage } }
+}
 
 /// A request about one item, addressed to one of its replicas.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,8 +118,7 @@ impl Writer {
         self.0.extend_from_slice(&ballot.node.0.to_be_bytes());
     }
     fn version(&mut self, version: &Version<Value>) {
-        let record = Record { version: version.ballot, item: version.value.clone(), expired: false };
-        self.bytes32(&record.encode());
+        self.bytes32(&to_record(version).encode());
     }
     fn optional_version(&mut self, version: Option<&Version<Value>>) {
         match version {
@@ -139,7 +168,7 @@ impl<'a> Reader<'a> {
     }
     fn version(&mut self) -> Result<Version<Value>, WireError> {
         let record = Record::decode(self.bytes32()?).map_err(|error| WireError(error.to_string()))?;
-        Ok(Version { ballot: record.version, value: record.item })
+        Ok(from_record(record))
     }
     fn optional_version(&mut self) -> Result<Option<Version<Value>>, WireError> {
         match self.u8()? {
@@ -269,8 +298,9 @@ mod tests {
     fn requests_and_replies_round_trip() {
         let mut item = Item::new();
         item.insert("pk".into(), AttributeValue::S("a".into()));
-        let version = Version { ballot: ballot(7, 2), value: Some(item) };
-        let tombstone = Version { ballot: ballot(8, 3), value: None };
+        let lineage = Lineage { since: Timestamp(5), writers: vec![ballot(7, 2)] };
+        let version = Version { ballot: ballot(7, 2), value: Value { item: Some(item), lineage: lineage.clone() } };
+        let tombstone = Version { ballot: ballot(8, 3), value: Value { item: None, lineage } };
         for request in [
             Request::Read,
             Request::Prepare(ballot(1, 1)),

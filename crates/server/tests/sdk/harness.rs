@@ -68,10 +68,16 @@ impl Server {
     /// Starts `onggi serve` on `data_dir` and a free port, and waits (bounded) for its banner.
     /// Its log goes to `log_path`. Panics, quoting the log, if it does not come up.
     pub fn start(data_dir: &Path, log_path: &Path) -> Server {
+        Server::start_with(data_dir, log_path, "127.0.0.1:0", &[])
+    }
+
+    /// [`Server::start`] listening on `listen`, with extra `onggi serve` arguments (a cluster's).
+    pub fn start_with(data_dir: &Path, log_path: &Path, listen: &str, extra: &[String]) -> Server {
         let log = File::options().create(true).append(true).open(log_path).expect("open the server log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_onggi"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("ONGGI_LOG", "info,fjall=warn,lsm_tree=warn")
             // Expire TTL items quickly, so that the TTL test stays short.
             .env("ONGGI_TTL_INTERVAL", "0.5")

@@ -12,6 +12,7 @@
 
 mod harness;
 
+mod cluster;
 mod concurrency;
 mod crash;
 mod errors;
