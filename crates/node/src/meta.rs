@@ -129,7 +129,6 @@ fn ttl_description(schema: &TableSchema) -> Json {
 
 impl Node {
     pub(crate) async fn update_time_to_live_impl(&self, input: UpdateTimeToLiveInput) -> Result<Json, DynamoError> {
-        self.refuse_on_a_cluster("UpdateTimeToLive")?;
         let name = required_table_name(input.table_name.as_deref())?;
         let Some(specification) = input.time_to_live_specification.as_ref().filter(|value| !value.is_null()) else {
             return Err(validation("TimeToLiveSpecification cannot be null"));
@@ -145,7 +144,7 @@ impl Node {
             ));
         }
         let catalog = &self.inner.catalog;
-        let _change = catalog.changes.lock().await;
+        let change = catalog.changes.lock().await;
         let table = catalog.get(name).ok_or_else(table_not_found)?;
         let mut schema = table.schema.clone();
         match (&schema.ttl_attribute, enabled) {
@@ -157,7 +156,9 @@ impl Node {
             _ => {}
         }
         schema.ttl_attribute = enabled.then(|| attribute.to_string());
-        catalog.store(schema).await.map_err(storage_error)?;
+        let handle = catalog.store(schema).await.map_err(storage_error)?;
+        drop(change);
+        self.announce_table_schema(&handle.schema).await;
         Ok(json!({"TimeToLiveSpecification": {"Enabled": enabled, "AttributeName": attribute}}))
     }
 
@@ -173,9 +174,6 @@ impl Node {
         operation: TagOperation,
         input: TagsInput,
     ) -> Result<Json, DynamoError> {
-        if operation != TagOperation::List {
-            self.refuse_on_a_cluster("TagResource and UntagResource")?;
-        }
         let Some(arn) = input.resource_arn.as_deref() else {
             return Err(validation(
                 "1 validation error detected: Value null at 'resourceArn' failed to satisfy constraint: Member must not be null",
@@ -207,7 +205,7 @@ impl Node {
             }
         };
         let catalog = &self.inner.catalog;
-        let _change = catalog.changes.lock().await;
+        let catalog_change = catalog.changes.lock().await;
         let table = catalog.get(name).ok_or_else(not_found)?;
         let mut schema = table.schema.clone();
         match change {
@@ -225,7 +223,9 @@ impl Node {
                 }
             }
         }
-        catalog.store(schema).await.map_err(storage_error)?;
+        let handle = catalog.store(schema).await.map_err(storage_error)?;
+        drop(catalog_change);
+        self.announce_table_schema(&handle.schema).await;
         Ok(json!({}))
     }
 

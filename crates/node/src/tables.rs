@@ -108,12 +108,50 @@ fn parse_index_updates(updates: &[serde_json::Value]) -> Result<Vec<IndexUpdate>
 }
 
 impl Node {
-    /// Refuses a table-level change a multi-node cluster does not agree on yet.
-    pub(crate) fn refuse_on_a_cluster(&self, operation: &str) -> Result<(), DynamoError> {
-        match self.cluster() {
-            Some(_) => Err(crate::cluster::not_on_a_cluster(operation)),
-            None => Ok(()),
+    /// Applies a table's description as another member created or changed it (on a cluster):
+    /// creates the table, or replaces its description — starting this node's own backfill of a
+    /// global index it did not have (each node indexes its own replicas) and dropping the trees of
+    /// indexes that are gone. Indexes this node already has keep their local status, so a
+    /// description sent after the sender finished its own backfill does not mark this node's
+    /// index readable before this node's backfill is done.
+    pub(crate) async fn apply_peer_schema(&self, mut schema: onggi_model::table::TableSchema) -> Result<(), DynamoError> {
+        let catalog = &self.inner.catalog;
+        let change = catalog.changes.lock().await;
+        let existing = catalog.get(&schema.name);
+        if let Some(existing) = &existing
+            && existing.schema.id != schema.id
+        {
+            return Err(DynamoError::internal(format!("a different table named {} exists here", schema.name)));
         }
+        let mut backfill = false;
+        if let Some(existing) = &existing {
+            for index in schema.local_indexes.iter_mut().chain(&mut schema.global_indexes) {
+                match existing.schema.indexes().find(|local| local.id == index.id) {
+                    Some(local) => index.status = local.status,
+                    None => {
+                        index.status = onggi_model::table::IndexStatus::Backfilling;
+                        backfill = true;
+                    }
+                }
+            }
+        }
+        let dropped: Vec<String> = existing
+            .iter()
+            .flat_map(|existing| existing.schema.indexes())
+            .filter(|local| !schema.indexes().any(|index| index.id == local.id))
+            .map(crate::catalog::index_tree_name)
+            .collect();
+        let created = existing.is_none();
+        let handle = catalog.store(schema).await.map_err(storage_error)?;
+        drop(change);
+        tracing::info!(table = %handle.schema.name, created, "table description applied from a peer");
+        for tree in dropped {
+            self.spawn_index_drop(tree);
+        }
+        if backfill {
+            self.spawn_backfill(handle);
+        }
+        Ok(())
     }
 
     /// Refuses a range read this node cannot answer alone: on a cluster with more members than
@@ -167,7 +205,7 @@ impl Node {
         let handle = catalog.store(schema).await.map_err(storage_error)?;
         tracing::info!(table = %handle.schema.name, id = %handle.schema.id, "table created");
         drop(change);
-        self.announce_table_created(&handle.schema).await;
+        self.announce_table_schema(&handle.schema).await;
         Ok(TableDescriptionOutput { table_description: describe(&handle, "ACTIVE", self.region(context)) })
     }
 
@@ -211,7 +249,6 @@ impl Node {
         context: &RequestContext,
         input: UpdateTableInput,
     ) -> Result<TableDescriptionOutput, DynamoError> {
-        self.refuse_on_a_cluster("UpdateTable")?;
         let name = required_table_name(input.table_name.as_deref())?;
         let index_updates = match &input.global_secondary_index_updates {
             Some(updates) => parse_index_updates(updates)?,
@@ -246,7 +283,7 @@ impl Node {
             return Err(DynamoError::validation("Nothing to update"));
         }
         let catalog = &self.inner.catalog;
-        let _change = catalog.changes.lock().await;
+        let change = catalog.changes.lock().await;
         let table = catalog.get(name).ok_or_else(table_not_found)?;
         let mut schema = table.schema.clone();
         let creates = index_updates.iter().any(|update| matches!(update, IndexUpdate::Create(_)));
@@ -347,6 +384,8 @@ impl Node {
             schema.deletion_protection = protection;
         }
         let handle = catalog.store(schema).await.map_err(storage_error)?;
+        drop(change);
+        self.announce_table_schema(&handle.schema).await;
         let status = if index_change.is_some() { "UPDATING" } else { "ACTIVE" };
         match index_change {
             Some(IndexChange::Created(index)) => {

@@ -586,8 +586,9 @@ impl Node {
 
     // ----- tables -----
 
-    /// Tells every other member about a table this node created (best effort: see the module docs).
-    pub(crate) async fn announce_table_created(&self, schema: &TableSchema) {
+    /// Tells every other member a table's description after this node created or changed it (best
+    /// effort: see the module docs).
+    pub(crate) async fn announce_table_schema(&self, schema: &TableSchema) {
         let Some(cluster) = self.cluster() else { return };
         let payload = match serde_json::to_vec(schema) {
             Ok(bytes) => Bytes::from(bytes),
@@ -619,17 +620,7 @@ impl Node {
     }
 
     async fn install_table(&self, schema: TableSchema) -> Result<(), DynamoError> {
-        let catalog = &self.inner.catalog;
-        let _change = catalog.changes.lock().await;
-        match catalog.get(&schema.name) {
-            Some(existing) if existing.schema.id == schema.id => Ok(()),
-            Some(_) => Err(DynamoError::internal(format!("a different table named {} exists here", schema.name))),
-            None => {
-                let handle = catalog.store(schema).await.map_err(storage_error)?;
-                tracing::info!(table = %handle.schema.name, id = %handle.schema.id, "table created by a peer");
-                Ok(())
-            }
-        }
+        self.apply_peer_schema(schema).await
     }
 
     async fn uninstall_table(&self, id: &str) -> Result<(), DynamoError> {

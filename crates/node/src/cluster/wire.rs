@@ -5,9 +5,16 @@
 //! payloads themselves). Then: the table id (u16 length + UTF-8), the storage key (u32 length +
 //! bytes), and the message's own fields. Versions travel as [`Record`]s in their own versioned
 //! format (u32 length + bytes), ballots as two big-endian u64 (time, node).
+//!
+//! Anti-entropy (`super::repair`) has two messages of its own, both requests that name a table id
+//! and a partition (u32) instead of an item: a Merkle comparison step ([`tag::MERKLE`]: the
+//! initiator's [`merkle::Request`], answered by a [`merkle::Response`]) and a batch of versions in
+//! one key interval of that partition ([`tag::RANGE_SYNC`]: a [`RangeSync`], answered by a
+//! [`RangeSyncReply`]). Their layouts are on their encoders.
 
 use onggi_core::hlc::Timestamp;
 use onggi_core::layout::NodeId;
+use onggi_core::merkle::{self, Digest, Refusal, Shape};
 use onggi_core::paxos::{Acceptance, Ballot, Knowledge, Lineage, Lineaged, Promise, Version};
 use onggi_core::record::Record;
 use onggi_model::Item;
@@ -25,6 +32,13 @@ pub mod tag {
     pub const TABLE_CREATED: u16 = 3;
     /// A table deleted elsewhere: `[id len u16][id]`.
     pub const TABLE_DELETED: u16 = 4;
+    /// One step of a Merkle comparison (anti-entropy): [`super::encode_merkle_request`], answered
+    /// by [`super::encode_merkle_response`].
+    pub const MERKLE: u16 = 5;
+    /// Anti-entropy's push-pull of versions in a key interval of one partition:
+    /// [`super::encode_range_sync`], answered by [`super::encode_range_sync_reply`]. Sent on the
+    /// bulk lane: both ways carry batches of up to a few MiB.
+    pub const RANGE_SYNC: u16 = 6;
 }
 
 /// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the
@@ -105,6 +119,12 @@ impl Writer {
     fn u8(&mut self, value: u8) {
         self.0.push(value);
     }
+    fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
     fn bytes16(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
         self.0.extend_from_slice(bytes);
@@ -152,8 +172,26 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
     }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
     fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn u128(&mut self) -> Result<u128, WireError> {
+        Ok(u128::from_be_bytes(self.take(16)?.try_into().expect("16 bytes")))
+    }
+    /// A count of elements at least `element_bytes` long each, refused when the rest of the
+    /// payload cannot hold that many (so a forged count never makes the reader allocate).
+    fn count(&mut self, element_bytes: usize) -> Result<usize, WireError> {
+        let count = self.u32()? as usize;
+        if count.saturating_mul(element_bytes) > self.0.len() {
+            return Err(WireError(format!("{count} elements announced, the payload cannot hold them")));
+        }
+        Ok(count)
+    }
+    fn table_id(&mut self) -> Result<String, WireError> {
+        String::from_utf8(self.bytes16()?.to_vec()).map_err(|_| WireError("table id".into()))
     }
     fn bytes16(&mut self) -> Result<&'a [u8], WireError> {
         let length = u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes"));
@@ -285,6 +323,215 @@ pub fn decode_table_deleted(bytes: &[u8]) -> Result<String, WireError> {
     Ok(id)
 }
 
+/// Encodes one step of a Merkle comparison about partition `partition` of the table `table_id`:
+/// `[version][table id: u16 length + UTF-8][partition: u32][first token: u64][last token: u64]
+/// [depth: u8][level: u8][count: u32][count × node index: u32]`, all big-endian (the initiator's
+/// tree shape, then the nodes of one level whose digests it asks for).
+pub fn encode_merkle_request(table_id: &str, partition: u32, request: &merkle::Request) -> Vec<u8> {
+    let merkle::Request::Hashes { shape, level, nodes } = request;
+    let mut out = Writer::new();
+    out.bytes16(table_id.as_bytes());
+    out.u32(partition);
+    out.u64(shape.first);
+    out.u64(shape.last);
+    out.u8(shape.depth);
+    out.u8(*level);
+    out.u32(nodes.len() as u32);
+    for &node in nodes {
+        out.u32(node);
+    }
+    out.0
+}
+
+/// Decodes a Merkle comparison step: the table id, the partition and the request. More than
+/// [`merkle::HASHES_PER_MESSAGE_MAX`] nodes are refused here, before anything is allocated for them.
+pub fn decode_merkle_request(bytes: &[u8]) -> Result<(String, u32, merkle::Request), WireError> {
+    let mut input = Reader::start(bytes)?;
+    let table = input.table_id()?;
+    let partition = input.u32()?;
+    let shape = Shape { first: input.u64()?, last: input.u64()?, depth: input.u8()? };
+    let level = input.u8()?;
+    let count = input.count(4)?;
+    if count > merkle::HASHES_PER_MESSAGE_MAX as usize {
+        return Err(WireError(format!(
+            "{count} Merkle nodes in one request; the limit is {}",
+            merkle::HASHES_PER_MESSAGE_MAX
+        )));
+    }
+    let nodes = (0..count).map(|_| input.u32()).collect::<Result<Vec<u32>, WireError>>()?;
+    input.finish()?;
+    Ok((table, partition, merkle::Request::Hashes { shape, level, nodes }))
+}
+
+/// Encodes the answer to a Merkle comparison step: `[version][0][level: u8][count: u32][count ×
+/// digest: u128 BE]`, or a refusal `[version][1]` then `[0][first: u64][last: u64][depth: u8]` (the
+/// responder's shape differs), `[1][count: u64]` (too many nodes asked) or `[2][level: u8][node:
+/// u32]` (no such node).
+pub fn encode_merkle_response(response: &merkle::Response) -> Vec<u8> {
+    let mut out = Writer::new();
+    match response {
+        merkle::Response::Hashes { level, digests } => {
+            out.u8(0);
+            out.u8(*level);
+            out.u32(digests.len() as u32);
+            for digest in digests {
+                out.0.extend_from_slice(&digest.0.to_be_bytes());
+            }
+        }
+        merkle::Response::Refused(refusal) => {
+            out.u8(1);
+            match refusal {
+                Refusal::ShapeMismatch { responder } => {
+                    out.u8(0);
+                    out.u64(responder.first);
+                    out.u64(responder.last);
+                    out.u8(responder.depth);
+                }
+                Refusal::TooManyNodes { count } => {
+                    out.u8(1);
+                    out.u64(*count);
+                }
+                Refusal::NoSuchNode { level, node } => {
+                    out.u8(2);
+                    out.u8(*level);
+                    out.u32(*node);
+                }
+            }
+        }
+    }
+    out.0
+}
+
+/// Decodes the answer to a Merkle comparison step.
+pub fn decode_merkle_response(bytes: &[u8]) -> Result<merkle::Response, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let response = match input.u8()? {
+        0 => {
+            let level = input.u8()?;
+            let count = input.count(16)?;
+            let digests = (0..count).map(|_| input.u128().map(Digest)).collect::<Result<Vec<Digest>, WireError>>()?;
+            merkle::Response::Hashes { level, digests }
+        }
+        1 => merkle::Response::Refused(match input.u8()? {
+            0 => Refusal::ShapeMismatch {
+                responder: Shape { first: input.u64()?, last: input.u64()?, depth: input.u8()? },
+            },
+            1 => Refusal::TooManyNodes { count: input.u64()? },
+            2 => Refusal::NoSuchNode { level: input.u8()?, node: input.u32()? },
+            other => return Err(WireError(format!("Merkle refusal kind {other}"))),
+        }),
+        other => return Err(WireError(format!("Merkle response kind {other}"))),
+    };
+    input.finish()?;
+    Ok(response)
+}
+
+/// A storage key and its record, in the record's own versioned format ([`Record::encode`]).
+pub type KeyRecord = (Vec<u8>, Vec<u8>);
+
+/// Anti-entropy's push: one replica's versions of every key in a key interval of one partition,
+/// sent to another replica of it, which applies the newer ones and answers with a
+/// [`RangeSyncReply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeSync {
+    /// The table's id.
+    pub table_id: String,
+    /// The partition the interval lies in.
+    pub partition: u32,
+    /// The interval's first storage key (inclusive).
+    pub lower: Vec<u8>,
+    /// The storage key the interval ends before (exclusive); `None`: the end of the key space.
+    pub upper: Option<Vec<u8>>,
+    /// The sender's versions of every key in the interval, ascending by key.
+    pub records: Vec<KeyRecord>,
+}
+
+/// Anti-entropy's pull: the answer to a [`RangeSync`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeSyncReply {
+    /// The responder's versions in the interval that the push lacks or holds older, ascending.
+    pub records: Vec<KeyRecord>,
+    /// Set when the answer reached its size bound: the last key it covers. The exchange then
+    /// covered the interval only up to this key (included), on both sides, and resumes after it.
+    pub truncated_after: Option<Vec<u8>>,
+}
+
+fn write_records(out: &mut Writer, records: &[KeyRecord]) {
+    out.u32(records.len() as u32);
+    for (key, record) in records {
+        out.bytes32(key);
+        out.bytes32(record);
+    }
+}
+
+fn read_records(input: &mut Reader) -> Result<Vec<KeyRecord>, WireError> {
+    let count = input.count(8)?;
+    (0..count).map(|_| Ok((input.bytes32()?.to_vec(), input.bytes32()?.to_vec()))).collect()
+}
+
+/// Encodes a push: `[version][table id: u16 length + UTF-8][partition: u32][lower: u32 length +
+/// key][upper: 0 | 1, u32 length + key][count: u32][count × (key: u32 length + bytes, record: u32
+/// length + bytes)]`.
+pub fn encode_range_sync(sync: &RangeSync) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.bytes16(sync.table_id.as_bytes());
+    out.u32(sync.partition);
+    out.bytes32(&sync.lower);
+    match &sync.upper {
+        None => out.u8(0),
+        Some(upper) => {
+            out.u8(1);
+            out.bytes32(upper);
+        }
+    }
+    write_records(&mut out, &sync.records);
+    out.0
+}
+
+/// Decodes a push.
+pub fn decode_range_sync(bytes: &[u8]) -> Result<RangeSync, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let table_id = input.table_id()?;
+    let partition = input.u32()?;
+    let lower = input.bytes32()?.to_vec();
+    let upper = match input.u8()? {
+        0 => None,
+        1 => Some(input.bytes32()?.to_vec()),
+        other => return Err(WireError(format!("presence flag {other}"))),
+    };
+    let records = read_records(&mut input)?;
+    input.finish()?;
+    Ok(RangeSync { table_id, partition, lower, upper, records })
+}
+
+/// Encodes the answer to a push: `[version][count: u32][count × (key, record)][truncated: 0 | 1,
+/// u32 length + the last key covered]`.
+pub fn encode_range_sync_reply(reply: &RangeSyncReply) -> Vec<u8> {
+    let mut out = Writer::new();
+    write_records(&mut out, &reply.records);
+    match &reply.truncated_after {
+        None => out.u8(0),
+        Some(key) => {
+            out.u8(1);
+            out.bytes32(key);
+        }
+    }
+    out.0
+}
+
+/// Decodes the answer to a push.
+pub fn decode_range_sync_reply(bytes: &[u8]) -> Result<RangeSyncReply, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let records = read_records(&mut input)?;
+    let truncated_after = match input.u8()? {
+        0 => None,
+        1 => Some(input.bytes32()?.to_vec()),
+        other => return Err(WireError(format!("presence flag {other}"))),
+    };
+    input.finish()?;
+    Ok(RangeSyncReply { records, truncated_after })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +577,87 @@ mod tests {
             }
         }
         assert_eq!(decode_table_deleted(&encode_table_deleted("abc")), Ok("abc".into()));
+    }
+
+    #[test]
+    fn merkle_messages_round_trip() {
+        let shape = Shape { first: 1 << 56, last: (2 << 56) - 1, depth: 10 };
+        for request in [
+            merkle::Request::Hashes { shape, level: 0, nodes: vec![0] },
+            merkle::Request::Hashes { shape, level: 6, nodes: vec![3, 4, 5, 60, 63] },
+            merkle::Request::Hashes { shape, level: 2, nodes: vec![] },
+        ] {
+            let bytes = encode_merkle_request("table-id", 7, &request);
+            assert_eq!(decode_merkle_request(&bytes), Ok(("table-id".into(), 7, request)));
+            for cut in 0..bytes.len() {
+                assert!(decode_merkle_request(&bytes[..cut]).is_err());
+            }
+        }
+        for response in [
+            merkle::Response::Hashes { level: 4, digests: vec![Digest(1), Digest(u128::MAX), Digest(1 << 100)] },
+            merkle::Response::Hashes { level: 0, digests: vec![] },
+            merkle::Response::Refused(Refusal::ShapeMismatch { responder: shape }),
+            merkle::Response::Refused(Refusal::TooManyNodes { count: 5000 }),
+            merkle::Response::Refused(Refusal::NoSuchNode { level: 11, node: 9 }),
+        ] {
+            let bytes = encode_merkle_response(&response);
+            assert_eq!(decode_merkle_response(&bytes), Ok(response));
+            for cut in 0..bytes.len() {
+                assert!(decode_merkle_response(&bytes[..cut]).is_err());
+            }
+        }
+        // More nodes than any message may carry are refused at decoding.
+        let nodes = (0..=merkle::HASHES_PER_MESSAGE_MAX).collect();
+        let bytes = encode_merkle_request("t", 0, &merkle::Request::Hashes { shape, level: 10, nodes });
+        assert!(decode_merkle_request(&bytes).unwrap_err().0.contains("limit"));
+        // A forged count is refused before anything is allocated for it.
+        let mut forged = encode_merkle_response(&merkle::Response::Hashes { level: 0, digests: vec![] });
+        forged[3..7].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_merkle_response(&forged).is_err());
+    }
+
+    #[test]
+    fn range_sync_messages_round_trip() {
+        let record = Record {
+            version: ballot(9, 1),
+            item: None,
+            expired: false,
+            lineage: Some(Lineage { since: Timestamp(1), writers: vec![ballot(9, 1)] }),
+        }
+        .encode();
+        let records = vec![(b"\x00\x01key-a".to_vec(), record.clone()), (b"\x00\x01key-b".to_vec(), vec![])];
+        for sync in [
+            RangeSync {
+                table_id: "table-id".into(),
+                partition: 255,
+                lower: vec![0xFF, 0, 0, 0, 0, 0, 0, 0],
+                upper: None,
+                records: records.clone(),
+            },
+            RangeSync { table_id: "t".into(), partition: 0, lower: vec![0; 8], upper: Some(vec![1]), records: vec![] },
+        ] {
+            let bytes = encode_range_sync(&sync);
+            assert_eq!(decode_range_sync(&bytes), Ok(sync));
+            for cut in 0..bytes.len() {
+                assert!(decode_range_sync(&bytes[..cut]).is_err());
+            }
+        }
+        for reply in [
+            RangeSyncReply { records: records.clone(), truncated_after: Some(b"\x00\x01key-b".to_vec()) },
+            RangeSyncReply { records: vec![], truncated_after: None },
+        ] {
+            let bytes = encode_range_sync_reply(&reply);
+            assert_eq!(decode_range_sync_reply(&bytes), Ok(reply));
+            for cut in 0..bytes.len() {
+                assert!(decode_range_sync_reply(&bytes[..cut]).is_err());
+            }
+        }
+        let mut forged = encode_range_sync_reply(&RangeSyncReply { records: vec![], truncated_after: None });
+        forged[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_range_sync_reply(&forged).is_err());
+        let mut trailing = encode_range_sync_reply(&RangeSyncReply { records, truncated_after: None });
+        trailing.push(0);
+        assert!(decode_range_sync_reply(&trailing).is_err());
     }
 
     #[test]
