@@ -18,9 +18,9 @@
 //!
 //! **What is not here yet** (each answers a clear error or is documented): membership is the
 //! static list given at start (gossip, join and decommission come next); tables are created and
-//! deleted on every reachable member by the node that receives the request, not by consensus, so
-//! a member that is down misses the change; UpdateTable, TTL and tag changes are refused on a
-//! multi-node cluster; Query and Scan read the receiving node's own replica, which holds every
+//! changed on every reachable member by the node that receives the request (which sends the new
+//! description, see `Node::apply_peer_schema`), not by consensus, so a member that is down misses
+//! the change; Query and Scan read the receiving node's own replica, which holds every
 //! partition only while the cluster has no more members than the replication factor (they are
 //! refused otherwise) and is eventually consistent; no hinted handoff, read repair or
 //! anti-entropy yet, so a replica that missed commits catches up only through later consensus
