@@ -167,11 +167,20 @@ fn next_request_id() -> String {
     id
 }
 
+/// Where `onggi cluster status` reads a node's view of its cluster (onggi's own endpoint; not
+/// authenticated yet, like the rest of the API until the security work).
+pub const CLUSTER_STATUS_PATH: &str = "/onggi/cluster/status";
+
 async fn handle<B: Backend>(backend: &B, config: &ServerConfig, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let request_id = next_request_id();
     if request.method() == Method::GET && request.uri().path() == "/" {
         // DynamoDB answers a plain GET with a health line; load balancers rely on it.
         return respond(StatusCode::OK, "text/plain", Bytes::from_static(b"healthy: onggi "), &request_id);
+    }
+    if request.method() == Method::GET && request.uri().path() == CLUSTER_STATUS_PATH {
+        let status = backend.cluster_status().await;
+        let body = serde_json::to_vec(&status).unwrap_or_default();
+        return respond(StatusCode::OK, "application/json", Bytes::from(body), &request_id);
     }
     let operation = request
         .headers()

@@ -488,6 +488,11 @@ pub trait Backend: Send + Sync + 'static {
         context: &RequestContext,
         operation: ServiceDescription,
     ) -> impl Future<Output = Result<Json, DynamoError>> + Send;
+    /// The state of the cluster as this server sees it (onggi's own `GET /onggi/cluster/status`,
+    /// not a DynamoDB operation): members, their reachability, partitions, repair progress.
+    fn cluster_status(&self) -> impl Future<Output = Json> + Send {
+        async { serde_json::json!({"cluster": null}) }
+    }
 }
 
 /// The three tag operations.

@@ -649,4 +649,8 @@ impl onggi_model::ops::Backend for Node {
     ) -> Result<serde_json::Value, DynamoError> {
         Ok(self.describe_service_impl(context, operation))
     }
+
+    async fn cluster_status(&self) -> serde_json::Value {
+        self.cluster_status_impl().await
+    }
 }

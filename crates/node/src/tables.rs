@@ -114,7 +114,10 @@ impl Node {
     /// indexes that are gone. Indexes this node already has keep their local status, so a
     /// description sent after the sender finished its own backfill does not mark this node's
     /// index readable before this node's backfill is done.
-    pub(crate) async fn apply_peer_schema(&self, mut schema: onggi_model::table::TableSchema) -> Result<(), DynamoError> {
+    pub(crate) async fn apply_peer_schema(
+        &self,
+        mut schema: onggi_model::table::TableSchema,
+    ) -> Result<(), DynamoError> {
         let catalog = &self.inner.catalog;
         let change = catalog.changes.lock().await;
         let existing = catalog.get(&schema.name);

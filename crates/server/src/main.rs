@@ -32,6 +32,9 @@ enum Command {
     Serve(ServeArgs),
     /// Run a local cluster: several `onggi serve` processes on consecutive ports.
     Dev(DevArgs),
+    /// Inspect a running cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Load-test a DynamoDB-compatible endpoint (YCSB-style workloads).
     Bench(onggi_bench::BenchArgs),
 }
@@ -81,6 +84,19 @@ struct ServeArgs {
     /// Replicas per item (N).
     #[arg(long, env = "ONGGI_REPLICATION", default_value_t = 3)]
     replication: usize,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the cluster as one node sees it: members, reachability, partitions, repair.
+    Status {
+        /// The node to ask (its DynamoDB API endpoint).
+        #[arg(long, env = "ONGGI_ENDPOINT", default_value = "http://127.0.0.1:8000")]
+        endpoint: String,
+        /// Print the node's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -195,6 +211,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes a report to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn print_ignoring_closed_pipe(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn bench(args: onggi_bench::BenchArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -215,14 +237,14 @@ fn bench(args: onggi_bench::BenchArgs) -> ExitCode {
             }
             if json {
                 match onggi_bench::render_json(&report) {
-                    Ok(text) => println!("{text}"),
+                    Ok(text) => print_ignoring_closed_pipe(&format!("{text}\n")),
                     Err(error) => {
                         eprintln!("onggi bench: {error}");
                         return ExitCode::FAILURE;
                     }
                 }
             } else {
-                print!("{}", onggi_bench::render_text(&report));
+                print_ignoring_closed_pipe(&onggi_bench::render_text(&report));
             }
             // An invalid run (errors or misses) exits with status 2.
             if report.valid { ExitCode::SUCCESS } else { ExitCode::from(2) }
@@ -294,9 +316,53 @@ fn dev(args: DevArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Fetches `path` from the HTTP endpoint `endpoint` (plain HTTP/1.1; the status page is small).
+fn http_get(endpoint: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let authority = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{endpoint}: only http:// endpoints are supported"))?
+        .trim_end_matches('/');
+    let address = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|error| format!("{endpoint}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{endpoint}: no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .map_err(|error| format!("cannot connect to {endpoint}: {error}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|error| error.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+        .map_err(|error| error.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|error| format!("reading from {endpoint}: {error}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{endpoint} answered {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(body.to_string())
+}
+
+fn cluster_status(endpoint: &str, json: bool) -> Result<(), String> {
+    let body = http_get(endpoint, onggi_api::CLUSTER_STATUS_PATH)?;
+    let status: serde_json::Value =
+        serde_json::from_str(&body).map_err(|error| format!("malformed status: {error}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).map_err(|error| error.to_string())?);
+        return Ok(());
+    }
+    print!("{}", onggi_node::cluster::render_status(&status));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Cluster(ClusterCommand::Status { endpoint, json }) => match cluster_status(&endpoint, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("onggi cluster status: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => bench(args),
         Command::Dev(args) => {
             init_logging(LogFormat::Text);

@@ -15,6 +15,11 @@
 //!   deadline; strict reads take the proposer's one-round-trip read path. A write is
 //!   acknowledged once a majority of replicas accepted it durably; commits then go to every
 //!   replica without waiting (the local one is applied before answering).
+//! - **In the background** (`repair.rs`) it runs anti-entropy: it walks the (table, partition)
+//!   pairs it replicates at a bounded rate, compares each with another replica of it by Merkle
+//!   trees, exchanges the versions of the ranges that differ through the replica's commit path,
+//!   and finishes proposals left accepted but not committed. A replica that missed commits (down,
+//!   partitioned, a lost message) thus converges within a sweep or two (about 5 s per table).
 //!
 //! **What is not here yet** (each answers a clear error or is documented): membership is the
 //! static list given at start (gossip, join and decommission come next); tables are created and
@@ -22,10 +27,14 @@
 //! description, see `Node::apply_peer_schema`), not by consensus, so a member that is down misses
 //! the change; Query and Scan read the receiving node's own replica, which holds every
 //! partition only while the cluster has no more members than the replication factor (they are
-//! refused otherwise) and is eventually consistent; no hinted handoff, read repair or
-//! anti-entropy yet, so a replica that missed commits catches up only through later consensus
-//! rounds on the same items.
+//! refused otherwise) and is eventually consistent; no hinted handoff or read repair yet, so a
+//! replica that missed commits catches up only through anti-entropy's walk (or a later consensus
+//! round on the same item), not within milliseconds.
 
+mod repair;
+mod status;
+
+pub use status::render_status;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -86,6 +95,8 @@ pub(crate) struct Cluster {
     /// Operations this node coordinates on one item run one at a time: concurrent rounds of one
     /// coordinator would only make each other retry (replica locks are separate, `Inner::locks`).
     coordinating: crate::items::LockStripes,
+    /// Anti-entropy's counters and recently built Merkle trees.
+    repair: repair::Repair,
 }
 
 impl Cluster {
@@ -134,6 +145,9 @@ impl Handler for PeerHandler {
                 node.install_table(schema).await.map_err(|error| HandlerError::new(error.message.clone()))?;
                 Ok(Bytes::new())
             }
+            wire::tag::MERKLE => node.answer_merkle(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::RANGE_SYNC => node.answer_range_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::STATUS => Ok(Bytes::new()),
             wire::tag::TABLE_DELETED => {
                 let id = wire::decode_table_deleted(&payload).map_err(|error| HandlerError::new(error.to_string()))?;
                 node.uninstall_table(&id).await.map_err(|error| HandlerError::new(error.message.clone()))?;
@@ -186,9 +200,13 @@ impl Node {
             transport,
             consensus_trees: Mutex::new(BTreeMap::new()),
             coordinating: crate::items::LockStripes::new(),
+            repair: repair::Repair::default(),
         };
         self.inner.node_id.store(config.node_id, std::sync::atomic::Ordering::Relaxed);
         self.inner.cluster.set(Arc::new(cluster)).map_err(|_| "the cluster was already started".to_string())?;
+        if self.cluster().is_some() {
+            self.spawn_repair();
+        }
         tracing::info!(node = config.node_id, members = config.members.len(), replication, "joined the cluster");
         Ok(())
     }

@@ -39,6 +39,9 @@ pub mod tag {
     /// [`super::encode_range_sync`], answered by [`super::encode_range_sync_reply`]. Sent on the
     /// bulk lane: both ways carry batches of up to a few MiB.
     pub const RANGE_SYNC: u16 = 6;
+    /// A liveness probe of `onggi cluster status`: an empty request, answered with an empty
+    /// payload.
+    pub const STATUS: u16 = 7;
 }
 
 /// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the

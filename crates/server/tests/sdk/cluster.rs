@@ -7,11 +7,17 @@
 //!   acknowledged (plus at most those whose outcome the client never learned);
 //! - no acknowledged put is lost, read back through the node that was killed;
 //! - a client's strict reads of the counter never go back in time;
-//! - with one node down, strict reads and writes stay available.
+//! - with one node down, strict reads and writes stay available;
+//! - once the faults are over and the clients have finished, the replicas converge on their own
+//!   (anti-entropy) within [`CONVERGENCE_BOUND`]: every node's eventually consistent Scan, which
+//!   reads that node's own replica, returns the same items with the same values, and the node that
+//!   was killed serves every acknowledged put to eventually consistent reads. Nothing else repairs
+//!   the writes that node missed while it was down, so this fails when anti-entropy does not run.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -28,6 +34,11 @@ const PUTTERS: usize = 3;
 const OPERATIONS_PER_CLIENT_MAX: u64 = 3_000;
 /// The whole test must finish within this.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the replicas may take to agree once the clients have finished: a node's anti-entropy
+/// sweep of a table's 256 partitions takes about 5 s when idle (longer under load, and a paused
+/// peer costs a timeout), and the restarted node's first sweep repairs everything it missed. They
+/// agree about 5 s after the clients finish on a two-core machine; the bound leaves room for CI.
+const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("address").port()
@@ -191,6 +202,91 @@ async fn putter(endpoints: Vec<String>, id: usize, table: String, stop: Arc<Atom
     }
 }
 
+/// One node's replica of the table: its items by partition key.
+type Replica = BTreeMap<String, HashMap<String, AttributeValue>>;
+
+/// The node's own replica, read by an eventually consistent Scan (served by the receiving node
+/// alone, from its own storage, while the cluster has no more members than replicas per item).
+async fn replica_contents(client: &Client, table: &str) -> Result<Replica, String> {
+    let mut items = Replica::new();
+    let mut start = None;
+    for _ in 0..10_000 {
+        let page = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|error| format!("{error:?}"))?;
+        for item in page.items() {
+            let key = item.get("pk").and_then(|value| value.as_s().ok()).cloned().unwrap_or_default();
+            items.insert(key, item.clone());
+        }
+        match page.last_evaluated_key() {
+            Some(key) if !key.is_empty() => start = Some(key.clone()),
+            _ => return Ok(items),
+        }
+    }
+    Err("the scan did not end".into())
+}
+
+/// How the replicas differ from the first one, or `None` when they are all equal.
+fn difference(replicas: &[Replica]) -> Option<String> {
+    let reference = &replicas[0];
+    let mut differences = Vec::new();
+    for (index, other) in replicas.iter().enumerate().skip(1) {
+        let missing: Vec<&String> = reference.keys().filter(|key| !other.contains_key(*key)).collect();
+        let extra: Vec<&String> = other.keys().filter(|key| !reference.contains_key(*key)).collect();
+        let changed: Vec<&String> = reference
+            .iter()
+            .filter(|(key, item)| other.get(*key).is_some_and(|theirs| theirs != *item))
+            .map(|(key, _)| key)
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() || !changed.is_empty() {
+            differences.push(format!(
+                "node {} has {} items node 1 has not (e.g. {:?}), lacks {} (e.g. {:?}), holds {} with other values \
+                 (e.g. {:?})",
+                index + 1,
+                extra.len(),
+                extra.first(),
+                missing.len(),
+                missing.first(),
+                changed.len(),
+                changed.first()
+            ));
+        }
+    }
+    (!differences.is_empty()).then(|| differences.join("; "))
+}
+
+/// Scans every node's replica until they agree; returns how long that took and how many items
+/// they hold, or the last difference seen once [`CONVERGENCE_BOUND`] has passed.
+async fn wait_for_convergence(endpoints: &[String], table: &str) -> Result<(Duration, usize), String> {
+    let clients: Vec<Client> = endpoints.iter().map(|endpoint| client(endpoint)).collect();
+    let started = Instant::now();
+    let mut last = String::from("no scan finished");
+    while started.elapsed() < CONVERGENCE_BOUND {
+        let mut replicas = Vec::new();
+        for (index, client) in clients.iter().enumerate() {
+            match replica_contents(client, table).await {
+                Ok(replica) => replicas.push(replica),
+                Err(error) => {
+                    last = format!("scanning node {}: {error}", index + 1);
+                    break;
+                }
+            }
+        }
+        if replicas.len() == clients.len() {
+            match difference(&replicas) {
+                None => return Ok((started.elapsed(), replicas[0].len())),
+                Some(found) => last = found,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_node_cluster_keeps_every_acknowledged_write_through_kill_and_pause() {
     if skip_without_own_server("cluster fault test") {
@@ -237,16 +333,51 @@ async fn faults_under_load() {
     cluster.signal(1, "-STOP");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     cluster.signal(1, "-CONT");
+    let faults_over = Instant::now();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.expect("client task");
     }
 
+    // The replicas converge on their own. This comes before any strict read through the
+    // restarted node, because a strict read repairs the item it reads.
+    let clients_done = Instant::now();
+    let puts = tally.puts.lock().await.clone();
+    match wait_for_convergence(&endpoints, &table).await {
+        Ok((took, items)) => println!(
+            "cluster test: the three replicas converged ({items} items each) {} ms after the clients finished, {} \
+             ms after the last fault ended",
+            took.as_millis(),
+            (clients_done + took).duration_since(faults_over).as_millis()
+        ),
+        Err(difference) => panic!(
+            "the replicas did not converge within {CONVERGENCE_BOUND:?} of the clients finishing: {difference}; \
+             logs:\n{}",
+            cluster.logs()
+        ),
+    }
+    // The restarted node serves every acknowledged put to eventually consistent reads.
+    let restarted = client(&endpoints[2]);
+    for (key, value) in &puts {
+        let answer = restarted
+            .get_item()
+            .table_name(&table)
+            .key("pk", s(key))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("read {key}: {error:?}"));
+        let stored = answer.item().and_then(|item| item.get("v")).cloned();
+        assert_eq!(
+            stored,
+            Some(AttributeValue::N(value.to_string())),
+            "acknowledged put {key} not seen by an eventually consistent read through the restarted node"
+        );
+    }
+
     let acknowledged = tally.increments_acknowledged.load(Ordering::Relaxed);
     let unknown = tally.increments_unknown.load(Ordering::Relaxed);
     let final_value = counter(&client(&endpoints[2]), &table).await.expect("read the counter").unwrap_or(0);
-    let puts = tally.puts.lock().await.clone();
     println!(
         "cluster test: {acknowledged} increments acknowledged ({} while node 3 was down), {unknown} unknown, {} \
          refused; counter = {final_value}; {} strict reads, {} went back; {} puts acknowledged",

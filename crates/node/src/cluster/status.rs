@@ -1,0 +1,117 @@
+//! The cluster as one node sees it: what `onggi cluster status` prints.
+//!
+//! A node answers `GET /onggi/cluster/status` with JSON: itself, the layout (partitions,
+//! replication factor, version), every member with its cluster address, whether this node can
+//! reach it right now (a short status request over the transport), the partitions it holds, and
+//! the anti-entropy counters. Hinted handoff does not exist yet, so the status says so rather
+//! than report an empty queue.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value as Json, json};
+
+use crate::Node;
+
+/// How long a member may take to answer before it is shown unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Node {
+    /// This node's view of its cluster, as JSON (see the module docs).
+    pub(crate) async fn cluster_status_impl(&self) -> Json {
+        let tables = self.inner.catalog.names().len();
+        let Some(cluster) = self.inner.cluster.get() else {
+            return json!({
+                "node": 0,
+                "cluster": null,
+                "members": [{"id": 0, "address": null, "state": "self", "partitions": null}],
+                "tables": tables,
+                "note": "a single node: not part of a cluster",
+            });
+        };
+        let mut members = Vec::new();
+        for (&id, &address) in &cluster.addresses {
+            let state = if id == cluster.me {
+                "self"
+            } else {
+                let probe = cluster.transport.request(address, super::wire::tag::STATUS, Bytes::new(), PROBE_TIMEOUT);
+                match probe.await {
+                    Ok(_) => "up",
+                    Err(error) => {
+                        tracing::debug!(%error, member = id.0, "status probe failed");
+                        "unreachable"
+                    }
+                }
+            };
+            members.push(json!({
+                "id": id.0,
+                "address": address.to_string(),
+                "state": state,
+                "partitions": cluster.layout.partitions_of(id).count(),
+            }));
+        }
+        json!({
+            "node": cluster.me.0,
+            "cluster": cluster.transport.config().cluster.clone(),
+            "layout_version": cluster.layout.version(),
+            "partitions": cluster.layout.partition_count(),
+            "replication": cluster.layout.replica_count(),
+            "members": members,
+            "tables": tables,
+            "hints": "hinted handoff is not implemented yet",
+            "repair": repair_json(cluster.repair.stats.snapshot()),
+        })
+    }
+}
+
+fn repair_json(counts: super::repair::RepairCounts) -> Json {
+    json!({
+        "sweeps": counts.sweeps,
+        "comparisons": counts.comparisons,
+        "abandoned": counts.comparisons_abandoned,
+        "with_differences": counts.comparisons_with_differences,
+        "versions_sent": counts.versions_sent,
+        "versions_received": counts.versions_received,
+        "versions_applied": counts.versions_applied,
+        "proposals_finished": counts.proposals_finished,
+    })
+}
+
+/// Renders a status (as fetched from a node) for a terminal.
+pub fn render_status(status: &Json) -> String {
+    let mut out = String::new();
+    let text = |value: &Json| match value {
+        Json::String(text) => text.clone(),
+        Json::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    if status["cluster"].is_null() {
+        out.push_str(&format!("a single node, not part of a cluster ({} tables)\n", text(&status["tables"])));
+        return out;
+    }
+    out.push_str(&format!(
+        "cluster {}: asked node {}; {} partitions, {} replicas each, layout version {}; {} tables\n",
+        text(&status["cluster"]),
+        text(&status["node"]),
+        text(&status["partitions"]),
+        text(&status["replication"]),
+        text(&status["layout_version"]),
+        text(&status["tables"]),
+    ));
+    out.push_str(&format!("{:>6}  {:<22} {:<12} {:>10}\n", "node", "cluster address", "state", "partitions"));
+    for member in status["members"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>6}  {:<22} {:<12} {:>10}\n",
+            text(&member["id"]),
+            text(&member["address"]),
+            text(&member["state"]),
+            text(&member["partitions"]),
+        ));
+    }
+    out.push_str(&format!("hints: {}\n", text(&status["hints"])));
+    if let Some(repair) = status["repair"].as_object() {
+        let fields: Vec<String> = repair.iter().map(|(name, value)| format!("{name} {}", text(value))).collect();
+        out.push_str(&format!("repair: {}\n", fields.join(", ")));
+    }
+    out
+}
