@@ -477,7 +477,11 @@ impl Node {
             step =
                 match step {
                     Step::Wait => {
-                        // A round timed out: start a new one.
+                        // A round timed out, or every replica answered without a majority (some
+                        // with errors): start a new one after a short random pause, so that
+                        // replicas failing fast do not make this a busy loop until the deadline.
+                        let pause = Duration::from_millis(5 + self.inner.random_below(45));
+                        tokio::time::sleep(pause).await;
                         let ballot = self.new_ballot(proposer.ballot());
                         proposer.restart(ballot)
                     }
