@@ -1002,11 +1002,16 @@ impl World {
 
     fn fresh_ballot(&mut self, node: usize, above: Ballot) -> Ballot {
         let physical = self.physical_ms(node);
+        let signer = NodeId((self.nodes[node].id.0 << 32) | self.nodes[node].incarnation);
         let clock = &mut self.nodes[node].clock;
         if above.time > clock.last() {
             clock.observe(above.time, physical);
         }
-        Ballot { time: clock.now(physical), node: self.nodes[node].id }
+        // The ballot's node part names this life of the node, as a real node's does (see
+        // `onggi_node::cluster::ballot_node`): a restarted node's clock may repeat times it used
+        // before the crash (it may have run ahead of its wall clock by observing a skewed peer),
+        // and two proposals must never share a ballot.
+        Ballot { time: clock.now(physical), node: signer }
     }
 
     fn broadcast(&mut self, op: OpRef, message: impl Fn(OpRef) -> Message) {

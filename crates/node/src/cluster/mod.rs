@@ -116,6 +116,15 @@ impl Cluster {
     }
 }
 
+/// The node part of the ballots (and version stamps) this process issues: the node id in the
+/// high 32 bits and a random incarnation in the low 32. Ballots must never repeat, and a node
+/// restarted after a crash may repeat clock readings it used before — its hybrid logical clock
+/// can run ahead of its wall clock after observing a peer whose clock is ahead — so each life of
+/// a node signs its ballots differently.
+pub fn ballot_node(node_id: u64, incarnation: u64) -> u64 {
+    (node_id << 32) | (incarnation & 0xFFFF_FFFF)
+}
+
 /// The name of the storage tree holding a table's consensus state.
 pub fn consensus_tree_name(schema: &TableSchema) -> String {
     format!("consensus.{}", schema.id)
@@ -181,6 +190,9 @@ impl Node {
     /// Joins the cluster `config` describes: binds the cluster transport and computes the layout.
     /// Call once, before serving requests.
     pub async fn start_cluster(&self, config: ClusterConfig) -> Result<(), String> {
+        if config.node_id >= 1 << 32 {
+            return Err(format!("node id {} is too large: node ids are below 2^32", config.node_id));
+        }
         let members: Vec<Member> = config.members.iter().map(|(id, _)| Member::new(NodeId(*id))).collect();
         if !config.members.iter().any(|(id, _)| *id == config.node_id) {
             return Err(format!("node {} is not among the cluster members", config.node_id));
@@ -202,7 +214,8 @@ impl Node {
             coordinating: crate::items::LockStripes::new(),
             repair: repair::Repair::default(),
         };
-        self.inner.node_id.store(config.node_id, std::sync::atomic::Ordering::Relaxed);
+        let incarnation = self.inner.random_below(1 << 32);
+        self.inner.node_id.store(ballot_node(config.node_id, incarnation), std::sync::atomic::Ordering::Relaxed);
         self.inner.cluster.set(Arc::new(cluster)).map_err(|_| "the cluster was already started".to_string())?;
         if self.cluster().is_some() {
             self.spawn_repair();
