@@ -185,6 +185,14 @@ impl Catalog {
         self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
+    /// The table whose unique id is `id`, if it exists (how cluster messages name tables). A scan
+    /// of the handles under the read lock, without allocating: a node holds at most a few thousand
+    /// tables.
+    pub fn get_by_id(&self, id: &str) -> Option<Arc<TableHandle>> {
+        let tables = self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tables.values().find(|table| table.schema.id == id).cloned()
+    }
+
     /// Every table name, sorted.
     pub fn names(&self) -> Vec<String> {
         self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()

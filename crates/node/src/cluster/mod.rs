@@ -242,10 +242,7 @@ impl Node {
     fn table_by_id(&self, id: &str) -> Result<Arc<TableHandle>, DynamoError> {
         self.inner
             .catalog
-            .names()
-            .into_iter()
-            .filter_map(|name| self.inner.catalog.get(&name))
-            .find(|table| table.schema.id == id)
+            .get_by_id(id)
             .ok_or_else(|| DynamoError::internal(format!("table {id} is not known on this node")))
     }
 
@@ -661,8 +658,7 @@ impl Node {
     async fn uninstall_table(&self, id: &str) -> Result<(), DynamoError> {
         let catalog = &self.inner.catalog;
         let _change = catalog.changes.lock().await;
-        let Some(table) = catalog.names().into_iter().filter_map(|name| catalog.get(&name)).find(|t| t.schema.id == id)
-        else {
+        let Some(table) = catalog.get_by_id(id) else {
             return Ok(());
         };
         catalog.remove(&table.schema.name).await.map_err(storage_error)?;
