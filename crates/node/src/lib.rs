@@ -1,18 +1,20 @@
 //! One onggi node: the [`Backend`](onggi_model::ops::Backend) that executes DynamoDB operations.
 //!
-//! This is the only crate where time, disk and (later) network meet. It owns:
+//! This is the only crate where time, disk and network meet. It owns:
 //! - the data directory ([`datadir`]) and the storage engine opened inside it;
 //! - the table catalog ([`catalog`]): table schemas in a system tree, cached in memory;
 //! - the item path ([`items`]): validate, lock the item, read its current record, evaluate the
-//!   pure condition/update functions of `onggi_model::expr`, write the new record durably, answer.
+//!   pure condition/update functions of `onggi_model::expr`, write the new record durably, answer;
+//! - on a multi-node cluster ([`cluster`]): the replica and coordinator sides of per-item
+//!   consensus, anti-entropy, and the table changes sent between members.
 //!
 //! **Architecture invariant:** an item write is acknowledged only after the storage engine reports
 //! it durable (`Durability::Sync`, group-committed); a request that fails validation or its
 //! condition writes nothing.
 //!
 //! Single-item atomicity on one node comes from per-item lock stripes held across read, evaluate
-//! and durable write. On a cluster this step becomes per-item consensus among the replicas; the
-//! evaluation functions stay the same pure functions.
+//! and durable write. On a cluster this step is per-item consensus among the replicas
+//! (`Node::execute` chooses); the evaluation functions are the same pure functions.
 
 mod backfill;
 mod batch;

@@ -3,13 +3,13 @@
 //! A node started with a [`ClusterConfig`] binds the cluster transport (`onggi-transport`) and
 //! computes the partition layout (`onggi_core::layout`) of the configured members. From then on:
 //!
-//! - **As a replica** it answers consensus requests about items it holds (`replica_*`): under the
+//! - **As a replica** it answers consensus requests about items it holds (`Node::replica`): under the
 //!   item's lock it loads the item's [`Acceptor`] — the committed version is the item's record in
 //!   the table's tree, the promised ballot and any accepted proposal are a
 //!   [`ConsensusState`] in the table's consensus tree — runs the pure handler, and persists what
 //!   changed (fsynced) before answering. A commit writes the chosen version as the item's record,
 //!   with its index entries, in one batch that also retires the consensus state it supersedes.
-//! - **As a coordinator** it runs [`Node::execute`]'s decide closure as the apply function of a
+//! - **As a coordinator** it runs `Node::execute`'s decide closure as the apply function of a
 //!   [`Proposer`] over the item's replicas (the local one called directly, the others through
 //!   the transport), with round timeouts, randomized back-off under contention and an overall
 //!   deadline; strict reads take the proposer's one-round-trip read path. A write is
