@@ -203,7 +203,10 @@ impl Node {
                 return Ok(None);
             }
             let cluster = cluster.clone();
-            return self.execute_replicated(&cluster, table, key, false, decide).await.map(|(answer, _)| Some(answer));
+            return self
+                .execute_replicated(&cluster, table, key, false, origin, decide)
+                .await
+                .map(|(answer, _)| Some(answer));
         }
         let guard = self.inner.locks.lock(table, &key).await;
         if !self.is_current(table) {
@@ -399,7 +402,10 @@ impl Node {
             }
             let table = self.table(&table.schema.name)?;
             let keep = |_: Option<&Item>| Ok((Effect::Keep, ()));
-            return self.execute_replicated(&cluster, &table, key.to_vec(), true, keep).await.map(|(_, item)| item);
+            return self
+                .execute_replicated(&cluster, &table, key.to_vec(), true, WriteOrigin::Client, keep)
+                .await
+                .map(|(_, item)| item);
         }
         if consistent {
             let _guard = self.inner.locks.lock(table, key).await;

@@ -54,7 +54,7 @@ use onggi_transport::{Handler, HandlerError, PeerInfo, Transport};
 
 use crate::catalog::TableHandle;
 use crate::indexing;
-use crate::items::Effect;
+use crate::items::{Effect, WriteOrigin};
 use crate::tables::storage_error;
 use crate::{Inner, Node};
 use wire::{Reply, Request, Value};
@@ -451,13 +451,15 @@ impl Node {
     }
 
     /// Runs an item operation through per-item consensus (see the module docs). `decide` may run
-    /// several times, once per round that reaches the apply step.
+    /// several times, once per round that reaches the apply step. `origin` marks deletions made
+    /// by the Time to Live expirer, as the one-node path does.
     pub(crate) async fn execute_replicated<T>(
         &self,
         cluster: &Arc<Cluster>,
         table: &Arc<TableHandle>,
         key: Vec<u8>,
         read_only: bool,
+        origin: WriteOrigin,
         mut decide: impl FnMut(Option<&Item>) -> Result<(Effect, T), DynamoError>,
     ) -> Result<(T, Option<Item>), DynamoError> {
         let replicas = cluster.replicas(&key);
@@ -509,11 +511,12 @@ impl Node {
                         let lineage = current.lineage.with_writer(proposer.ballot(), LINEAGE_WINDOW_MS);
                         let (decision, answer) = match decide(current.item.as_ref()) {
                             Ok((Effect::Put(new), answer)) => {
-                                (Decision::Write(Value { item: Some(new), lineage }), Ok(answer))
+                                (Decision::Write(Value { item: Some(new), lineage, expired: false }), Ok(answer))
                             }
-                            Ok((Effect::Delete, answer)) => {
-                                (Decision::Write(Value { item: None, lineage }), Ok(answer))
-                            }
+                            Ok((Effect::Delete, answer)) => (
+                                Decision::Write(Value { item: None, lineage, expired: origin == WriteOrigin::Expiry }),
+                                Ok(answer),
+                            ),
                             Ok((Effect::Keep, answer)) => (Decision::Keep, Ok(answer)),
                             Err(error) => (Decision::Keep, Err(error)),
                         };

@@ -91,7 +91,7 @@ use onggi_transport::Lane;
 use super::Cluster;
 use super::wire::{self, KeyRecord, RangeSync, RangeSyncReply, Request, Value};
 use crate::catalog::TableHandle;
-use crate::items::Effect;
+use crate::items::{Effect, WriteOrigin};
 use crate::{Inner, Node, wall_clock_ms};
 
 /// Visits (each at most one comparison) one node starts per second at most.
@@ -584,7 +584,7 @@ impl Node {
         };
         for key in stale {
             let keep = |_: Option<&onggi_model::Item>| Ok((Effect::Keep, ()));
-            match self.execute_replicated(cluster, table, key, true, keep).await {
+            match self.execute_replicated(cluster, table, key, true, WriteOrigin::Client, keep).await {
                 Ok(_) => {
                     cluster.repair.stats.proposals_finished.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1085,7 +1085,7 @@ mod tests {
         // A proposal accepted by two replicas a minute ago, whose coordinator never committed it.
         let ballot = Ballot { time: Timestamp::new(wall_clock_ms() - 60_000, 0), node: NodeId(3) };
         let lineage = Lineage { since: ballot.time, writers: vec![ballot] };
-        let proposal = Version { ballot, value: Value { item: Some(item.clone()), lineage } };
+        let proposal = Version { ballot, value: Value { item: Some(item.clone()), lineage, expired: false } };
         let table_id = nodes[0].inner.catalog.get("repairs").unwrap().schema.id.clone();
         for node in &nodes[..2] {
             node.replica(&table_id, key.clone(), Request::Accept(proposal.clone())).await.unwrap();

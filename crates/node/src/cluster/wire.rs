@@ -52,6 +52,8 @@ pub struct Value {
     pub item: Option<Item>,
     /// Its recent writers.
     pub lineage: Lineage,
+    /// A tombstone written by the Time to Live expirer (see `Record::expired`).
+    pub expired: bool,
 }
 
 impl Lineaged for Value {
@@ -65,7 +67,7 @@ pub fn to_record(version: &Version<Value>) -> Record {
     Record {
         version: version.ballot,
         item: version.value.item.clone(),
-        expired: false,
+        expired: version.value.expired && version.value.item.is_none(),
         lineage: Some(version.value.lineage.clone()),
     }
 }
@@ -74,7 +76,7 @@ pub fn to_record(version: &Version<Value>) -> Record {
 /// writers up to its own version).
 pub fn from_record(record: Record) -> Version<Value> {
     let lineage = record.lineage.unwrap_or_else(|| Lineage::unknown_before(record.version));
-    Version { ballot: record.version, value: Value { item: record.item, lineage } }
+    Version { ballot: record.version, value: Value { item: record.item, lineage, expired: record.expired } }
 }
 
 /// A request about one item, addressed to one of its replicas.
@@ -549,8 +551,11 @@ mod tests {
         let mut item = Item::new();
         item.insert("pk".into(), AttributeValue::S("a".into()));
         let lineage = Lineage { since: Timestamp(5), writers: vec![ballot(7, 2)] };
-        let version = Version { ballot: ballot(7, 2), value: Value { item: Some(item), lineage: lineage.clone() } };
-        let tombstone = Version { ballot: ballot(8, 3), value: Value { item: None, lineage } };
+        let version = Version {
+            ballot: ballot(7, 2),
+            value: Value { item: Some(item), lineage: lineage.clone(), expired: false },
+        };
+        let tombstone = Version { ballot: ballot(8, 3), value: Value { item: None, lineage, expired: true } };
         for request in [
             Request::Read,
             Request::Prepare(ballot(1, 1)),
