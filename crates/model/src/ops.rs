@@ -99,7 +99,8 @@ pub struct DeleteItemInput {
 }
 
 /// Query's input.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// Serializable so that a coordinator can hand a piece of the read to a replica.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct QueryInput {
     pub table_name: Option<String>,
@@ -122,7 +123,8 @@ pub struct QueryInput {
 }
 
 /// Scan's input.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// Serializable so that a coordinator can hand a piece of the read to a replica.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ScanInput {
     pub table_name: Option<String>,

@@ -12,6 +12,7 @@
 //! `LastEvaluatedKey`; a request that gives it back as `ExclusiveStartKey` resumes just after it.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use onggi_core::keys::{TOKEN_BYTES, index_prefix, item_key, partition_prefix, push_escaped, segment_start};
 use onggi_core::record::Record;
@@ -308,10 +309,11 @@ fn shape(
 }
 
 /// A range of one storage tree, read in one direction.
-struct Range {
-    lower: Bound<Vec<u8>>,
-    upper: Bound<Vec<u8>>,
-    direction: Direction,
+#[derive(Clone, Debug)]
+pub(crate) struct Range {
+    pub(crate) lower: Bound<Vec<u8>>,
+    pub(crate) upper: Bound<Vec<u8>>,
+    pub(crate) direction: Direction,
 }
 
 impl Range {
@@ -338,15 +340,57 @@ impl Range {
     }
 }
 
-/// One page read.
-struct Page {
-    items: Vec<Item>,
-    count: u64,
-    scanned_count: u64,
-    scanned_bytes: usize,
+/// One page read (or, on a cluster, the part of a page one replica read).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Page {
+    pub(crate) items: Vec<Item>,
+    pub(crate) count: u64,
+    pub(crate) scanned_count: u64,
+    pub(crate) scanned_bytes: usize,
     /// Read units of the base items fetched for a local index's entries.
-    fetch_units: f64,
-    last_key: Option<Item>,
+    pub(crate) fetch_units: f64,
+    pub(crate) last_key: Option<Item>,
+}
+
+impl Page {
+    /// Appends the page that follows this one (the next piece of the same read).
+    fn absorb(&mut self, next: Page) {
+        self.items.extend(next.items);
+        self.count += next.count;
+        self.scanned_count += next.scanned_count;
+        self.scanned_bytes += next.scanned_bytes;
+        self.fetch_units += next.fetch_units;
+        self.last_key = next.last_key;
+    }
+}
+
+/// A range read, planned and validated: everything but the reading.
+struct Plan<'r> {
+    request: ReadRequest<'r>,
+    table: Arc<TableHandle>,
+    shape: Shape,
+    range: Range,
+    /// A Query of a table without a sort key: one item per partition key, nothing can follow.
+    single_item: bool,
+}
+
+/// One piece of a range read that a replica answers for a peer: the request it belongs to (for
+/// its table, index, filter and projection) and the part of its range to read.
+#[derive(Clone, Debug)]
+pub(crate) struct Piece {
+    pub(crate) table_id: String,
+    pub(crate) read: RangeInput,
+    pub(crate) range: Range,
+    pub(crate) limit: Option<usize>,
+    pub(crate) budget: usize,
+}
+
+/// The request a range read came from, as the client sent it (without its starting key: the
+/// piece's range says where to read).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum RangeInput {
+    Query(QueryInput),
+    Scan(ScanInput),
 }
 
 fn validation(message: impl Into<String>) -> DynamoError {
@@ -535,9 +579,9 @@ impl Node {
         shape: &Shape,
         limit: Option<usize>,
         consistent: bool,
+        budget: usize,
     ) -> Result<Page, DynamoError> {
-        let mut page =
-            Page { items: Vec::new(), count: 0, scanned_count: 0, scanned_bytes: 0, fetch_units: 0.0, last_key: None };
+        let mut page = Page::default();
         let entries = self
             .inner
             .engine
@@ -552,7 +596,7 @@ impl Node {
             page.scanned_count += 1;
             page.scanned_bytes += item_size_bytes(&stored);
             let full_page =
-                limit.is_some_and(|limit| page.scanned_count as usize >= limit) || page.scanned_bytes >= PAGE_BYTES_MAX;
+                limit.is_some_and(|limit| page.scanned_count as usize >= limit) || page.scanned_bytes >= budget;
             if full_page {
                 page.last_key = Some(source.last_key(&stored));
             }
@@ -613,8 +657,31 @@ impl Node {
     }
 
     pub(crate) async fn query_impl(&self, input: QueryInput) -> Result<QueryOutput, DynamoError> {
-        self.check_range_reads_local("Query")?;
-        let (request, mut expressions) = shared_members!(&input, Operation::Query);
+        let plan = self.plan_query(&input)?;
+        let page = self
+            .read_planned(&plan, || RangeInput::Query(QueryInput { exclusive_start_key: None, ..input.clone() }))
+            .await?;
+        Ok(self.finish_planned(&plan, page))
+    }
+
+    pub(crate) async fn scan_impl(&self, input: ScanInput) -> Result<QueryOutput, DynamoError> {
+        let plan = self.plan_scan(&input)?;
+        let page = self
+            .read_planned(&plan, || {
+                RangeInput::Scan(ScanInput {
+                    exclusive_start_key: None,
+                    segment: None,
+                    total_segments: None,
+                    ..input.clone()
+                })
+            })
+            .await?;
+        Ok(self.finish_planned(&plan, page))
+    }
+
+    /// Validates a Query and works out what it reads.
+    fn plan_query<'r>(&self, input: &'r QueryInput) -> Result<Plan<'r>, DynamoError> {
+        let (request, mut expressions) = shared_members!(input, Operation::Query);
         expressions.key_condition = input.key_condition_expression.as_deref();
         expressions.key_conditions = input.key_conditions.as_ref();
         expressions.query_filter = input.query_filter.as_ref();
@@ -659,17 +726,13 @@ impl Node {
             }
             range.resume_after(position);
         }
-        let mut page = self.read_page(&source, &range, &shape, request.limit, request.consistent)?;
-        if source.index.is_none() && table.schema.key.sort.is_none() {
-            // A table without a sort key holds one item per partition key: nothing can follow.
-            page.last_key = None;
-        }
-        Ok(self.finish(&request, &source, &shape, page))
+        let single_item = source.index.is_none() && table.schema.key.sort.is_none();
+        Ok(Plan { request, table, shape, range, single_item })
     }
 
-    pub(crate) async fn scan_impl(&self, input: ScanInput) -> Result<QueryOutput, DynamoError> {
-        self.check_range_reads_local("Scan")?;
-        let (request, mut expressions) = shared_members!(&input, Operation::Scan);
+    /// Validates a Scan and works out what it reads.
+    fn plan_scan<'r>(&self, input: &'r ScanInput) -> Result<Plan<'r>, DynamoError> {
+        let (request, mut expressions) = shared_members!(input, Operation::Scan);
         expressions.scan_filter = input.scan_filter.as_ref();
         let segment = match (input.segment, input.total_segments) {
             (None, None) => None,
@@ -732,7 +795,80 @@ impl Node {
             }
             range.resume_after(position);
         }
-        let page = self.read_page(&source, &range, &shape, request.limit, request.consistent)?;
-        Ok(self.finish(&request, &source, &shape, page))
+        Ok(Plan { request, table, shape, range, single_item: false })
+    }
+
+    fn finish_planned(&self, plan: &Plan<'_>, mut page: Page) -> QueryOutput {
+        if plan.single_item {
+            // A table without a sort key holds one item per partition key: nothing can follow.
+            page.last_key = None;
+        }
+        let source =
+            Source { table: &plan.table, index: plan.request.index_name.and_then(|name| plan.table.index(name)) };
+        self.finish(&plan.request, &source, &plan.shape, page)
+    }
+
+    /// Reads a planned range: from this node's storage when it holds every partition (one node,
+    /// or a cluster no larger than the replication factor), else piece by piece from replicas of
+    /// the partitions the range crosses, in order (`input` is the request to send them).
+    async fn read_planned(&self, plan: &Plan<'_>, input: impl FnOnce() -> RangeInput) -> Result<Page, DynamoError> {
+        let source = Source::resolve(&plan.table, plan.request.index_name)?;
+        let request = &plan.request;
+        let cluster = match self.cluster() {
+            Some(cluster) if !cluster.holds_everything() => cluster.clone(),
+            _ => {
+                return self.read_page(
+                    &source,
+                    &plan.range,
+                    &plan.shape,
+                    request.limit,
+                    request.consistent,
+                    PAGE_BYTES_MAX,
+                );
+            }
+        };
+        if source.is_global() {
+            // Each replica indexes the items it holds; an index partitioned by its own key is to come.
+            return Err(DynamoError::validation(format!(
+                "onggi cannot read global secondary index {} yet when the cluster has more members than replicas \
+                 per item (each replica indexes only its own items)",
+                plan.request.index_name.unwrap_or_default()
+            )));
+        }
+        let input = input();
+        let mut page = Page::default();
+        let mut range = plan.range.clone();
+        loop {
+            let piece = Piece {
+                table_id: plan.table.schema.id.clone(),
+                read: input.clone(),
+                range: range.clone(),
+                limit: request.limit.map(|limit| limit - page.scanned_count as usize),
+                budget: PAGE_BYTES_MAX - page.scanned_bytes,
+            };
+            let (part, next) = self
+                .read_piece_on_replica(&cluster, piece, |piece| {
+                    self.read_page(&source, &piece.range, &plan.shape, piece.limit, request.consistent, piece.budget)
+                })
+                .await?;
+            page.absorb(part);
+            match next {
+                Some(lower) if page.last_key.is_none() => range.lower = Bound::Included(lower),
+                _ => return Ok(page),
+            }
+        }
+    }
+
+    /// Reads a piece of a range read for a peer (see [`Piece`]).
+    pub(crate) fn read_piece(&self, piece: &Piece) -> Result<Page, DynamoError> {
+        let plan = match &piece.read {
+            RangeInput::Query(input) => self.plan_query(input)?,
+            RangeInput::Scan(input) => self.plan_scan(input)?,
+        };
+        if plan.table.schema.id != piece.table_id {
+            return Err(crate::tables::table_not_found());
+        }
+        let source = Source::resolve(&plan.table, plan.request.index_name)?;
+        self.read_page(&source, &piece.range, &plan.shape, piece.limit, plan.request.consistent, piece.budget)
     }
 }

@@ -156,17 +156,6 @@ impl Node {
         }
         Ok(())
     }
-
-    /// Refuses a range read this node cannot answer alone: on a cluster with more members than
-    /// replicas per item, no node holds every partition.
-    pub(crate) fn check_range_reads_local(&self, operation: &str) -> Result<(), DynamoError> {
-        match self.cluster() {
-            Some(cluster) if !cluster.holds_everything() => Err(crate::cluster::not_on_a_cluster(&format!(
-                "{operation} when the cluster has more members than replicas per item"
-            ))),
-            _ => Ok(()),
-        }
-    }
 }
 
 pub(crate) fn table_not_found() -> DynamoError {

@@ -25,12 +25,14 @@
 //! static list given at start (gossip, join and decommission come next); tables are created and
 //! changed on every reachable member by the node that receives the request (which sends the new
 //! description, see `Node::apply_peer_schema`), not by consensus, so a member that is down misses
-//! the change; Query and Scan read the receiving node's own replica, which holds every
-//! partition only while the cluster has no more members than the replication factor (they are
-//! refused otherwise) and is eventually consistent; no hinted handoff or read repair yet, so a
-//! replica that missed commits catches up only through anti-entropy's walk (or a later consensus
-//! round on the same item), not within milliseconds.
+//! the change; Query and Scan are eventually consistent (the receiving node's own replica when it
+//! holds every partition, else one replica per stretch of partitions, `ranges.rs`), and reads of a
+//! global secondary index are refused when no node holds every partition (each replica indexes
+//! its own items; indexes partitioned by their own key come later); no hinted handoff or read
+//! repair yet, so a replica that missed commits catches up only through anti-entropy's walk (or a
+//! later consensus round on the same item), not within milliseconds.
 
+mod ranges;
 mod repair;
 mod status;
 
@@ -156,6 +158,7 @@ impl Handler for PeerHandler {
             }
             wire::tag::MERKLE => node.answer_merkle(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::RANGE_SYNC => node.answer_range_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::RANGE_READ => node.answer_range_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::STATUS => Ok(Bytes::new()),
             wire::tag::TABLE_DELETED => {
                 let id = wire::decode_table_deleted(&payload).map_err(|error| HandlerError::new(error.to_string()))?;
@@ -668,9 +671,4 @@ impl Node {
         tracing::info!(table = %table.schema.name, "table deleted by a peer");
         Ok(())
     }
-}
-
-/// The error for table-level changes a multi-node cluster does not agree on yet.
-pub(crate) fn not_on_a_cluster(operation: &str) -> DynamoError {
-    DynamoError::validation(format!("onggi does not support {operation} on a multi-node cluster yet"))
 }

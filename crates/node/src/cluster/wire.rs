@@ -17,7 +17,12 @@ use onggi_core::layout::NodeId;
 use onggi_core::merkle::{self, Digest, Refusal, Shape};
 use onggi_core::paxos::{Acceptance, Ballot, Knowledge, Lineage, Lineaged, Promise, Version};
 use onggi_core::record::Record;
-use onggi_model::Item;
+use std::ops::Bound;
+
+use onggi_model::{Item, codec};
+use onggi_storage::Direction;
+
+use crate::reads::{Page, Piece, Range, RangeInput};
 
 /// The payload format version this build writes and reads.
 pub const WIRE_FORMAT_VERSION: u8 = 1;
@@ -42,6 +47,9 @@ pub mod tag {
     /// A liveness probe of `onggi cluster status`: an empty request, answered with an empty
     /// payload.
     pub const STATUS: u16 = 7;
+    /// A piece of a Query or Scan read for a coordinator that holds no replica of that part of
+    /// the table: [`super::encode_piece`], answered by [`super::encode_page`].
+    pub const RANGE_READ: u16 = 8;
 }
 
 /// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the
@@ -537,6 +545,119 @@ pub fn decode_range_sync_reply(bytes: &[u8]) -> Result<RangeSyncReply, WireError
     Ok(RangeSyncReply { records, truncated_after })
 }
 
+/// Encodes a piece of a range read: `[table id u16 len][request JSON u32 len][lower bound]
+/// [upper bound][direction u8: 0 forward, 1 reverse][limit: u8 presence, u64][budget u64]`, a
+/// bound being `[u8: 0 unbounded, 1 included, 2 excluded]` and, unless unbounded, `[u32 len][key]`.
+pub(crate) fn encode_piece(piece: &Piece) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.bytes16(piece.table_id.as_bytes());
+    out.bytes32(&serde_json::to_vec(&piece.read).expect("a read request serializes"));
+    for bound in [&piece.range.lower, &piece.range.upper] {
+        match bound {
+            Bound::Unbounded => out.u8(0),
+            Bound::Included(key) => {
+                out.u8(1);
+                out.bytes32(key);
+            }
+            Bound::Excluded(key) => {
+                out.u8(2);
+                out.bytes32(key);
+            }
+        }
+    }
+    out.u8(match piece.range.direction {
+        Direction::Forward => 0,
+        Direction::Reverse => 1,
+    });
+    match piece.limit {
+        None => out.u8(0),
+        Some(limit) => {
+            out.u8(1);
+            out.u64(limit as u64);
+        }
+    }
+    out.u64(piece.budget as u64);
+    out.0
+}
+
+/// Decodes [`encode_piece`].
+pub(crate) fn decode_piece(bytes: &[u8]) -> Result<Piece, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let table_id = input.table_id()?;
+    let read: RangeInput =
+        serde_json::from_slice(input.bytes32()?).map_err(|error| WireError(format!("read request: {error}")))?;
+    let bound = |input: &mut Reader| -> Result<Bound<Vec<u8>>, WireError> {
+        Ok(match input.u8()? {
+            0 => Bound::Unbounded,
+            1 => Bound::Included(input.bytes32()?.to_vec()),
+            2 => Bound::Excluded(input.bytes32()?.to_vec()),
+            other => return Err(WireError(format!("bound kind {other}"))),
+        })
+    };
+    let lower = bound(&mut input)?;
+    let upper = bound(&mut input)?;
+    let direction = match input.u8()? {
+        0 => Direction::Forward,
+        1 => Direction::Reverse,
+        other => return Err(WireError(format!("direction {other}"))),
+    };
+    let limit = match input.u8()? {
+        0 => None,
+        1 => Some(usize::try_from(input.u64()?).map_err(|_| WireError("limit".into()))?),
+        other => return Err(WireError(format!("presence flag {other}"))),
+    };
+    let budget = usize::try_from(input.u64()?).map_err(|_| WireError("budget".into()))?;
+    input.finish()?;
+    Ok(Piece { table_id, read, range: Range { lower, upper, direction }, limit, budget })
+}
+
+/// Encodes a page a replica read: `[count u64][scanned count u64][scanned bytes u64][fetch units
+/// f64 bits u64][items: u32 count, each u32 len + item codec][last key: u8 presence, u32 len +
+/// item codec]`.
+pub(crate) fn encode_page(page: &Page) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.u64(page.count);
+    out.u64(page.scanned_count);
+    out.u64(page.scanned_bytes as u64);
+    out.u64(page.fetch_units.to_bits());
+    out.u32(page.items.len() as u32);
+    let mut item_bytes = Vec::new();
+    let mut item = |out: &mut Writer, item: &Item| {
+        item_bytes.clear();
+        codec::encode_item(item, &mut item_bytes);
+        out.bytes32(&item_bytes);
+    };
+    for each in &page.items {
+        item(&mut out, each);
+    }
+    match &page.last_key {
+        None => out.u8(0),
+        Some(last) => {
+            out.u8(1);
+            item(&mut out, last);
+        }
+    }
+    out.0
+}
+
+/// Decodes [`encode_page`].
+pub(crate) fn decode_page(bytes: &[u8]) -> Result<Page, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let count = input.u64()?;
+    let scanned_count = input.u64()?;
+    let scanned_bytes = usize::try_from(input.u64()?).map_err(|_| WireError("scanned bytes".into()))?;
+    let fetch_units = f64::from_bits(input.u64()?);
+    let decode = |bytes: &[u8]| codec::decode_item(bytes).map_err(|error| WireError(format!("item: {error}")));
+    let items = (0..input.count(4)?).map(|_| decode(input.bytes32()?)).collect::<Result<Vec<_>, _>>()?;
+    let last_key = match input.u8()? {
+        0 => None,
+        1 => Some(decode(input.bytes32()?)?),
+        other => return Err(WireError(format!("presence flag {other}"))),
+    };
+    input.finish()?;
+    Ok(Page { items, count, scanned_count, scanned_bytes, fetch_units, last_key })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,5 +796,52 @@ mod tests {
         assert!(decode_reply(&bytes).is_err());
         bytes[0] = 2;
         assert_eq!(decode_reply(&bytes[..2]), Err(WireError("payload format 2, this build reads 1".into())));
+    }
+
+    #[test]
+    fn range_read_pieces_and_pages_round_trip() {
+        let input = onggi_model::ops::QueryInput {
+            table_name: Some("t".into()),
+            limit: Some(7),
+            key_condition_expression: Some("pk = :p".into()),
+            ..Default::default()
+        };
+        let piece = Piece {
+            table_id: "t-1".into(),
+            read: RangeInput::Query(input),
+            range: Range {
+                lower: Bound::Excluded(vec![1, 2, 3]),
+                upper: Bound::Included(vec![9; 40]),
+                direction: Direction::Reverse,
+            },
+            limit: Some(5),
+            budget: 1 << 20,
+        };
+        let decoded = decode_piece(&encode_piece(&piece)).expect("decodes");
+        assert_eq!(decoded.table_id, piece.table_id);
+        assert_eq!((&decoded.range.lower, &decoded.range.upper), (&piece.range.lower, &piece.range.upper));
+        assert_eq!(decoded.range.direction, Direction::Reverse);
+        assert_eq!((decoded.limit, decoded.budget), (piece.limit, piece.budget));
+        let json = |read: &RangeInput| serde_json::to_string(read).expect("serializes");
+        assert_eq!(json(&decoded.read), json(&piece.read));
+
+        let item: Item = [("pk".to_string(), AttributeValue::S("a".into()))].into_iter().collect();
+        for last_key in [None, Some(item.clone())] {
+            let page = Page {
+                items: vec![item.clone(), Item::new()],
+                count: 2,
+                scanned_count: 3,
+                scanned_bytes: 4_000,
+                fetch_units: 1.5,
+                last_key,
+            };
+            let bytes = encode_page(&page);
+            assert_eq!(decode_page(&bytes), Ok(page));
+            assert!(decode_page(&bytes[..bytes.len() - 1]).is_err(), "truncated");
+        }
+        let unbounded = Piece { range: Range { lower: Bound::Unbounded, ..piece.range.clone() }, ..piece };
+        let bytes = encode_piece(&unbounded);
+        assert_eq!(decode_piece(&bytes).expect("decodes").range.lower, Bound::Unbounded);
+        assert!(decode_piece(&bytes[..bytes.len() - 1]).is_err(), "truncated");
     }
 }

@@ -44,16 +44,16 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("address").port()
 }
 
-/// Three nodes on loopback, each with its own data directory and log.
-struct Cluster {
+/// Nodes on loopback, each with its own data directory and log.
+pub(crate) struct Cluster {
     directory: tempfile::TempDir,
     api: Vec<String>,
     members: String,
-    nodes: Vec<Option<Server>>,
+    pub(crate) nodes: Vec<Option<Server>>,
 }
 
 impl Cluster {
-    fn start(size: usize) -> Cluster {
+    pub(crate) fn start(size: usize) -> Cluster {
         let directory = tempfile::tempdir().expect("temporary directory");
         let api = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let members = (0..size).map(|i| format!("{}=127.0.0.1:{}", i + 1, free_port())).collect::<Vec<_>>().join(",");
@@ -71,7 +71,7 @@ impl Cluster {
         self.nodes[i] = Some(Server::start_with(&data, &log, &self.api[i], &extra));
     }
 
-    fn endpoint(&self, i: usize) -> String {
+    pub(crate) fn endpoint(&self, i: usize) -> String {
         format!("http://{}", self.api[i])
     }
 
@@ -85,7 +85,7 @@ impl Cluster {
         assert!(status.success(), "kill {signal} node {}", i + 1);
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.nodes.iter().flatten().map(|node| node.log()).collect::<Vec<_>>().join("\n----\n")
     }
 }

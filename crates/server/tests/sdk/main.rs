@@ -13,6 +13,7 @@
 mod harness;
 
 mod cluster;
+mod cluster_ranges;
 mod concurrency;
 mod crash;
 mod errors;

@@ -1,0 +1,138 @@
+//! Query and Scan on a cluster where no node holds every partition.
+//!
+//! A range read (`crate::reads`) is one ordered walk of a storage tree. Keys of the table's tree
+//! and of its local indexes start with the token of the item's partition key, so the walk crosses
+//! partitions in token order, and each stretch of it can be read by any replica of its partition.
+//! The coordinator cuts the walk into pieces: from the current position, it picks a replica of
+//! the partition there — itself when it is one, otherwise the first reachable replica in the
+//! layout's preference order — extends the piece over the following partitions that replica also
+//! holds, and asks it for the piece with what is left of the page's `Limit` and 1 MB budget. The
+//! pieces' items, counts and bytes add up to the page a single node would have read; a piece that
+//! fills the page ends it with its last key as `LastEvaluatedKey`, which — being an ordinary item
+//! key — resumes anywhere. A Query reads one partition key, hence one partition and one piece;
+//! a Scan (or a parallel-scan segment, a token interval) walks as many partitions as it needs.
+//!
+//! Reads are eventually consistent (each piece is one replica's committed data), as reads of one
+//! replica are everywhere on a cluster today. A replica that does not answer is skipped for the
+//! rest of the page; a partition with no reachable replica fails the page with a retryable error.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use onggi_core::layout::{NodeId, PartitionId};
+use onggi_model::{DynamoError, ErrorKind};
+
+use super::{Cluster, wire};
+use crate::Node;
+use crate::reads::{Page, Piece};
+
+/// How long a replica may take to read one piece (up to 1 MB of items) and answer.
+const PIECE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Cluster {
+    /// The replica to read from at `partition` (not one of `avoid`; this node first when it is a
+    /// replica) and the last partition of the run that starts there and that replica holds.
+    fn piece_reader(&self, partition: PartitionId, avoid: &[NodeId]) -> Option<(NodeId, PartitionId)> {
+        let replicas = self.layout.replicas(partition);
+        let usable = |node: &&NodeId| !avoid.contains(node);
+        let reader = replicas
+            .iter()
+            .filter(usable)
+            .find(|node| **node == self.me)
+            .or_else(|| replicas.iter().find(usable))
+            .copied()?;
+        let mut last = partition;
+        while last.0 + 1 < self.layout.partition_count()
+            && self.layout.replicas(PartitionId(last.0 + 1)).contains(&reader)
+        {
+            last = PartitionId(last.0 + 1);
+        }
+        Some((reader, last))
+    }
+
+    /// The first storage key after partition `partition`, or `None` for the last partition.
+    fn key_after(&self, partition: PartitionId) -> Option<Vec<u8>> {
+        let next = partition.0 + 1;
+        (next < self.layout.partition_count())
+            .then(|| self.layout.partition_range(PartitionId(next)).0.to_be_bytes().to_vec())
+    }
+}
+
+/// Whether `upper` admits some key at or after `key`.
+fn reaches(upper: &Bound<Vec<u8>>, key: &[u8]) -> bool {
+    match upper {
+        Bound::Unbounded => true,
+        Bound::Included(upper) => upper.as_slice() >= key,
+        Bound::Excluded(upper) => upper.as_slice() > key,
+    }
+}
+
+impl Node {
+    /// Reads the first piece of `piece.range` (see the module docs): locally through `local`
+    /// when this node is the chosen replica, else from a peer. Returns the page read and, when
+    /// the piece stopped at a partition boundary before the range's end, the key to go on from.
+    pub(crate) async fn read_piece_on_replica(
+        &self,
+        cluster: &Arc<Cluster>,
+        mut piece: Piece,
+        local: impl Fn(&Piece) -> Result<Page, DynamoError>,
+    ) -> Result<(Page, Option<Vec<u8>>), DynamoError> {
+        let start = match &piece.range.lower {
+            Bound::Unbounded => PartitionId(0),
+            Bound::Included(key) | Bound::Excluded(key) => cluster.layout.partition_of_key(key),
+        };
+        let upper = piece.range.upper.clone();
+        let mut avoid = Vec::new();
+        let mut last_error = String::new();
+        loop {
+            let Some((reader, last)) = cluster.piece_reader(start, &avoid) else {
+                return Err(DynamoError::new(
+                    ErrorKind::Throttling,
+                    format!("no replica of partition {} of the table answered ({last_error}); retry later", start.0),
+                ));
+            };
+            // Each attempt's run ends where its replica's does, within the range asked for.
+            let next = cluster.key_after(last).filter(|next| reaches(&upper, next));
+            piece.range.upper = match &next {
+                Some(next) => Bound::Excluded(next.clone()),
+                None => upper.clone(),
+            };
+            if reader == cluster.me {
+                return Ok((local(&piece)?, next));
+            }
+            match self.read_piece_remote(cluster, reader, &piece).await {
+                Ok(page) => return Ok((page, next)),
+                Err(error) => {
+                    tracing::debug!(%error, replica = reader.0, "range read piece failed");
+                    last_error = error;
+                    avoid.push(reader);
+                }
+            }
+        }
+    }
+
+    async fn read_piece_remote(&self, cluster: &Cluster, reader: NodeId, piece: &Piece) -> Result<Page, String> {
+        let address = *cluster.addresses.get(&reader).ok_or("not a member")?;
+        let payload = Bytes::from(wire::encode_piece(piece));
+        let reply = cluster
+            .transport
+            .request(address, wire::tag::RANGE_READ, payload, PIECE_TIMEOUT)
+            .await
+            .map_err(|error| error.to_string())?;
+        wire::decode_page(&reply).map_err(|error| error.to_string())
+    }
+
+    /// Answers a peer's [`wire::tag::RANGE_READ`].
+    pub(super) async fn answer_range_read(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
+        let node = self.clone();
+        // A piece reads up to 1 MB from storage: off the async workers.
+        let page = tokio::task::spawn_blocking(move || node.read_piece(&piece))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.message)?;
+        Ok(wire::encode_page(&page))
+    }
+}
