@@ -330,10 +330,77 @@ enum Phase {
     Finished,
 }
 
+/// Which sets of answers make a quorum: a majority of every one of some replica sets.
+///
+/// An item normally has one replica set, and any majority of it is a quorum. While the partition
+/// layout changes, an item has two — its replicas under the old layout and under the new — and a
+/// quorum is a majority of each (joint consensus, as Raft's configuration changes and Lamport,
+/// Malkhi and Zhou's vertical Paxos use): it intersects every quorum of either layout alone, so
+/// coordinators that have not all switched at the same instant never choose two values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quorums {
+    /// The replica sets (each non-empty, without repeats).
+    sets: Vec<Vec<NodeId>>,
+    /// Every member of some set, once, in order of first appearance.
+    members: Vec<NodeId>,
+}
+
+impl Quorums {
+    /// Quorums of one replica set: its majorities.
+    ///
+    /// # Panics
+    /// If `replicas` is empty.
+    pub fn majority_of(replicas: Vec<NodeId>) -> Quorums {
+        Quorums::joint(vec![replicas])
+    }
+
+    /// Quorums of several replica sets: a majority of each.
+    ///
+    /// # Panics
+    /// If there is no set, or a set is empty.
+    pub fn joint(sets: Vec<Vec<NodeId>>) -> Quorums {
+        assert!(!sets.is_empty() && sets.iter().all(|set| !set.is_empty()), "an item has at least one replica");
+        let mut members: Vec<NodeId> = Vec::new();
+        for &node in sets.iter().flatten() {
+            if !members.contains(&node) {
+                members.push(node);
+            }
+        }
+        Quorums { sets, members }
+    }
+
+    /// The replica sets.
+    pub fn sets(&self) -> &[Vec<NodeId>] {
+        &self.sets
+    }
+
+    /// Every replica, once.
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
+    }
+
+    /// Whether `nodes` (no repeats) include a majority of every set.
+    pub fn reached(&self, nodes: impl Iterator<Item = NodeId> + Clone) -> bool {
+        self.sets.iter().all(|set| {
+            let present = nodes.clone().filter(|node| set.contains(node)).count();
+            present > set.len() / 2
+        })
+    }
+
+    /// Whether a quorum can no longer form without some of `refused` (a set has lost its
+    /// majority to them).
+    pub fn out_of_reach(&self, refused: &[NodeId]) -> bool {
+        self.sets.iter().any(|set| {
+            let remaining = set.iter().filter(|node| !refused.contains(node)).count();
+            remaining <= set.len() / 2
+        })
+    }
+}
+
 /// The coordinator's state for one operation on one item.
 #[derive(Clone, Debug)]
 pub struct Proposer<V> {
-    replicas: Vec<NodeId>,
+    quorums: Quorums,
     ballot: Ballot,
     phase: Phase,
     /// Answers of the current phase, one per replica at most.
@@ -355,10 +422,9 @@ pub struct Proposer<V> {
 }
 
 impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
-    fn with_phase(replicas: Vec<NodeId>, ballot: Ballot, phase: Phase) -> Proposer<V> {
-        assert!(!replicas.is_empty(), "an item has at least one replica");
+    fn with_phase(quorums: Quorums, ballot: Ballot, phase: Phase) -> Proposer<V> {
         Proposer {
-            replicas,
+            quorums,
             ballot,
             phase,
             granted: Vec::new(),
@@ -375,17 +441,32 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
 
     /// Starts a strict read: send a read to every replica (see the module docs).
     pub fn read(replicas: Vec<NodeId>) -> Proposer<V> {
-        Proposer::with_phase(replicas, Ballot::ZERO, Phase::Reading)
+        Proposer::read_among(Quorums::majority_of(replicas))
     }
 
     /// Starts an operation that may write: send a prepare of `ballot` to every replica.
     pub fn write(replicas: Vec<NodeId>, ballot: Ballot) -> Proposer<V> {
-        Proposer::with_phase(replicas, ballot, Phase::Preparing)
+        Proposer::write_among(Quorums::majority_of(replicas), ballot)
     }
 
-    /// The replicas, in the order given.
+    /// [`Proposer::read`] with quorums of several replica sets (a layout change in progress).
+    pub fn read_among(quorums: Quorums) -> Proposer<V> {
+        Proposer::with_phase(quorums, Ballot::ZERO, Phase::Reading)
+    }
+
+    /// [`Proposer::write`] with quorums of several replica sets (a layout change in progress).
+    pub fn write_among(quorums: Quorums, ballot: Ballot) -> Proposer<V> {
+        Proposer::with_phase(quorums, ballot, Phase::Preparing)
+    }
+
+    /// Every replica to send to: the members of every replica set, each once.
     pub fn replicas(&self) -> &[NodeId] {
-        &self.replicas
+        &self.quorums.members
+    }
+
+    /// The replica sets whose majorities make a quorum.
+    pub fn quorums(&self) -> &Quorums {
+        &self.quorums
     }
 
     /// The ballot of the current round (zero while reading).
@@ -393,9 +474,18 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
         self.ballot
     }
 
-    /// Answers needed: a majority of the replicas.
-    pub fn quorum(&self) -> usize {
-        self.replicas.len() / 2 + 1
+    /// Continues the operation among other replica sets (the item's replicas changed under it: a
+    /// replica refused a message sent under an older layout). The round in progress is abandoned
+    /// as a timeout would abandon it, and `ballot` starts the next, among `quorums`; what the
+    /// operation may already have written elsewhere is remembered as on any restart. A read
+    /// starts its read again.
+    pub fn reconfigure(&mut self, quorums: Quorums, ballot: Ballot) -> Step<V> {
+        self.quorums = quorums;
+        if self.phase == Phase::Reading {
+            self.clear_answers();
+            return Step::Wait;
+        }
+        self.restart(ballot)
     }
 
     /// Whether this operation may already be in the item's history: some attempt might have been
@@ -437,7 +527,11 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
     }
 
     fn is_replica(&self, from: NodeId) -> bool {
-        self.replicas.contains(&from)
+        self.quorums.members.contains(&from)
+    }
+
+    fn granted_quorum(&self) -> bool {
+        self.quorums.reached(self.granted.iter().map(|(node, _)| *node))
     }
 
     fn answered(&self, from: NodeId) -> bool {
@@ -452,7 +546,7 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
             return Step::Wait;
         }
         self.granted.push((from, knowledge));
-        if self.granted.len() < self.quorum() {
+        if !self.granted_quorum() {
             return Step::Wait;
         }
         let current = self.highest_known();
@@ -476,7 +570,7 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
             Promise::Refused(higher) => {
                 self.refused.push(from);
                 self.highest_refusal = self.highest_refusal.max(higher);
-                if self.replicas.len() - self.refused.len() < self.quorum() {
+                if self.quorums.out_of_reach(&self.refused) {
                     self.phase = Phase::Stalled;
                     return Step::Retry(self.highest_refusal.max(self.ballot));
                 }
@@ -484,7 +578,7 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
             }
             Promise::Granted(knowledge) => {
                 self.granted.push((from, knowledge));
-                if self.granted.len() < self.quorum() {
+                if !self.granted_quorum() {
                     return Step::Wait;
                 }
                 self.decide_from_promises()
@@ -501,8 +595,8 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
         highest.cloned()
     }
 
-    /// Whether `version` is known chosen from the answers: committed somewhere, or accepted by
-    /// every answering replica (a majority).
+    /// Whether `version` is known chosen from the answers: committed somewhere, or held by a
+    /// quorum of the answering replicas.
     fn known_chosen(&self, version: Option<&Version<V>>) -> bool {
         let Some(version) = version else { return true };
         let committed_somewhere = self
@@ -516,8 +610,8 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
                 knowledge.accepted.as_ref().is_some_and(|a| a.ballot == version.ballot)
                     || knowledge.committed.as_ref().is_some_and(|c| c.ballot == version.ballot)
             })
-            .count();
-        committed_somewhere || held_by >= self.quorum()
+            .map(|(node, _)| *node);
+        committed_somewhere || self.quorums.reached(held_by)
     }
 
     /// A chosen `version` that some answering replica holds only as accepted (or not at all):
@@ -617,7 +711,7 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
             Acceptance::Refused(higher) => {
                 self.refused.push(from);
                 self.highest_refusal = self.highest_refusal.max(higher);
-                if self.replicas.len() - self.refused.len() < self.quorum() {
+                if self.quorums.out_of_reach(&self.refused) {
                     if wrote {
                         self.note_attempt_outcome();
                     }
@@ -628,7 +722,7 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
             }
             Acceptance::Accepted => {
                 self.accepted.push(from);
-                if self.accepted.len() < self.quorum() {
+                if !self.quorums.reached(self.accepted.iter().copied()) {
                     return Step::Wait;
                 }
                 self.phase = Phase::Finished;
@@ -645,6 +739,7 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
 #[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn ballot(time: u64, node: u64) -> Ballot {
         Ballot { time: Timestamp(time), node: NodeId(node) }
@@ -652,6 +747,79 @@ mod tests {
 
     fn nodes() -> Vec<NodeId> {
         vec![NodeId(1), NodeId(2), NodeId(3)]
+    }
+
+    #[test]
+    fn joint_quorums_need_a_majority_of_every_set() {
+        let old = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let new = vec![NodeId(1), NodeId(2), NodeId(4)];
+        let quorums = Quorums::joint(vec![old.clone(), new]);
+        assert_eq!(quorums.members(), &[NodeId(1), NodeId(2), NodeId(3), NodeId(4)]);
+        let reached = |nodes: &[u64]| quorums.reached(nodes.iter().map(|&n| NodeId(n)));
+        assert!(reached(&[1, 2]));
+        assert!(!reached(&[1, 3]), "a majority of the old set only");
+        assert!(!reached(&[1, 4]), "a majority of the new set only");
+        assert!(reached(&[1, 3, 4]));
+        assert!(reached(&[2, 3, 4]));
+        assert!(!quorums.out_of_reach(&[NodeId(3), NodeId(4)]), "1 and 2 are still a majority of both");
+        assert!(quorums.out_of_reach(&[NodeId(1), NodeId(3)]), "the old set has lost its majority");
+        assert!(quorums.out_of_reach(&[NodeId(2), NodeId(4)]), "the new set has lost its majority");
+        let single = Quorums::majority_of(old);
+        assert!(single.reached([NodeId(3), NodeId(1)].into_iter()));
+        assert!(single.out_of_reach(&[NodeId(1), NodeId(2)]));
+    }
+
+    #[test]
+    fn a_joint_write_is_chosen_only_by_both_majorities_and_sees_what_the_old_set_chose() {
+        // Chosen under the old layout by replicas 2 and 3 only.
+        let mut acceptors: BTreeMap<u64, Acceptor<u64>> = (1..=4).map(|n| (n, Acceptor::default())).collect();
+        let old_choice = Version { ballot: ballot(10, 7), value: 5 };
+        for n in [2, 3] {
+            acceptors.get_mut(&n).unwrap().prepare(old_choice.ballot);
+            acceptors.get_mut(&n).unwrap().accept(old_choice.clone());
+        }
+        // A joint write (old {1,2,3}, new {1,3,4}) hears from 1, 4 and then 3.
+        let quorums =
+            Quorums::joint(vec![vec![NodeId(1), NodeId(2), NodeId(3)], vec![NodeId(1), NodeId(3), NodeId(4)]]);
+        let b = ballot(20, 9);
+        let mut proposer: Proposer<u64> = Proposer::write_among(quorums, b);
+        let mut step = Step::Wait;
+        for n in [1, 4, 3] {
+            let (promise, _) = acceptors.get_mut(&n).unwrap().prepare(b);
+            step = proposer.on_promise(NodeId(n), b, promise);
+            if n != 3 {
+                assert_eq!(step, Step::Wait, "no majority of the old set before replica 3 answers");
+            }
+        }
+        let Step::Apply(current) = step else { panic!("expected to apply, got {step:?}") };
+        assert_eq!(current.map(|version| version.value), Some(5), "the old set's choice is seen");
+        let Step::Accept(proposal) = proposer.decide(Decision::Write(6)) else { panic!("expected an accept") };
+        // Accepted by 1 and 2: a majority of the old set, not of the new one.
+        for n in [1, 2] {
+            let (answer, _) = acceptors.get_mut(&n).unwrap().accept(proposal.clone());
+            assert_eq!(proposer.on_accept(NodeId(n), b, answer), Step::Wait);
+        }
+        let (answer, _) = acceptors.get_mut(&4).unwrap().accept(proposal.clone());
+        let Step::Done(outcome) = proposer.on_accept(NodeId(4), b, answer) else { panic!("expected done") };
+        assert_eq!(outcome.version.map(|version| version.value), Some(6));
+    }
+
+    #[test]
+    fn reconfiguring_mid_operation_remembers_attempts() {
+        let mut proposer: Proposer<u64> = Proposer::write(nodes(), ballot(1, 9));
+        let mut acceptor = Acceptor::default();
+        let (promise, _) = acceptor.prepare(ballot(1, 9));
+        proposer.on_promise(NodeId(1), ballot(1, 9), promise.clone());
+        let step = proposer.on_promise(NodeId(2), ballot(1, 9), promise);
+        assert!(matches!(step, Step::Apply(None)));
+        assert!(matches!(proposer.decide(Decision::Write(1)), Step::Accept(_)));
+        assert!(proposer.maybe_applied());
+        let quorums = Quorums::joint(vec![nodes(), vec![NodeId(1), NodeId(2), NodeId(4)]]);
+        let step = proposer.reconfigure(quorums.clone(), ballot(2, 9));
+        assert_eq!(step, Step::Prepare(ballot(2, 9)));
+        assert_eq!(proposer.quorums(), &quorums);
+        assert!(proposer.maybe_applied(), "the abandoned accept may have been accepted somewhere");
+        assert_eq!(proposer.replicas(), &[NodeId(1), NodeId(2), NodeId(3), NodeId(4)]);
     }
 
     /// Runs one operation against in-memory acceptors, delivering to `reachable` only.
