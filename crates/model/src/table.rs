@@ -267,6 +267,12 @@ pub struct TableSchema {
     /// The table's tags.
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Which change of the table this description is: on a cluster, the hybrid-logical-clock
+    /// time of the last CreateTable, UpdateTable, UpdateTimeToLive or tagging that changed it (0
+    /// in descriptions written before revisions), so members keep the newest description whatever
+    /// order they hear of changes in.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// The current [`TableSchema::format_version`].
@@ -555,6 +561,7 @@ pub fn validate_create_table(input: &CreateTableInput, id: String, now_ms: u64) 
         deletion_protection: input.deletion_protection_enabled.unwrap_or(false),
         ttl_attribute: None,
         tags: Default::default(),
+        revision: 0,
     })
 }
 

@@ -21,6 +21,12 @@ use onggi_storage::{Direction, Durability, Engine, StorageError, Tree, WriteBatc
 /// Name of the tree holding table schemas.
 pub const CATALOG_TREE: &str = "catalog";
 const TABLE_KEY_PREFIX: &str = "table/";
+/// Catalog keys recording deleted tables: `deleted/<table id>` → the deletion's clock time (u64,
+/// big-endian). A cluster member that missed a DeleteTable learns of it from these (and does not
+/// take the table back from a member that missed it too).
+const DELETED_KEY_PREFIX: &str = "deleted/";
+/// Most deletions remembered; the oldest are forgotten first.
+pub const DELETED_TABLES_REMEMBERED: usize = 10_000;
 
 /// Live statistics of one table (one table id): shared by every handle of that table, so that a
 /// write that started before an UpdateTable still counts after it.
@@ -124,6 +130,8 @@ pub struct Catalog {
     engine: Arc<dyn Engine>,
     catalog_tree: Tree,
     tables: RwLock<BTreeMap<String, Arc<TableHandle>>>,
+    /// Ids of deleted tables, with the clock time of their deletion.
+    deleted: RwLock<BTreeMap<String, u64>>,
     /// Serializes control-plane changes (create, update, delete) so that each one reads and
     /// writes the catalog without interference.
     pub(crate) changes: tokio::sync::Mutex<()>,
@@ -140,8 +148,14 @@ impl Catalog {
         let entries = engine
             .range(&catalog_tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward)
             .map_err(|error| error.to_string())?;
+        let mut deleted = BTreeMap::new();
         for entry in entries {
             let (key, value) = entry.map_err(|error| error.to_string())?;
+            if let Some(id) = key.strip_prefix(DELETED_KEY_PREFIX.as_bytes()) {
+                let time = value.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                deleted.insert(String::from_utf8_lossy(id).into_owned(), time);
+                continue;
+            }
             let mut schema: TableSchema = serde_json::from_slice(&value)
                 .map_err(|error| format!("catalog entry {} is unreadable: {error}", String::from_utf8_lossy(&key)))?;
             if schema.format_version != TABLE_SCHEMA_FORMAT_VERSION {
@@ -175,6 +189,7 @@ impl Catalog {
             engine,
             catalog_tree,
             tables: RwLock::new(tables),
+            deleted: RwLock::new(deleted),
             changes: tokio::sync::Mutex::new(()),
             newest_timestamp,
         })
@@ -217,12 +232,51 @@ impl Catalog {
         Ok(handle)
     }
 
-    /// Durably removes a table and its data. The caller holds `changes`.
-    pub async fn remove(&self, name: &str) -> Result<Option<Arc<TableHandle>>, StorageError> {
+    /// Ids of the deleted tables this node remembers.
+    pub fn deleted(&self) -> Vec<String> {
+        self.deleted.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    /// Whether the table with id `id` was deleted.
+    pub fn was_deleted(&self, id: &str) -> bool {
+        self.deleted.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(id)
+    }
+
+    /// Every table's handle.
+    pub fn tables(&self) -> Vec<Arc<TableHandle>> {
+        self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Durably removes a table and its data, remembering the deletion (`time`: the clock's time
+    /// now). The caller holds `changes`.
+    pub async fn remove(&self, name: &str, time: u64) -> Result<Option<Arc<TableHandle>>, StorageError> {
         let Some(handle) = self.get(name) else { return Ok(None) };
         let mut batch = WriteBatch::new();
         batch.delete(&self.catalog_tree, format!("{TABLE_KEY_PREFIX}{name}").into_bytes());
+        batch.put(
+            &self.catalog_tree,
+            format!("{DELETED_KEY_PREFIX}{}", handle.schema.id).into_bytes(),
+            time.to_be_bytes().to_vec(),
+        );
+        let forgotten = {
+            let deleted = self.deleted.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let excess = (deleted.len() + 1).saturating_sub(DELETED_TABLES_REMEMBERED);
+            let mut oldest: Vec<(u64, String)> = deleted.iter().map(|(id, time)| (*time, id.clone())).collect();
+            oldest.sort_unstable();
+            oldest.truncate(excess);
+            oldest
+        };
+        for (_, id) in &forgotten {
+            batch.delete(&self.catalog_tree, format!("{DELETED_KEY_PREFIX}{id}").into_bytes());
+        }
         commit_async(&*self.engine, batch, Durability::Sync).await?;
+        {
+            let mut deleted = self.deleted.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (_, id) in forgotten {
+                deleted.remove(&id);
+            }
+            deleted.insert(handle.schema.id.clone(), time);
+        }
         self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         // The catalog no longer names the trees, so a crash from here on leaves only orphan trees,
         // which the next start removes.

@@ -156,6 +156,7 @@ impl Node {
             _ => {}
         }
         schema.ttl_attribute = enabled.then(|| attribute.to_string());
+        schema.revision = self.inner.version().time.0;
         let handle = catalog.store(schema).await.map_err(storage_error)?;
         drop(change);
         self.announce_table_schema(&handle.schema).await;
@@ -223,6 +224,7 @@ impl Node {
                 }
             }
         }
+        schema.revision = self.inner.version().time.0;
         let handle = catalog.store(schema).await.map_err(storage_error)?;
         drop(catalog_change);
         self.announce_table_schema(&handle.schema).await;

@@ -120,13 +120,26 @@ impl Node {
     ) -> Result<(), DynamoError> {
         let catalog = &self.inner.catalog;
         let change = catalog.changes.lock().await;
+        if catalog.was_deleted(&schema.id) {
+            return Ok(()); // a late description of a table this node knows is gone
+        }
         let existing = catalog.get(&schema.name);
         if let Some(existing) = &existing
             && existing.schema.id != schema.id
         {
             return Err(DynamoError::internal(format!("a different table named {} exists here", schema.name)));
         }
+        if existing.as_ref().is_some_and(|existing| existing.schema.revision >= schema.revision) {
+            return Ok(()); // this node already has this change or a later one
+        }
         let mut backfill = false;
+        if existing.is_none() {
+            // The table starts here empty, its indexes with it: every item this node will hold
+            // arrives through the commit path, which writes its index entries too.
+            for index in schema.local_indexes.iter_mut().chain(&mut schema.global_indexes) {
+                index.status = onggi_model::table::IndexStatus::Active;
+            }
+        }
         if let Some(existing) = &existing {
             for index in schema.local_indexes.iter_mut().chain(&mut schema.global_indexes) {
                 match existing.schema.indexes().find(|local| local.id == index.id) {
@@ -194,6 +207,7 @@ impl Node {
                 format!("Subscriber limit exceeded: a node holds at most {TABLES_MAX} tables"),
             ));
         }
+        schema.revision = self.inner.version().time.0;
         let handle = catalog.store(schema).await.map_err(storage_error)?;
         tracing::info!(table = %handle.schema.name, id = %handle.schema.id, "table created");
         drop(change);
@@ -375,6 +389,7 @@ impl Node {
         if let Some(protection) = input.deletion_protection_enabled {
             schema.deletion_protection = protection;
         }
+        schema.revision = self.inner.version().time.0;
         let handle = catalog.store(schema).await.map_err(storage_error)?;
         drop(change);
         self.announce_table_schema(&handle.schema).await;
@@ -409,7 +424,7 @@ impl Node {
         }
         // Describe before removing, so the description carries the final statistics.
         let description = describe(&table, "DELETING", self.region(context));
-        catalog.remove(name).await.map_err(storage_error)?;
+        catalog.remove(name, self.inner.version().time.0).await.map_err(storage_error)?;
         tracing::info!(table = %name, "table deleted");
         drop(change);
         self.announce_table_deleted(&table.schema).await;

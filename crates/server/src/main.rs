@@ -84,11 +84,15 @@ struct ServeArgs {
     /// Replicas per item (N).
     #[arg(long, env = "ONGGI_REPLICATION", default_value_t = 3)]
     replication: usize,
+    /// Hints (commits kept for a replica that missed them, handed over when it is back) this node
+    /// stores at most; more are dropped, and anti-entropy repairs what they would have.
+    #[arg(long, env = "ONGGI_HINTS_MAX", default_value_t = onggi_node::cluster::HINTS_MAX_DEFAULT)]
+    hints_max: u64,
 }
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Print the cluster as one node sees it: members, reachability, partitions, repair.
+    /// Print the cluster as one node sees it: members, reachability, partitions, hints, repair.
     Status {
         /// The node to ask (its DynamoDB API endpoint).
         #[arg(long, env = "ONGGI_ENDPOINT", default_value = "http://127.0.0.1:8000")]
@@ -192,6 +196,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             replication: args.replication,
         };
         node.start_cluster(config).await?;
+        node.set_hint_limit(args.hints_max);
     }
     node.start_background(Duration::from_secs_f64(args.ttl_interval));
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -14,28 +14,43 @@
 //!   the transport), with round timeouts, randomized back-off under contention and an overall
 //!   deadline; strict reads take the proposer's one-round-trip read path. A write is
 //!   acknowledged once a majority of replicas accepted it durably; commits then go to every
-//!   replica without waiting (the local one is applied before answering).
+//!   replica without the client waiting: the local one is applied before answering, the others
+//!   are requests sent from background tasks, and a replica that does not acknowledge its commit
+//!   gets a hint.
+//! - **Hinted handoff** (`hints.rs`, the Dynamo paper's §4.6): the coordinator keeps a commit a
+//!   replica did not acknowledge (down, partitioned, paused, overloaded) in its `hints` tree, one
+//!   per item and replica, and a background task hands it over once the replica answers again, so
+//!   a node back from a crash has what it missed within about a second. Hints are bounded in
+//!   number and written without an fsync: they are an optimisation, and anti-entropy is the
+//!   guarantee.
 //! - **In the background** (`repair.rs`) it runs anti-entropy: it walks the (table, partition)
 //!   pairs it replicates at a bounded rate, compares each with another replica of it by Merkle
 //!   trees, exchanges the versions of the ranges that differ through the replica's commit path,
-//!   and finishes proposals left accepted but not committed. A replica that missed commits (down,
-//!   partitioned, a lost message) thus converges within a sweep or two (about 5 s per table).
+//!   and finishes proposals left accepted but not committed. A replica that missed commits and got
+//!   no hint for them (a hint dropped or lost, a coordinator that died before committing) thus
+//!   converges within a sweep or two (about 5 s per table).
 //!
 //! **What is not here yet** (each answers a clear error or is documented): membership is the
 //! static list given at start (gossip, join and decommission come next); tables are created and
-//! changed on every reachable member by the node that receives the request (which sends the new
-//! description, see `Node::apply_peer_schema`), not by consensus, so a member that is down misses
-//! the change; Query and Scan are eventually consistent (the receiving node's own replica when it
-//! holds every partition, else one replica per stretch of partitions, `ranges.rs`), and reads of a
-//! global secondary index are refused when no node holds every partition (each replica indexes
-//! its own items; indexes partitioned by their own key come later); no hinted handoff or read
-//! repair yet, so a replica that missed commits catches up only through anti-entropy's walk (or a
-//! later consensus round on the same item), not within milliseconds.
+//! changed by the node that receives the request, which sends the new description to every
+//! reachable member (see `Node::apply_peer_schema`); members that missed it learn it from their
+//! peers' catalogs within a second or two (`catalog_sync.rs`) — eventual agreement, not
+//! consensus, so concurrent changes of one table through two nodes may race; Query and Scan are
+//! eventually consistent (the receiving node's own replica when it holds every partition, else
+//! one replica per stretch of partitions, `ranges.rs`), and reads of a global secondary index are
+//! refused when no node holds every partition (each replica indexes its own items; indexes
+//! partitioned by their own key come later); no read repair yet; hints
+//! are kept by the coordinator, not by a substitute replica that counts towards the quorum
+//! (Dynamo's sloppy quorum): strict mode's majorities are of the item's own replicas, and hints
+//! only make a replica catch up sooner.
 
+mod catalog_sync;
+mod hints;
 mod ranges;
 mod repair;
 mod status;
 
+pub use hints::HINTS_MAX_DEFAULT;
 pub use status::render_status;
 pub mod wire;
 
@@ -99,6 +114,8 @@ pub(crate) struct Cluster {
     coordinating: crate::items::LockStripes,
     /// Anti-entropy's counters and recently built Merkle trees.
     repair: repair::Repair,
+    /// Hinted handoff's store and counters.
+    hints: hints::Hints,
 }
 
 impl Cluster {
@@ -159,6 +176,9 @@ impl Handler for PeerHandler {
             wire::tag::MERKLE => node.answer_merkle(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::RANGE_SYNC => node.answer_range_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::RANGE_READ => node.answer_range_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::CATALOG_SYNC => {
+                node.answer_catalog_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new)
+            }
             wire::tag::STATUS => Ok(Bytes::new()),
             wire::tag::TABLE_DELETED => {
                 let id = wire::decode_table_deleted(&payload).map_err(|error| HandlerError::new(error.to_string()))?;
@@ -208,6 +228,7 @@ impl Node {
         let transport = Transport::bind(transport_config, handler)
             .await
             .map_err(|error| format!("cannot listen for cluster peers on {}: {error}", config.listen))?;
+        let hints = hints::Hints::open(&self.inner.engine).await?;
         let cluster = Cluster {
             me: NodeId(config.node_id),
             layout,
@@ -216,12 +237,15 @@ impl Node {
             consensus_trees: Mutex::new(BTreeMap::new()),
             coordinating: crate::items::LockStripes::new(),
             repair: repair::Repair::default(),
+            hints,
         };
         let incarnation = self.inner.random_below(1 << 32);
         self.inner.node_id.store(ballot_node(config.node_id, incarnation), std::sync::atomic::Ordering::Relaxed);
         self.inner.cluster.set(Arc::new(cluster)).map_err(|_| "the cluster was already started".to_string())?;
         if self.cluster().is_some() {
             self.spawn_repair();
+            self.spawn_catalog_sync();
+            self.spawn_hint_delivery();
         }
         tracing::info!(node = config.node_id, members = config.members.len(), replication, "joined the cluster");
         Ok(())
@@ -577,7 +601,7 @@ impl Node {
     }
 
     /// Tells every replica about a chosen version: the local one before answering, the others
-    /// without waiting.
+    /// without waiting, each by a request whose failure leaves a hint for it (`hints.rs`).
     async fn spread_commit(
         &self,
         cluster: &Arc<Cluster>,
@@ -586,17 +610,22 @@ impl Node {
         key: &[u8],
         chosen: Version<Value>,
     ) {
-        let payload = Bytes::from(wire::encode_request(table_id, key, &Request::Commit(chosen.clone())));
-        for &replica in replicas {
-            if replica == cluster.me {
-                if let Err(error) = self.replica(table_id, key.to_vec(), Request::Commit(chosen.clone())).await {
-                    tracing::warn!(%error, "local commit failed");
-                }
-            } else if let Some(&address) = cluster.addresses.get(&replica)
-                && let Err(error) = cluster.transport.send(address, wire::tag::COMMIT, payload.clone()).await
-            {
-                tracing::debug!(%error, replica = replica.0, "commit not sent");
+        let local = replicas.contains(&cluster.me).then(|| Request::Commit(chosen.clone()));
+        if replicas.iter().any(|&replica| replica != cluster.me) {
+            let payload = Bytes::from(wire::encode_request(table_id, key, &Request::Commit(chosen.clone())));
+            let chosen = Arc::new(chosen);
+            for &replica in replicas.iter().filter(|&&replica| replica != cluster.me) {
+                let (node, cluster, payload, chosen) = (self.clone(), cluster.clone(), payload.clone(), chosen.clone());
+                let (table_id, key) = (table_id.to_string(), key.to_vec());
+                tokio::spawn(async move {
+                    node.commit_or_hint(&cluster, replica, &table_id, &key, payload, &chosen).await;
+                });
             }
+        }
+        if let Some(request) = local
+            && let Err(error) = self.replica(table_id, key.to_vec(), request).await
+        {
+            tracing::warn!(%error, "local commit failed");
         }
     }
 
@@ -667,7 +696,7 @@ impl Node {
         let Some(table) = catalog.get_by_id(id) else {
             return Ok(());
         };
-        catalog.remove(&table.schema.name).await.map_err(storage_error)?;
+        catalog.remove(&table.schema.name, self.inner.version().time.0).await.map_err(storage_error)?;
         tracing::info!(table = %table.schema.name, "table deleted by a peer");
         Ok(())
     }

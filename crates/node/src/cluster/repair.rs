@@ -1,10 +1,11 @@
 //! Anti-entropy: the replicas of a partition find what they disagree on, in the background, and
 //! copy the newer versions across (the Dynamo paper's §4.7; `onggi_sim` runs the same design).
 //!
-//! Commits travel to replicas as one-way messages, so a replica that was down, partitioned or
-//! paused, or that lost a message, misses versions. Consensus rounds on an item bring its
-//! replicas up to date, but only for items written or strictly read again. This task covers the
-//! rest, and finishes proposals whose coordinator went away.
+//! A replica that was down, partitioned or paused misses commits. Hinted handoff (`hints.rs`)
+//! brings it most of them soon after it is back, and consensus rounds on an item bring its
+//! replicas up to date, but hints are best effort (bounded, not fsynced, lost with their
+//! coordinator) and rounds happen only for items written or strictly read again. This task is
+//! the guarantee: it covers the rest, and finishes proposals whose coordinator went away.
 //!
 //! **The walk.** A task started with the cluster visits, one after the other, every (table,
 //! partition) pair this node replicates: each table of the catalog × `Layout::partitions_of(me)`.
@@ -289,7 +290,7 @@ fn token_interval(first: u64, last: u64) -> (Vec<u8>, Option<Vec<u8>>) {
 }
 
 /// The smallest key above `key`.
-fn successor(key: &[u8]) -> Vec<u8> {
+pub(super) fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = Vec::with_capacity(key.len() + 1);
     next.extend_from_slice(key);
     next.push(0);
@@ -882,7 +883,7 @@ impl Node {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cluster::ClusterConfig;
     use crate::{NodeConfig, StorageChoice};
@@ -902,7 +903,7 @@ mod tests {
     }
 
     /// Three in-memory nodes on loopback, a cluster with N = 3, and a table with a sort key.
-    async fn three_nodes() -> (Vec<Node>, Vec<SocketAddr>) {
+    pub(in crate::cluster) async fn three_nodes() -> (Vec<Node>, Vec<SocketAddr>) {
         let addresses: Vec<SocketAddr> =
             (0..3).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
         let members: Vec<(u64, SocketAddr)> = addresses.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect();
@@ -931,7 +932,7 @@ mod tests {
     }
 
     /// Cuts (or restores) every link between node `i` and the others, both ways.
-    fn isolate(nodes: &[Node], addresses: &[SocketAddr], i: usize, cut: bool) {
+    pub(in crate::cluster) fn isolate(nodes: &[Node], addresses: &[SocketAddr], i: usize, cut: bool) {
         for (j, node) in nodes.iter().enumerate() {
             if j == i {
                 continue;
@@ -944,7 +945,7 @@ mod tests {
         }
     }
 
-    async fn put(node: &Node, pk: &str, sk: u64, value: &str) {
+    pub(in crate::cluster) async fn put(node: &Node, pk: &str, sk: u64, value: &str) {
         let item =
             json!({"TableName": "repairs", "Item": {"pk": {"S": pk}, "sk": {"N": sk.to_string()}, "v": {"S": value}}});
         node.put_item(&RequestContext::default(), input::<PutItemInput>(item)).await.unwrap();
@@ -956,7 +957,7 @@ mod tests {
     }
 
     /// Every record of the table on `node`, by storage key.
-    fn records(node: &Node) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    pub(in crate::cluster) fn records(node: &Node) -> BTreeMap<Vec<u8>, Vec<u8>> {
         let table = node.inner.catalog.get("repairs").unwrap();
         node.inner
             .engine
@@ -967,7 +968,7 @@ mod tests {
     }
 
     /// Polls `probe` until it gives an answer, for at most 5 s.
-    async fn eventually<T>(mut probe: impl FnMut() -> Option<T>) -> T {
+    pub(in crate::cluster) async fn eventually<T>(mut probe: impl FnMut() -> Option<T>) -> T {
         for _ in 0..500 {
             if let Some(answer) = probe() {
                 return answer;

@@ -3,8 +3,8 @@
 //! A node answers `GET /onggi/cluster/status` with JSON: itself, the layout (partitions,
 //! replication factor, version), every member with its cluster address, whether this node can
 //! reach it right now (a short status request over the transport), the partitions it holds, and
-//! the anti-entropy counters. Hinted handoff does not exist yet, so the status says so rather
-//! than report an empty queue.
+//! the hinted handoff counters (hints queued now, stored, delivered, dropped, discarded, and the
+//! limit) and the anti-entropy counters.
 
 use std::time::Duration;
 
@@ -58,10 +58,21 @@ impl Node {
             "replication": cluster.layout.replica_count(),
             "members": members,
             "tables": tables,
-            "hints": "hinted handoff is not implemented yet",
+            "hints": hints_json(cluster.hints.counts()),
             "repair": repair_json(cluster.repair.stats.snapshot()),
         })
     }
+}
+
+fn hints_json(counts: super::hints::HintCounts) -> Json {
+    json!({
+        "queued": counts.queued,
+        "stored": counts.stored,
+        "delivered": counts.delivered,
+        "dropped": counts.dropped,
+        "discarded": counts.discarded,
+        "limit": counts.limit,
+    })
 }
 
 fn repair_json(counts: super::repair::RepairCounts) -> Json {
@@ -108,7 +119,19 @@ pub fn render_status(status: &Json) -> String {
             text(&member["partitions"]),
         ));
     }
-    out.push_str(&format!("hints: {}\n", text(&status["hints"])));
+    match status["hints"].as_object() {
+        Some(hints) => out.push_str(&format!(
+            "hints queued: {} (limit {}); stored {}, delivered {}, dropped {}, discarded {}\n",
+            text(&hints["queued"]),
+            text(&hints["limit"]),
+            text(&hints["stored"]),
+            text(&hints["delivered"]),
+            text(&hints["dropped"]),
+            text(&hints["discarded"]),
+        )),
+        // A node of an earlier build describes its hints in words.
+        None => out.push_str(&format!("hints: {}\n", text(&status["hints"]))),
+    }
     if let Some(repair) = status["repair"].as_object() {
         let fields: Vec<String> = repair.iter().map(|(name, value)| format!("{name} {}", text(value))).collect();
         out.push_str(&format!("repair: {}\n", fields.join(", ")));

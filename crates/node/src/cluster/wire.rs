@@ -50,6 +50,9 @@ pub mod tag {
     /// A piece of a Query or Scan read for a coordinator that holds no replica of that part of
     /// the table: [`super::encode_piece`], answered by [`super::encode_page`].
     pub const RANGE_READ: u16 = 8;
+    /// A digest of the sender's table catalog (JSON), answered by the descriptions and deletions
+    /// it lacks (JSON; see `super::super::catalog_sync`).
+    pub const CATALOG_SYNC: u16 = 9;
 }
 
 /// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the

@@ -14,6 +14,7 @@ mod harness;
 
 mod cluster;
 mod cluster_ranges;
+mod cluster_tables;
 mod concurrency;
 mod crash;
 mod errors;

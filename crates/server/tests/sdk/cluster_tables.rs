@@ -1,0 +1,170 @@
+//! Table changes reach a cluster member that was down when they were made.
+//!
+//! With node 3 killed (`kill -9`), node 1 creates a table (with a global index) and writes to it,
+//! deletes another, and enables Time to Live and tags on a third. Node 3 is restarted and, without
+//! any operator help, must soon know all three changes — the new table and its items, the deleted
+//! table gone, the new settings — by comparing catalogs with its peers in the background.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    BillingMode, GlobalSecondaryIndex, KeyType, Projection, ProjectionType, ScalarAttributeType, Tag,
+    TimeToLiveSpecification, TimeToLiveStatus,
+};
+
+use crate::cluster::Cluster;
+use crate::harness::{attribute_definition, client, item, key_element, s, skip_without_own_server, wait_active};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the returning node may take to learn the changes: catalogs are compared about once
+/// a second with one peer at a time.
+const CATCH_UP_BOUND: Duration = Duration::from_secs(20);
+
+async fn create(client: &Client, name: &str, global_index: bool) {
+    let mut request = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute_definition("pk", ScalarAttributeType::S))
+        .key_schema(key_element("pk", KeyType::Hash));
+    if global_index {
+        request = request
+            .attribute_definitions(attribute_definition("color", ScalarAttributeType::S))
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name("by_color")
+                    .key_schema(key_element("color", KeyType::Hash))
+                    .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                    .build()
+                    .expect("index"),
+            );
+    }
+    request.send().await.unwrap_or_else(|error| panic!("create {name}: {error:?}"));
+    wait_active(client, name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_node_learns_the_table_changes_it_missed() {
+    if skip_without_own_server("cluster catalog test") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, missed_changes()).await.expect("the catalog test exceeded its time bound");
+}
+
+async fn missed_changes() {
+    let mut cluster = Cluster::start(3);
+    let first = client(&cluster.endpoint(0));
+    let third = client(&cluster.endpoint(2));
+    let name = |hint: &str| crate::harness::unique_name(hint);
+    let (kept, doomed, fresh) = (name("kept"), name("doomed"), name("fresh"));
+    create(&first, &kept, false).await;
+    create(&first, &doomed, false).await;
+    wait_active(&third, &doomed).await;
+
+    cluster.nodes[2].take().expect("node 3").kill_hard();
+    create(&first, &fresh, true).await;
+    for i in 0..20 {
+        let color = if i % 2 == 0 { "red" } else { "blue" };
+        first
+            .put_item()
+            .table_name(&fresh)
+            .set_item(Some(item([("pk", s(&format!("item-{i}"))), ("color", s(color))])))
+            .send()
+            .await
+            .expect("put with one node down");
+    }
+    first.delete_table().table_name(&doomed).send().await.expect("delete with one node down");
+    first
+        .update_time_to_live()
+        .table_name(&kept)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder().enabled(true).attribute_name("expires").build().expect("spec"),
+        )
+        .send()
+        .await
+        .expect("enable TTL with one node down");
+    let arn = first.describe_table().table_name(&kept).send().await.expect("describe").table.and_then(|t| t.table_arn);
+    first
+        .tag_resource()
+        .resource_arn(arn.clone().expect("table ARN"))
+        .tags(Tag::builder().key("team").value("storage").build().expect("tag"))
+        .send()
+        .await
+        .expect("tag with one node down");
+
+    cluster.start_node(2);
+    let returned = Instant::now();
+    let mut missing = String::new();
+    while returned.elapsed() < CATCH_UP_BOUND {
+        missing.clear();
+        let tables = match third.list_tables().send().await {
+            Ok(answer) => answer.table_names().to_vec(),
+            Err(error) => {
+                missing = format!("list tables: {error:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if !tables.contains(&fresh) {
+            missing.push_str("the new table; ");
+        }
+        if tables.contains(&doomed) {
+            missing.push_str("the deletion; ");
+        }
+        let ttl = third.describe_time_to_live().table_name(&kept).send().await.ok();
+        let status = ttl.and_then(|answer| answer.time_to_live_description).and_then(|d| d.time_to_live_status);
+        if status != Some(TimeToLiveStatus::Enabled) {
+            missing.push_str("the TTL setting; ");
+        }
+        let tags = third.list_tags_of_resource().resource_arn(arn.clone().unwrap_or_default()).send().await.ok();
+        if !tags.is_some_and(|answer| answer.tags().iter().any(|tag| tag.key() == "team" && tag.value() == "storage")) {
+            missing.push_str("the tags; ");
+        }
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "node 3 had not learned {missing}{CATCH_UP_BOUND:?} after it returned; logs:\n{}",
+        cluster.logs()
+    );
+    println!(
+        "catalog test: node 3 knew every missed table change {} ms after it restarted",
+        returned.elapsed().as_millis()
+    );
+
+    // The new table works through the returning node: strict reads see what was written while it
+    // was down, and it coordinates writes of its own.
+    for i in 0..20 {
+        let answer = third
+            .get_item()
+            .table_name(&fresh)
+            .key("pk", s(&format!("item-{i}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("strict read through node 3: {error:?}"));
+        assert!(answer.item().is_some(), "item-{i} written while node 3 was down");
+    }
+    third
+        .put_item()
+        .table_name(&fresh)
+        .set_item(Some(item([("pk", s("through-node-3")), ("color", s("green"))])))
+        .send()
+        .await
+        .expect("a write coordinated by the returning node");
+    let index = third
+        .query()
+        .table_name(&fresh)
+        .index_name("by_color")
+        .key_condition_expression("color = :c")
+        .expression_attribute_values(":c", s("green"))
+        .send()
+        .await
+        .expect("the returning node reads the new table's index");
+    assert_eq!(index.count(), 1, "the index has the item written through node 3");
+    drop(cluster);
+}
