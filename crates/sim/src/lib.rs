@@ -16,6 +16,13 @@
 //! comparing each partition's Merkle trees with another replica's and exchanging the versions
 //! under the leaves that differ. The [`world`] module holds that shell; the checkers are here.
 //!
+//! **Layout changes.** Most seeds also change the partition layout while clients run and faults
+//! happen ([`Reconfiguration`]: one or two nodes join, or are decommissioned), by the epoch
+//! protocol described in `world.rs`: joint quorums of the old and new replica sets while the
+//! layout changes, new replicas catching up from a majority of the old ones, and the switch to
+//! the new layout alone once a majority of every moved partition's new replicas has. The same
+//! checkers judge the result, against the new layout's replicas.
+//!
 //! **Checkers.** (1) Every key's history — what clients invoked, when, and what they were told —
 //! is linearizable ([`linearizability`]); acknowledged writes that were lost, and reads that went
 //! back in time, both show up as non-linearizable histories. The history ends with a strict read
@@ -29,4 +36,4 @@
 pub mod linearizability;
 pub mod world;
 
-pub use world::{Config, Faults, Report, Sabotage, run};
+pub use world::{Config, Faults, Reconfiguration, Report, Sabotage, run};

@@ -17,16 +17,33 @@
 //! exchange their committed versions of the keys in the differing token ranges only
 //! (`Message::RangeVersions`, push then pull) and merge them with [`Acceptor::commit`], which
 //! keeps the newer version.
+//!
+//! **Layout changes** ([`Reconfiguration`]). The run starts in the first layout (epoch 0). At
+//! `reconfigure_at_ms` one node adopts epoch 1, the change; nodes adopt newer epochs from gossip
+//! (`Message::Epoch`, one random peer per repair tick) and from any consensus message, which
+//! carries its coordinator's epoch. In epoch 1 a coordinator's quorums are a majority of each of
+//! the key's old and new replica sets ([`Quorums::joint`]); a replica answers a message of an
+//! older epoch than its own with `Message::Stale`, and the coordinator continues the operation
+//! in its newer epoch ([`Proposer::reconfigure`]). Each new replica of a moved partition asks
+//! every old replica for its state there (`Message::SyncRequest`, `Message::SyncState`): the old
+//! replica adopts epoch 1 first — from then on it refuses operations of the old layout alone —
+//! and answers with its committed versions, and whether it held no unfinished proposal (it
+//! finishes any it has). The new replica merges the versions, and once clean answers came from a
+//! majority of the old replicas it has every version chosen before the change: it persists them
+//! and counts itself caught up, which gossip spreads. A node switches to epoch 2, the new layout
+//! alone, once a majority of every moved partition's new replicas caught up: versions chosen
+//! before the change are then on a majority of the new replicas, and versions chosen during it
+//! were chosen by one. Epochs are persisted when adopted (a crash keeps them).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 
 use onggi_core::hlc::{Clock, Timestamp};
-use onggi_core::layout::{Layout, Node as LayoutNode, NodeId, PartitionId};
+use onggi_core::layout::{Change, Layout, Node as LayoutNode, NodeId, PartitionId};
 use onggi_core::merkle::{self, Comparison, MerkleTree};
 use onggi_core::paxos::{
-    Acceptance, Acceptor, Ballot, Decision, Knowledge, Lineage, Lineaged, Promise, Proposer, Step, Version,
+    Acceptance, Acceptor, Ballot, Decision, Knowledge, Lineage, Lineaged, Promise, Proposer, Quorums, Step, Version,
 };
 use onggi_core::rng::Rng;
 
@@ -126,6 +143,21 @@ pub struct Config {
     pub faults: Faults,
     /// A deliberate bug in the shell, to show that the checkers catch what they claim to.
     pub sabotage: Option<Sabotage>,
+    /// A change of the partition layout during the run, if any.
+    pub reconfiguration: Option<Reconfiguration>,
+    /// When the layout change starts (one node hears of it; gossip and messages spread it).
+    pub reconfigure_at_ms: u64,
+}
+
+/// A change of the partition layout, run online under load and faults (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconfiguration {
+    /// The last `nodes` nodes are not in the first layout; they join, and partitions move to
+    /// them (with two, some partitions get two new replicas of three).
+    Join { nodes: usize },
+    /// `nodes` nodes are decommissioned: they stay members but every replica they held moves
+    /// elsewhere.
+    Decommission { nodes: usize },
 }
 
 /// Deliberate bugs, for testing the checkers (never set by [`Config::from_seed`]).
@@ -138,6 +170,12 @@ pub enum Sabotage {
     /// No anti-entropy, but abandoned proposals are still finished: a replica that missed both a
     /// version's accept and its commit has nothing else to bring it up to date.
     NoAntiEntropy,
+    /// During a layout change, new replicas declare themselves caught up without copying
+    /// anything from the old ones.
+    SkipCatchUp,
+    /// During a layout change, operations use the new layout's replicas alone instead of
+    /// quorums of both layouts.
+    NoJointQuorums,
 }
 
 impl Config {
@@ -146,7 +184,7 @@ impl Config {
     pub fn from_seed(seed: u64) -> Config {
         let mut rng = Rng::new(seed ^ 0x5157_AB1E_C0FF_EE00);
         let pick = |rng: &mut Rng, values: &[u64]| values[rng.below(values.len() as u64) as usize];
-        Config {
+        let mut config = Config {
             seed,
             nodes: 3 + rng.below(5) as usize,
             replication: 3,
@@ -164,7 +202,21 @@ impl Config {
                 clock_skew_ms: pick(&mut rng, &[0, 50, 2_000]),
             },
             sabotage: None,
+            reconfiguration: match rng.below(5) {
+                0 => None,
+                1 => Some(Reconfiguration::Join { nodes: 1 }),
+                2 => Some(Reconfiguration::Join { nodes: 2 }),
+                3 => Some(Reconfiguration::Decommission { nodes: 1 }),
+                _ => Some(Reconfiguration::Decommission { nodes: 2 }),
+            },
+            reconfigure_at_ms: 200 + rng.below(2_300),
+        };
+        if config.reconfiguration.is_some() {
+            // More keys than usual, so that some sit idle while the layout changes and only the
+            // new replicas' catching up carries them over.
+            config.keys = 8 + rng.below(9);
         }
+        config
     }
 }
 
@@ -205,6 +257,14 @@ pub struct Report {
     pub versions_repaired: u64,
     /// Simulated milliseconds from the end of the faults to converged replicas.
     pub converged_after_ms: Option<u64>,
+    /// The layout change run, if any.
+    pub reconfiguration: Option<Reconfiguration>,
+    /// Partitions whose replicas the layout change moved.
+    pub partitions_moved: u64,
+    /// When the first node switched to the new layout alone (simulated ms), if one did.
+    pub new_layout_at_ms: Option<u64>,
+    /// Committed versions new replicas merged while catching up on their partitions.
+    pub versions_synced: u64,
     /// Everything that went wrong; empty for a passing seed.
     pub violations: Vec<String>,
 }
@@ -215,7 +275,8 @@ impl Report {
         format!(
             "seed {}: {} ok, {} failed, {} indeterminate ({} contention, {} deadline, {} client timeout); {} messages \
              ({} dropped); {} partitions, {} crashes, {} pauses; {} Merkle comparisons ({} abandoned, {} found \
-             differences), {} versions transferred ({} repaired); converged {} ms after healing; {} violations",
+             differences), {} versions transferred ({} repaired); layout change {}; converged {} ms after healing; \
+             {} violations",
             self.seed,
             self.ok,
             self.failed,
@@ -233,6 +294,15 @@ impl Report {
             self.merkle_differences,
             self.versions_transferred,
             self.versions_repaired,
+            match self.reconfiguration {
+                None => "none".to_string(),
+                Some(kind) => format!(
+                    "{kind:?} ({} partitions moved, {} versions synced, new layout alone from {} ms)",
+                    self.partitions_moved,
+                    self.versions_synced,
+                    self.new_layout_at_ms.map_or("never".to_string(), |ms| ms.to_string())
+                ),
+            },
             self.converged_after_ms.map_or("never".to_string(), |ms| ms.to_string()),
             self.violations.len()
         )
@@ -293,6 +363,7 @@ enum Message {
     Read {
         op: OpRef,
         key: Key,
+        epoch: u64,
     },
     ReadReply {
         op: OpRef,
@@ -302,6 +373,7 @@ enum Message {
         op: OpRef,
         key: Key,
         ballot: Ballot,
+        epoch: u64,
     },
     Promise {
         op: OpRef,
@@ -312,6 +384,31 @@ enum Message {
         op: OpRef,
         key: Key,
         proposal: Version<Stored>,
+        epoch: u64,
+    },
+    /// A replica's answer to a consensus message sent under an older layout epoch than its own:
+    /// the coordinator moves the operation to the newer epoch's replicas.
+    Stale {
+        op: OpRef,
+        epoch: u64,
+    },
+    /// Layout gossip: the sender's epoch, and which new replicas it knows have caught up on
+    /// which moved partitions.
+    Epoch {
+        epoch: u64,
+        synced: BTreeMap<PartitionId, BTreeSet<NodeId>>,
+    },
+    /// A new replica of a moved partition asks a replica of the old layout for its state there.
+    SyncRequest {
+        partition: PartitionId,
+        epoch: u64,
+    },
+    /// The answer: the committed versions of the partition's keys, and whether the sender holds
+    /// no unfinished proposal there (only then does its answer count towards catching up).
+    SyncState {
+        partition: PartitionId,
+        versions: Vec<(Key, Version<Stored>)>,
+        clean: bool,
     },
     Accepted {
         op: OpRef,
@@ -372,6 +469,7 @@ enum Event {
     ClientNext { client: usize },
     ClientTimeout { client: usize, seq: u64 },
     Repair { node: usize, incarnation: u64 },
+    Reconfigure,
     ComparisonTimeout { node: usize, comparison: u64, step: u32 },
     Fault,
     HealLink { from: usize, to: usize },
@@ -388,6 +486,8 @@ struct Coordination {
     key: Key,
     op: ClientOp,
     proposer: Proposer<Stored>,
+    /// The layout epoch the operation's quorums come from (see [`World::quorums_of`]).
+    epoch: u64,
     round: u32,
     /// What each round decided to tell the client, by the round's ballot.
     outputs: Vec<(Ballot, Output)>,
@@ -418,6 +518,16 @@ struct SimNode {
     /// comparison of an earlier life never pairs with one of this life (a real node would draw
     /// ids at random, or from its clock).
     next_comparison: u64,
+    /// The layout epoch this node works in: 0 the first layout, 1 the change (joint quorums of
+    /// both layouts), 2 the new layout alone. Persisted as soon as adopted (`durable_epoch`): a
+    /// replica that refused a message of an older epoch must go on refusing after a restart.
+    epoch: u64,
+    durable_epoch: u64,
+    /// Per moved partition this node newly replicates: the old replicas whose state it merged
+    /// from an answer that counted (clean). A majority of the old replicas means caught up.
+    sources: BTreeMap<PartitionId, BTreeSet<NodeId>>,
+    /// What this node knows of who has caught up: per moved partition, new replicas that did.
+    synced: BTreeMap<PartitionId, BTreeSet<NodeId>>,
 }
 
 /// A Merkle comparison this node started with one other replica of a partition.
@@ -462,7 +572,12 @@ struct World {
     /// Event payloads by slot (the heap holds indices, so events need no ordering).
     events: Vec<Option<Event>>,
     free: Vec<usize>,
+    /// The first layout (and the partitioning of the token space, which never changes).
     layout: Layout,
+    /// The layout after the run's change: the same as `layout` when the run changes nothing.
+    target: Layout,
+    /// Partitions whose replica sets differ between the two layouts.
+    moved: Vec<PartitionId>,
     nodes: Vec<SimNode>,
     clients: Vec<Client>,
     /// Directed links that drop everything until healed.
@@ -499,6 +614,11 @@ fn stamp(ballot: Ballot) -> [u8; merkle::VERSION_STAMP_BYTES] {
     merkle::version_stamp(ballot.time, ballot.node)
 }
 
+/// Whether two replica lists hold the same nodes.
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|node| b.contains(node))
+}
+
 /// Whether `token` lies in one of the inclusive `ranges`.
 fn in_ranges(token: u64, ranges: &[(u64, u64)]) -> bool {
     ranges.iter().any(|&(first, last)| first <= token && token <= last)
@@ -517,9 +637,31 @@ pub fn run(config: &Config) -> Report {
 impl World {
     fn new(config: Config) -> World {
         let mut rng = Rng::new(config.seed);
+        let first_members = match config.reconfiguration {
+            Some(Reconfiguration::Join { nodes }) => config.nodes - nodes,
+            _ => config.nodes,
+        };
         let layout =
-            Layout::new(64, config.replication, (0..config.nodes).map(|i| LayoutNode::new(NodeId(i as u64 + 1))))
+            Layout::new(64, config.replication, (0..first_members).map(|i| LayoutNode::new(NodeId(i as u64 + 1))))
                 .expect("a valid simulated layout");
+        let target = match config.reconfiguration {
+            None => Ok(layout.clone()),
+            Some(Reconfiguration::Join { .. }) => {
+                let joining =
+                    (first_members..config.nodes).map(|i| Change::Join(LayoutNode::new(NodeId(i as u64 + 1))));
+                layout.with_change(&joining.collect::<Vec<_>>())
+            }
+            Some(Reconfiguration::Decommission { nodes }) => {
+                let n = config.nodes as u64;
+                let draining = (0..nodes as u64).map(|i| Change::Drain(NodeId(1 + (config.seed + i) % n)));
+                layout.with_change(&draining.collect::<Vec<_>>())
+            }
+        }
+        .expect("a valid simulated layout change");
+        let moved: Vec<PartitionId> = (0..layout.partition_count())
+            .map(PartitionId)
+            .filter(|&partition| !same_set(layout.replicas(partition), target.replicas(partition)))
+            .collect();
         let nodes = (0..config.nodes)
             .map(|i| {
                 let skew = if config.faults.clock_skew_ms == 0 {
@@ -542,11 +684,20 @@ impl World {
                     trees: BTreeMap::new(),
                     comparisons: BTreeMap::new(),
                     next_comparison: 0,
+                    epoch: 0,
+                    durable_epoch: 0,
+                    sources: BTreeMap::new(),
+                    synced: BTreeMap::new(),
                 }
             })
             .collect();
         let clients = (0..config.clients).map(|_| Client { seq: 0, pending: None, seen: BTreeMap::new() }).collect();
-        let report = Report { seed: config.seed, ..Report::default() };
+        let report = Report {
+            seed: config.seed,
+            reconfiguration: config.reconfiguration,
+            partitions_moved: moved.len() as u64,
+            ..Report::default()
+        };
         let mut world = World {
             config,
             rng,
@@ -556,6 +707,8 @@ impl World {
             events: Vec::new(),
             free: Vec::new(),
             layout,
+            target,
+            moved,
             nodes,
             clients,
             cut: BTreeSet::new(),
@@ -603,6 +756,9 @@ impl World {
         }
         // Faults stop when the clients stop starting operations (those in flight go on).
         self.schedule(self.config.load_ms, Event::Heal);
+        if self.config.reconfiguration.is_some() {
+            self.schedule(self.config.reconfigure_at_ms, Event::Reconfigure);
+        }
     }
 
     fn any_episodic_faults(&self) -> bool {
@@ -683,6 +839,17 @@ impl World {
                 }
             }
             Event::Repair { node, incarnation } => self.repair(node, incarnation),
+            Event::Reconfigure => {
+                // The operator's command reaches one node, which adopts the change; gossip and
+                // consensus messages carry it to the others.
+                let up: Vec<usize> = (0..self.nodes.len()).filter(|&node| self.nodes[node].up).collect();
+                if up.is_empty() {
+                    self.schedule(50, Event::Reconfigure);
+                } else {
+                    let node = up[self.rng.below(up.len() as u64) as usize];
+                    self.adopt_epoch(node, 1);
+                }
+            }
             Event::ComparisonTimeout { node, comparison, step } => {
                 if self.nodes[node].comparisons.get(&comparison).is_some_and(|running| running.step == step) {
                     self.nodes[node].comparisons.remove(&comparison);
@@ -812,18 +979,27 @@ impl World {
                 let Endpoint::Client(client) = from else { return };
                 self.coordinate(node, Some((client, seq)), key, op);
             }
-            Message::Read { op, key } => {
+            Message::Read { op, key, epoch } => {
+                if !self.admits(node, epoch, reply_to, op) {
+                    return;
+                }
                 let knowledge = self.nodes[node].acceptor(key).knowledge();
                 self.send(me, reply_to, Message::ReadReply { op, knowledge });
             }
-            Message::Prepare { op, key, ballot } => {
+            Message::Prepare { op, key, ballot, epoch } => {
+                if !self.admits(node, epoch, reply_to, op) {
+                    return;
+                }
                 let (promise, changed) = self.nodes[node].acceptor(key).prepare(ballot);
                 if changed {
                     self.persist(node, key);
                 }
                 self.send(me, reply_to, Message::Promise { op, ballot, promise });
             }
-            Message::Accept { op, key, proposal } => {
+            Message::Accept { op, key, proposal, epoch } => {
+                if !self.admits(node, epoch, reply_to, op) {
+                    return;
+                }
                 let ballot = proposal.ballot;
                 let (answer, changed) = self.nodes[node].acceptor(key).accept(proposal);
                 if changed {
@@ -873,6 +1049,21 @@ impl World {
             Message::RangeVersions { partition, ranges, versions, reply } => {
                 self.on_range_versions(node, from, partition, ranges, versions, reply);
             }
+            Message::Stale { op, epoch } => {
+                self.adopt_epoch(node, epoch);
+                self.move_to_current_epoch(op);
+            }
+            Message::Epoch { epoch, synced } => {
+                self.adopt_epoch(node, epoch);
+                for (partition, nodes) in synced {
+                    self.nodes[node].synced.entry(partition).or_default().extend(nodes);
+                }
+                self.maybe_finish_change(node);
+            }
+            Message::SyncRequest { partition, epoch } => self.on_sync_request(node, reply_to, partition, epoch),
+            Message::SyncState { partition, versions, clean } => {
+                self.on_sync_state(node, from, partition, versions, clean);
+            }
             Message::Answer { .. } => {}
         }
     }
@@ -891,10 +1082,16 @@ impl World {
     /// node's commit path does not wait for one). Returns whether the version was newer.
     fn commit(&mut self, node: usize, key: Key, version: Version<Stored>) -> bool {
         let partition = self.layout.partition_of_token(key_token(key));
+        let ever = self.ever_holds(self.nodes[node].id, partition);
         let SimNode { store, dirty, trees, .. } = &mut self.nodes[node];
         let Some(tree) = trees.get_mut(&partition) else {
             // Commits and exchanges go to a partition's replicas only: this is a bug in the shell.
-            self.report.violations.push(format!("node {node} was sent key {key} of {partition:?}, not its own"));
+            // (During a layout change, a replica of one layout may hear from a coordinator that
+            // is still in another epoch than its own: such a commit is left to the layout the
+            // node is in, which moves the data itself.)
+            if !ever {
+                self.report.violations.push(format!("node {node} was sent key {key} of {partition:?}, not its own"));
+            }
             return false;
         };
         let acceptor = store.entry(key).or_default();
@@ -945,7 +1142,7 @@ impl World {
 
     /// Rebuilds all of `node`'s trees, one per partition it replicates, from its store.
     fn rebuild_trees(&mut self, node: usize) {
-        let partitions: Vec<PartitionId> = self.layout.partitions_of(self.nodes[node].id).collect();
+        let partitions = self.held_partitions(node);
         let trees =
             partitions.into_iter().map(|partition| (partition, self.tree_from_store(node, partition))).collect();
         self.nodes[node].trees = trees;
@@ -953,12 +1150,212 @@ impl World {
 
     // ----- coordination -----
 
+    /// The replicas of `key` once the run's layout change (if any) is over.
     fn replicas_of(&self, key: Key) -> Vec<NodeId> {
-        self.layout.replicas(self.layout.partition_of_token(key_token(key))).to_vec()
+        self.target.replicas(self.partition_of(key)).to_vec()
     }
 
     fn index_of(&self, id: NodeId) -> usize {
         id.0 as usize - 1
+    }
+
+    /// The replica sets of `partition` in layout epoch `epoch`: the first layout's (0), both
+    /// (1, the change: a quorum is a majority of each), or the new layout's (2).
+    fn layout_sets(&self, epoch: u64, partition: PartitionId) -> Vec<Vec<NodeId>> {
+        let old = self.layout.replicas(partition).to_vec();
+        let new = self.target.replicas(partition).to_vec();
+        match epoch {
+            0 => vec![old],
+            1 if same_set(&old, &new) => vec![old],
+            1 if self.config.sabotage == Some(Sabotage::NoJointQuorums) => vec![new],
+            1 => vec![old, new],
+            _ => vec![new],
+        }
+    }
+
+    fn partition_of(&self, key: Key) -> PartitionId {
+        self.layout.partition_of_token(key_token(key))
+    }
+
+    fn quorums_of(&self, epoch: u64, key: Key) -> Quorums {
+        Quorums::joint(self.layout_sets(epoch, self.partition_of(key)))
+    }
+
+    /// The partitions `node` replicates in its epoch.
+    fn held_partitions(&self, node: usize) -> Vec<PartitionId> {
+        let (id, epoch) = (self.nodes[node].id, self.nodes[node].epoch);
+        (0..self.layout.partition_count())
+            .map(PartitionId)
+            .filter(|&partition| self.layout_sets(epoch, partition).iter().any(|set| set.contains(&id)))
+            .collect()
+    }
+
+    /// Whether `id` replicates `partition` in either layout.
+    fn ever_holds(&self, id: NodeId, partition: PartitionId) -> bool {
+        self.layout.replicas(partition).contains(&id) || self.target.replicas(partition).contains(&id)
+    }
+
+    // ----- layout change -----
+
+    /// Lets a consensus message of layout epoch `epoch` through to `node`'s acceptors: a
+    /// message of an older epoch is answered [`Message::Stale`] and goes no further; a newer
+    /// epoch is adopted first.
+    fn admits(&mut self, node: usize, epoch: u64, reply_to: Endpoint, op: OpRef) -> bool {
+        let mine = self.nodes[node].epoch;
+        if epoch < mine {
+            self.send(Endpoint::Node(node), reply_to, Message::Stale { op, epoch: mine });
+            return false;
+        }
+        self.adopt_epoch(node, epoch);
+        true
+    }
+
+    /// Moves `node` to layout epoch `epoch` if it is newer: persisted at once, and the node's
+    /// Merkle trees follow the partitions it now replicates.
+    fn adopt_epoch(&mut self, node: usize, epoch: u64) {
+        if epoch <= self.nodes[node].epoch || !self.nodes[node].up {
+            return;
+        }
+        self.nodes[node].epoch = epoch;
+        self.nodes[node].durable_epoch = epoch;
+        if epoch == 2 && self.report.new_layout_at_ms.is_none() {
+            self.report.new_layout_at_ms = Some(self.now);
+        }
+        let held = self.held_partitions(node);
+        let mut trees = std::mem::take(&mut self.nodes[node].trees);
+        trees.retain(|partition, _| held.contains(partition));
+        for partition in held {
+            trees.entry(partition).or_insert_with(|| self.tree_from_store(node, partition));
+        }
+        self.nodes[node].trees = trees;
+    }
+
+    /// During the change, a background tick of `node`: tells a random peer its epoch and what it
+    /// knows of who caught up, and catches up on the moved partitions it newly replicates.
+    fn change_tick(&mut self, node: usize) {
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|&other| other != node).collect();
+        if !others.is_empty() {
+            let peer = others[self.rng.below(others.len() as u64) as usize];
+            let message = Message::Epoch { epoch: self.nodes[node].epoch, synced: self.nodes[node].synced.clone() };
+            self.send(Endpoint::Node(node), Endpoint::Node(peer), message);
+        }
+        if self.nodes[node].epoch != 1 {
+            return;
+        }
+        let id = self.nodes[node].id;
+        for partition in self.moved.clone() {
+            if !self.target.replicas(partition).contains(&id)
+                || self.nodes[node].synced.get(&partition).is_some_and(|synced| synced.contains(&id))
+            {
+                continue;
+            }
+            if self.config.sabotage == Some(Sabotage::SkipCatchUp) {
+                self.nodes[node].synced.entry(partition).or_default().insert(id);
+                continue;
+            }
+            for old in self.layout.replicas(partition).to_vec() {
+                if self.nodes[node].sources.get(&partition).is_some_and(|sources| sources.contains(&old)) {
+                    continue;
+                }
+                let to = self.index_of(old);
+                self.send(Endpoint::Node(node), Endpoint::Node(to), Message::SyncRequest { partition, epoch: 1 });
+            }
+        }
+        self.maybe_finish_change(node);
+    }
+
+    /// An old replica's side of catching up: its committed versions of the partition, and
+    /// whether it holds no unfinished proposal there. It adopts the requester's epoch first, so
+    /// from its answer on it refuses operations of the first layout alone: whatever such an
+    /// operation chose before is in the answer, and it can no longer gather a majority of old
+    /// replicas that are not. Unfinished proposals are finished at once (the next request finds
+    /// them committed).
+    fn on_sync_request(&mut self, node: usize, reply_to: Endpoint, partition: PartitionId, epoch: u64) {
+        self.adopt_epoch(node, epoch);
+        let (first, last) = self.layout.partition_range(partition);
+        let in_partition = |key: &Key| {
+            let token = key_token(*key);
+            first <= token && token <= last
+        };
+        let versions: Vec<(Key, Version<Stored>)> = self.nodes[node]
+            .store
+            .iter()
+            .filter(|(key, _)| in_partition(key))
+            .filter_map(|(&key, state)| state.committed.clone().map(|version| (key, version)))
+            .collect();
+        let unfinished: Vec<Key> = self.nodes[node]
+            .store
+            .iter()
+            .filter(|(key, state)| in_partition(key) && state.unfinished())
+            .map(|(&key, _)| key)
+            .collect();
+        for &key in &unfinished {
+            self.finish_in_background(node, key);
+        }
+        let clean = unfinished.is_empty();
+        self.send(Endpoint::Node(node), reply_to, Message::SyncState { partition, versions, clean });
+    }
+
+    /// A new replica's side: merges the versions, and counts the sender once it answered clean;
+    /// with a majority of the old replicas counted, the partition is caught up (persisted first).
+    fn on_sync_state(
+        &mut self,
+        node: usize,
+        from: Endpoint,
+        partition: PartitionId,
+        versions: Vec<(Key, Version<Stored>)>,
+        clean: bool,
+    ) {
+        let Endpoint::Node(sender) = from else { return };
+        let id = self.nodes[node].id;
+        if self.nodes[node].epoch != 1 || !self.target.replicas(partition).contains(&id) {
+            return;
+        }
+        for (key, version) in versions {
+            if self.partition_of(key) == partition && self.commit(node, key, version) {
+                self.report.versions_synced += 1;
+            }
+        }
+        if !clean {
+            return;
+        }
+        let sender = self.nodes[sender].id;
+        let old = self.layout.replicas(partition).to_vec();
+        let sources = self.nodes[node].sources.entry(partition).or_default();
+        sources.insert(sender);
+        let counted = old.iter().filter(|replica| sources.contains(replica)).count();
+        if counted > old.len() / 2 {
+            self.nodes[node].sync();
+            self.nodes[node].synced.entry(partition).or_default().insert(id);
+            self.maybe_finish_change(node);
+        }
+    }
+
+    /// Moves `node` to the new layout alone once, for every moved partition, a majority of its
+    /// new replicas caught up: every version chosen before the change is then on a majority of
+    /// the new replicas, and versions chosen during it were chosen by one.
+    fn maybe_finish_change(&mut self, node: usize) {
+        if self.nodes[node].epoch != 1 {
+            return;
+        }
+        let synced = &self.nodes[node].synced;
+        let done = self.moved.iter().all(|&partition| {
+            let new = self.target.replicas(partition);
+            let caught_up = synced.get(&partition).map_or(0, |nodes| new.iter().filter(|n| nodes.contains(n)).count());
+            caught_up > new.len() / 2
+        });
+        if done {
+            self.adopt_epoch(node, 2);
+        }
+    }
+
+    /// Starts a background strict read of `key` on `node` (which finishes an unfinished
+    /// proposal), unless one is running.
+    fn finish_in_background(&mut self, node: usize, key: Key) {
+        let busy = self.nodes[node].ops.values().any(|c| c.client.is_none() && c.key == key);
+        if !busy {
+            self.coordinate(node, None, key, ClientOp::Read);
+        }
     }
 
     fn coordination(&self, op: OpRef) -> Option<&Coordination> {
@@ -978,26 +1375,33 @@ impl World {
     }
 
     fn coordinate(&mut self, node: usize, client: Option<(usize, u64)>, key: Key, op: ClientOp) {
-        let replicas = self.replicas_of(key);
+        let epoch = self.nodes[node].epoch;
+        let quorums = self.quorums_of(epoch, key);
         let id = self.nodes[node].next_op;
         self.nodes[node].next_op += 1;
         let op_ref = OpRef { node, incarnation: self.nodes[node].incarnation, id };
         let (proposer, step) = match op {
-            ClientOp::Read => (Proposer::read(replicas), None),
+            ClientOp::Read => (Proposer::read_among(quorums), None),
             _ => {
                 let ballot = self.fresh_ballot(node, Ballot::ZERO);
-                (Proposer::write(replicas, ballot), Some(Step::Prepare(ballot)))
+                (Proposer::write_among(quorums, ballot), Some(Step::Prepare(ballot)))
             }
         };
-        self.nodes[node].ops.insert(id, Coordination { client, key, op, proposer, round: 0, outputs: Vec::new() });
+        let coordination = Coordination { client, key, op, proposer, epoch, round: 0, outputs: Vec::new() };
+        self.nodes[node].ops.insert(id, coordination);
         self.schedule(OPERATION_DEADLINE_MS, Event::Deadline { op: op_ref });
         match step {
             Some(step) => self.advance(op_ref, step),
-            None => {
-                self.broadcast(op_ref, |op| Message::Read { op, key });
-                self.schedule(ROUND_TIMEOUT_MS, Event::RoundTimeout { op: op_ref, round: 0 });
-            }
+            None => self.start_read(op_ref),
         }
+    }
+
+    /// Sends a strict read's read to every replica, and schedules the round's timeout.
+    fn start_read(&mut self, op: OpRef) {
+        let coordination = self.coordination(op).expect("coordinating");
+        let (key, epoch, round) = (coordination.key, coordination.epoch, coordination.round);
+        self.broadcast(op, |op| Message::Read { op, key, epoch });
+        self.schedule(ROUND_TIMEOUT_MS, Event::RoundTimeout { op, round });
     }
 
     fn fresh_ballot(&mut self, node: usize, above: Ballot) -> Ballot {
@@ -1023,6 +1427,11 @@ impl World {
     }
 
     fn new_round(&mut self, op: OpRef, above: Ballot) {
+        if self.coordination(op).is_some_and(|c| c.epoch < self.nodes[op.node].epoch) {
+            // The node moved to a newer layout epoch since the operation started: go on there.
+            self.move_to_current_epoch(op);
+            return;
+        }
         let ballot = self.fresh_ballot(op.node, above);
         let coordination = self.coordination_mut(op).expect("coordinating");
         coordination.round += 1;
@@ -1034,8 +1443,9 @@ impl World {
         match step {
             Step::Wait => {}
             Step::Prepare(ballot) => {
-                let key = self.coordination(op).expect("coordinating").key;
-                self.broadcast(op, |op| Message::Prepare { op, key, ballot });
+                let coordination = self.coordination(op).expect("coordinating");
+                let (key, epoch) = (coordination.key, coordination.epoch);
+                self.broadcast(op, |op| Message::Prepare { op, key, ballot, epoch });
                 let round = self.coordination(op).expect("coordinating").round;
                 self.schedule(ROUND_TIMEOUT_MS, Event::RoundTimeout { op, round });
             }
@@ -1061,8 +1471,9 @@ impl World {
                 self.advance(op, step);
             }
             Step::Accept(proposal) => {
-                let key = self.coordination(op).expect("coordinating").key;
-                self.broadcast(op, |op| Message::Accept { op, key, proposal: proposal.clone() });
+                let coordination = self.coordination(op).expect("coordinating");
+                let (key, epoch) = (coordination.key, coordination.epoch);
+                self.broadcast(op, |op| Message::Accept { op, key, proposal: proposal.clone(), epoch });
                 let round = self.coordination(op).expect("coordinating").round;
                 self.schedule(ROUND_TIMEOUT_MS, Event::RoundTimeout { op, round });
             }
@@ -1096,6 +1507,27 @@ impl World {
         }
     }
 
+    /// Moves an operation whose epoch is older than its node's to the node's epoch: the same
+    /// operation continues among the new epoch's replicas with a new ballot (a read starts its
+    /// read again).
+    fn move_to_current_epoch(&mut self, op: OpRef) {
+        let epoch = self.nodes[op.node].epoch;
+        let Some(coordination) = self.coordination(op) else { return };
+        if coordination.epoch >= epoch {
+            return;
+        }
+        let quorums = self.quorums_of(epoch, coordination.key);
+        let above = coordination.proposer.ballot();
+        let ballot = self.fresh_ballot(op.node, above);
+        let coordination = self.coordination_mut(op).expect("coordinating");
+        coordination.epoch = epoch;
+        coordination.round += 1;
+        match coordination.proposer.reconfigure(quorums, ballot) {
+            Step::Wait => self.start_read(op),
+            step => self.advance(op, step),
+        }
+    }
+
     fn finish_op(&mut self, op: OpRef, answer: Answer, unknown: Option<Unknown>) {
         let Some(coordination) = self.nodes[op.node].ops.remove(&op.id) else { return };
         if coordination.client.is_some() {
@@ -1117,11 +1549,19 @@ impl World {
             return; // a timer of an earlier life; the restart scheduled a new one
         }
         self.schedule(REPAIR_INTERVAL_MS, Event::Repair { node, incarnation });
-        if self.nodes[node].paused_until.is_some() || self.config.sabotage == Some(Sabotage::NoRepair) {
+        if self.nodes[node].paused_until.is_some() {
             return;
         }
-        // Finish proposals left unfinished (their coordinator crashed or gave up).
+        if self.config.reconfiguration.is_some() {
+            self.change_tick(node);
+        }
+        if self.config.sabotage == Some(Sabotage::NoRepair) {
+            return;
+        }
+        // Finish proposals left unfinished (their coordinator crashed or gave up), in the
+        // partitions this node replicates.
         let now = self.physical_ms(node);
+        let held = self.held_partitions(node);
         let stale: Vec<Key> = self.nodes[node]
             .store
             .iter()
@@ -1129,12 +1569,10 @@ impl World {
                 state.accepted.as_ref().is_some_and(|a| a.ballot.time.physical_ms() + STALE_PROPOSAL_MS < now)
             })
             .map(|(&key, _)| key)
+            .filter(|&key| held.contains(&self.partition_of(key)))
             .collect();
         for key in stale {
-            let busy = self.nodes[node].ops.values().any(|c| c.client.is_none() && c.key == key);
-            if !busy {
-                self.coordinate(node, None, key, ClientOp::Read);
-            }
+            self.finish_in_background(node, key);
         }
         if self.config.sabotage == Some(Sabotage::NoAntiEntropy) {
             return;
@@ -1162,7 +1600,14 @@ impl World {
         }
         let partition = held[self.rng.below(held.len() as u64) as usize];
         let id = self.nodes[node].id;
-        let peers: Vec<NodeId> = self.layout.replicas(partition).iter().copied().filter(|&p| p != id).collect();
+        let mut peers: Vec<NodeId> = Vec::new();
+        for set in self.layout_sets(self.nodes[node].epoch, partition) {
+            for peer in set {
+                if peer != id && !peers.contains(&peer) {
+                    peers.push(peer);
+                }
+            }
+        }
         if peers.is_empty() {
             return;
         }
@@ -1351,6 +1796,9 @@ impl World {
         state.ops.clear();
         // Trees live in memory only; the restart rebuilds them from what survived.
         state.trees.clear();
+        state.epoch = state.durable_epoch;
+        state.sources.clear();
+        state.synced.clear();
         state.comparisons.clear();
         // The clock survives only as far as physical time carries it: a restarted node's HLC
         // starts from its wall clock (ballots stay unique by node id and persisted promises).
@@ -1396,8 +1844,11 @@ impl World {
                     let _ = write!(detail, "\n  key {key} on {replica:?}: {state:?}");
                 }
             }
+            for node in &self.nodes {
+                let _ = write!(detail, "\n  {:?} in layout epoch {}", node.id, node.epoch);
+            }
             for partition in self.partitions_with_differing_roots() {
-                for &replica in self.layout.replicas(partition) {
+                for &replica in self.target.replicas(partition) {
                     let tree = self.nodes[self.index_of(replica)].trees.get(&partition);
                     let root = tree.map(MerkleTree::root);
                     let entries = tree.map(MerkleTree::len);
@@ -1428,7 +1879,8 @@ impl World {
             states.iter().all(|state| state.is_none_or(|s| s.accepted.is_none()))
                 && states.iter().all(|state| committed(state) == committed(&states[0]))
         });
-        keys_agree && self.partitions_with_differing_roots().is_empty()
+        let change_over = self.config.reconfiguration.is_none() || self.nodes.iter().all(|node| node.epoch == 2);
+        change_over && keys_agree && self.partitions_with_differing_roots().is_empty()
     }
 
     /// The partitions whose replicas' Merkle roots differ (a replica without the tree, down,
@@ -1438,7 +1890,7 @@ impl World {
             .map(PartitionId)
             .filter(|&partition| {
                 let roots: Vec<Option<merkle::Digest>> = self
-                    .layout
+                    .target
                     .replicas(partition)
                     .iter()
                     .map(|&replica| self.nodes[self.index_of(replica)].trees.get(&partition).map(MerkleTree::root))
@@ -1469,7 +1921,7 @@ impl World {
             if !self.nodes[node].up {
                 continue;
             }
-            for partition in self.layout.partitions_of(self.nodes[node].id) {
+            for partition in self.held_partitions(node) {
                 let kept = self.nodes[node].trees.get(&partition).map(MerkleTree::root);
                 let entries = self.store_entries(node, partition);
                 let expected =

@@ -978,6 +978,14 @@ pub(super) mod tests {
         panic!("no answer within 5 s")
     }
 
+    /// Waits until `node` has given up on `count` commits to an isolated replica and kept them as
+    /// hints (a commit request to a cut link waits for its timeout): unblocking the link earlier
+    /// would let a commit still on its way through, and the replica would not miss it.
+    pub(in crate::cluster) async fn hinted(node: &Node, count: u64) {
+        let cluster = node.cluster().unwrap().clone();
+        eventually(|| (cluster.hints.counts().stored >= count).then_some(())).await;
+    }
+
     /// Every partition of the table compared once from `node` with `peer`.
     async fn compare_all(node: &Node, peer: NodeId) {
         let cluster = node.cluster().unwrap().clone();
@@ -996,6 +1004,7 @@ pub(super) mod tests {
         for sk in 0..40 {
             put(&nodes[0], "p", sk, "first").await;
         }
+        hinted(&nodes[0], 40).await;
         isolate(&nodes, &addresses, 2, false);
         // Commits travel one way: let node 2 have them before node 1's links are cut.
         eventually(|| Some(()).filter(|_| records(&nodes[1]).len() == 40)).await;
@@ -1014,6 +1023,7 @@ pub(super) mod tests {
         for pk in ["q", "r", "s"] {
             put(&nodes[2], pk, 1, "third").await;
         }
+        hinted(&nodes[2], 30).await;
         isolate(&nodes, &addresses, 0, false);
         // Keys 0..40 (6 of them tombstones) and 100..116 of "p", and three more; commits reach
         // node 2 one way.
@@ -1053,6 +1063,7 @@ pub(super) mod tests {
         for pk in 0..8 {
             put(&nodes[0], &format!("key-{pk}"), 0, "missed").await;
         }
+        hinted(&nodes[0], 8).await;
         isolate(&nodes, &addresses, 2, false);
         let expected = eventually(|| Some(records(&nodes[1])).filter(|records| records.len() == 8)).await;
         assert!(records(&nodes[2]).is_empty());
