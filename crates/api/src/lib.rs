@@ -14,6 +14,6 @@ mod auth;
 mod server;
 
 pub use auth::{CredentialScope, parse_authorization};
-pub use server::{CLUSTER_STATUS_PATH, ServerConfig, serve};
+pub use server::{CLUSTER_LAYOUT_PATH, CLUSTER_STATUS_PATH, ServerConfig, serve};
 
 pub use onggi_model::ops::Backend;

@@ -170,6 +170,12 @@ fn next_request_id() -> String {
 /// Where `onggi cluster status` reads a node's view of its cluster (onggi's own endpoint; not
 /// authenticated yet, like the rest of the API until the security work).
 pub const CLUSTER_STATUS_PATH: &str = "/onggi/cluster/status";
+/// Where `onggi cluster join` and `decommission` start a layout change (onggi's own endpoint;
+/// not authenticated yet either): a JSON body `{"join": [{"id", "address"}], "decommission":
+/// [id]}`, answered with the change's epoch, or 400 and `{"error": ...}`.
+pub const CLUSTER_LAYOUT_PATH: &str = "/onggi/cluster/layout";
+/// The largest layout change request body.
+const CLUSTER_LAYOUT_BODY_MAX: usize = 64 * 1024;
 
 async fn handle<B: Backend>(backend: &B, config: &ServerConfig, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let request_id = next_request_id();
@@ -181,6 +187,23 @@ async fn handle<B: Backend>(backend: &B, config: &ServerConfig, request: Request
         let status = backend.cluster_status().await;
         let body = serde_json::to_vec(&status).unwrap_or_default();
         return respond(StatusCode::OK, "application/json", Bytes::from(body), &request_id);
+    }
+    if request.method() == Method::POST && request.uri().path() == CLUSTER_LAYOUT_PATH {
+        let collect = Limited::new(request.into_body(), CLUSTER_LAYOUT_BODY_MAX).collect();
+        let answer = match tokio::time::timeout(config.body_read_timeout, collect).await {
+            Ok(Ok(body)) => match serde_json::from_slice(&body.to_bytes()) {
+                Ok(change) => backend.change_layout(change).await,
+                Err(error) => Err(format!("malformed layout change: {error}")),
+            },
+            Ok(Err(error)) => Err(format!("could not read the layout change: {error}")),
+            Err(_) => Err("timed out reading the layout change".to_string()),
+        };
+        let (status, body) = match answer {
+            Ok(answer) => (StatusCode::OK, answer),
+            Err(error) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": error })),
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        return respond(status, "application/json", Bytes::from(body), &request_id);
     }
     let operation = request
         .headers()

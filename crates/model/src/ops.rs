@@ -495,6 +495,11 @@ pub trait Backend: Send + Sync + 'static {
     fn cluster_status(&self) -> impl Future<Output = Json> + Send {
         async { serde_json::json!({"cluster": null}) }
     }
+    /// Starts a change of the cluster's layout (onggi's own `POST /onggi/cluster/layout`):
+    /// nodes joining, nodes decommissioned. Answers the change's epoch, or why it was refused.
+    fn change_layout(&self, _change: Json) -> impl Future<Output = Result<Json, String>> + Send {
+        async { Err("this server is not part of a cluster".to_string()) }
+    }
 }
 
 /// The three tag operations.

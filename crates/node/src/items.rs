@@ -659,4 +659,8 @@ impl onggi_model::ops::Backend for Node {
     async fn cluster_status(&self) -> serde_json::Value {
         self.cluster_status_impl().await
     }
+
+    async fn change_layout(&self, change: serde_json::Value) -> Result<serde_json::Value, String> {
+        self.change_layout(change).await
+    }
 }

@@ -78,6 +78,10 @@ struct ServeArgs {
     /// comma-separated. Without it the node forms a cluster of one.
     #[arg(long, env = "ONGGI_MEMBERS", value_delimiter = ',')]
     members: Vec<String>,
+    /// Cluster addresses (HOST:PORT) of running members, comma-separated: this node learns the
+    /// cluster from them and waits to be added (`onggi cluster join`). Instead of --members.
+    #[arg(long, env = "ONGGI_SEEDS", value_delimiter = ',', conflicts_with = "members")]
+    seeds: Vec<SocketAddr>,
     /// The cluster's name: nodes of another cluster are refused.
     #[arg(long, env = "ONGGI_CLUSTER_NAME", default_value = "onggi")]
     cluster_name: String,
@@ -100,6 +104,29 @@ enum ClusterCommand {
         /// Print the node's answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Add a node to the cluster: start it first with `onggi serve --seeds`, then run this
+    /// against any member. Partitions move to it online; `status` shows the progress.
+    Join {
+        /// A member to ask (its DynamoDB API endpoint).
+        #[arg(long, env = "ONGGI_ENDPOINT", default_value = "http://127.0.0.1:8000")]
+        endpoint: String,
+        /// The new node's id (unique, never reused).
+        #[arg(long)]
+        node_id: u64,
+        /// The new node's cluster address (its --cluster-listen).
+        #[arg(long)]
+        address: SocketAddr,
+    },
+    /// Decommission a node: its replicas move to the others online; once `status` shows the
+    /// change done, the node holds nothing and can be stopped.
+    Decommission {
+        /// A member to ask (its DynamoDB API endpoint).
+        #[arg(long, env = "ONGGI_ENDPOINT", default_value = "http://127.0.0.1:8000")]
+        endpoint: String,
+        /// The node to decommission.
+        #[arg(long)]
+        node_id: u64,
     },
 }
 
@@ -178,21 +205,22 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         return Err(format!("--ttl-interval must be a positive number of seconds, not {}", args.ttl_interval));
     }
     let members = parse_members(&args.members)?;
-    if !members.is_empty() {
-        let node_id = args.node_id.ok_or("--members needs --node-id")?;
+    if !members.is_empty() || !args.seeds.is_empty() {
+        let node_id = args.node_id.ok_or("--members and --seeds need --node-id")?;
         let listen = match args.cluster_listen {
             Some(listen) => listen,
             None => members
                 .iter()
                 .find(|(id, _)| *id == node_id)
                 .map(|(_, address)| *address)
-                .ok_or_else(|| format!("node {node_id} is not in --members"))?,
+                .ok_or_else(|| format!("node {node_id} is not in --members; give --cluster-listen"))?,
         };
         let config = ClusterConfig {
             node_id,
             cluster_name: args.cluster_name.clone(),
             listen,
             members,
+            seeds: args.seeds.clone(),
             replication: args.replication,
         };
         node.start_cluster(config).await?;
@@ -321,8 +349,9 @@ fn dev(args: DevArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Fetches `path` from the HTTP endpoint `endpoint` (plain HTTP/1.1; the status page is small).
-fn http_get(endpoint: &str, path: &str) -> Result<String, String> {
+/// Sends one plain HTTP/1.1 request to `endpoint` (onggi's own small endpoints) and returns the
+/// status code and body.
+fn http_request(endpoint: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let authority = endpoint
         .strip_prefix("http://")
@@ -334,16 +363,42 @@ fn http_get(endpoint: &str, path: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{endpoint}: no address"))?;
     let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
         .map_err(|error| format!("cannot connect to {endpoint}: {error}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|error| error.to_string())?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
-        .map_err(|error| error.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|error| error.to_string())?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|error| error.to_string())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(|error| format!("reading from {endpoint}: {error}"))?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{endpoint} answered {}", head.lines().next().unwrap_or("")));
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or("malformed HTTP status")?;
+    Ok((status, body.to_string()))
+}
+
+/// Fetches `path` from the HTTP endpoint `endpoint` (the status page is small).
+fn http_get(endpoint: &str, path: &str) -> Result<String, String> {
+    match http_request(endpoint, "GET", path, "")? {
+        (200, body) => Ok(body),
+        (status, _) => Err(format!("{endpoint} answered {status}")),
     }
-    Ok(body.to_string())
+}
+
+/// Starts a layout change through the node at `endpoint` and says what it answered.
+fn cluster_change(endpoint: &str, change: serde_json::Value) -> Result<(), String> {
+    let (status, body) = http_request(endpoint, "POST", onggi_api::CLUSTER_LAYOUT_PATH, &change.to_string())?;
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).map_err(|error| format!("malformed answer ({status}): {error}"))?;
+    if status != 200 {
+        return Err(answer["error"].as_str().unwrap_or("the change was refused").to_string());
+    }
+    println!(
+        "layout change started (epoch {}): {} partitions move; follow it with `onggi cluster status --endpoint {endpoint}`",
+        answer["epoch"], answer["moved_partitions"]
+    );
+    Ok(())
 }
 
 fn cluster_status(endpoint: &str, json: bool) -> Result<(), String> {
@@ -361,13 +416,25 @@ fn cluster_status(endpoint: &str, json: bool) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Cluster(ClusterCommand::Status { endpoint, json }) => match cluster_status(&endpoint, json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("onggi cluster status: {message}");
-                ExitCode::FAILURE
+        Command::Cluster(command) => {
+            let (name, result) = match command {
+                ClusterCommand::Status { endpoint, json } => ("status", cluster_status(&endpoint, json)),
+                ClusterCommand::Join { endpoint, node_id, address } => (
+                    "join",
+                    cluster_change(&endpoint, serde_json::json!({"join": [{"id": node_id, "address": address}]})),
+                ),
+                ClusterCommand::Decommission { endpoint, node_id } => {
+                    ("decommission", cluster_change(&endpoint, serde_json::json!({"decommission": [node_id]})))
+                }
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("onggi cluster {name}: {message}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Bench(args) => bench(args),
         Command::Dev(args) => {
             init_logging(LogFormat::Text);

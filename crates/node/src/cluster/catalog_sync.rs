@@ -124,7 +124,7 @@ async fn catalog_walk(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let node = Node { inner };
         let Some(cluster) = node.cluster() else { continue };
-        let peers: Vec<_> = cluster.peers().collect();
+        let peers = cluster.peers();
         if peers.is_empty() {
             continue;
         }

@@ -241,7 +241,7 @@ impl Node {
         payload: Bytes,
         version: &Version<Value>,
     ) {
-        let Some(&address) = cluster.addresses.get(&target) else { return };
+        let Some(address) = cluster.address(target) else { return };
         let failure = match cluster.transport.request(address, wire::tag::CONSENSUS, payload, ROUND_TIMEOUT).await {
             Ok(answer) => match wire::decode_reply(&answer) {
                 Ok(Reply::Committed) => return,
@@ -433,7 +433,7 @@ impl Node {
     async fn deliver_to(&self, cluster: &Arc<Cluster>, target: NodeId, cursor: Option<Vec<u8>>) -> Option<Vec<u8>> {
         let (first, _) = target_range(target);
         let mut lower = cursor.filter(|cursor| cursor.starts_with(&first)).unwrap_or(first);
-        let address = cluster.addresses.get(&target).copied().filter(|_| target != cluster.me);
+        let address = cluster.address(target).filter(|_| target != cluster.me);
         for _ in 0..BATCHES_PER_TICK {
             let batch = match self.hint_batch(cluster, target, lower.clone()).await {
                 Ok(batch) => batch,

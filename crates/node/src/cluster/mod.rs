@@ -30,8 +30,13 @@
 //!   no hint for them (a hint dropped or lost, a coordinator that died before committing) thus
 //!   converges within a sweep or two (about 5 s per table).
 //!
-//! **What is not here yet** (each answers a clear error or is documented): membership is the
-//! static list given at start (gossip, join and decommission come next); tables are created and
+//! - **Layout changes** (`topology.rs`, `catch_up.rs`): every node holds the layout epoch it is
+//!   in; while a change runs, an item's quorums are a majority of its old replicas and of its
+//!   new ones, new replicas copy the old ones' committed versions, and every node switches to the
+//!   new layout once a majority of each moved partition's new replicas has caught up.
+//!
+//! **What is not here yet** (each answers a clear error or is documented): one layout change at
+//! a time, and no cleanup of the data of partitions a node gave away; tables are created and
 //! changed by the node that receives the request, which sends the new description to every
 //! reachable member (see `Node::apply_peer_schema`); members that missed it learn it from their
 //! peers' catalogs within a second or two (`catalog_sync.rs`) — eventual agreement, not
@@ -45,10 +50,12 @@
 //! only make a replica catch up sooner.
 
 mod catalog_sync;
+mod catch_up;
 mod hints;
 mod ranges;
 mod repair;
 mod status;
+mod topology;
 
 pub use hints::HINTS_MAX_DEFAULT;
 pub use status::render_status;
@@ -61,7 +68,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use onggi_core::consensus_state::ConsensusState;
-use onggi_core::layout::{Layout, Node as Member, NodeId};
+use onggi_core::layout::NodeId;
 use onggi_core::paxos::{Acceptor, Ballot, Decision, Knowledge, Proposer, Step, Version};
 use onggi_core::record::Record;
 use onggi_model::table::TableSchema;
@@ -74,6 +81,7 @@ use crate::indexing;
 use crate::items::{Effect, WriteOrigin};
 use crate::tables::storage_error;
 use crate::{Inner, Node};
+use topology::Topology;
 use wire::{Reply, Request, Value};
 
 /// How long a coordinator waits for one round's answers.
@@ -95,8 +103,12 @@ pub struct ClusterConfig {
     pub cluster_name: String,
     /// Where this node listens for its peers.
     pub listen: SocketAddr,
-    /// Every member (this node included): id and cluster address.
+    /// Every member (this node included): id and cluster address. Empty when the node joins an
+    /// existing cluster through `seeds`.
     pub members: Vec<(u64, SocketAddr)>,
+    /// Cluster addresses of running members to learn the topology from, for a node that is not
+    /// among `members` (it joins once an operator adds it: `onggi cluster join`).
+    pub seeds: Vec<SocketAddr>,
     /// Replicas per item (N).
     pub replication: usize,
 }
@@ -104,8 +116,16 @@ pub struct ClusterConfig {
 /// A node's cluster state.
 pub(crate) struct Cluster {
     me: NodeId,
-    layout: Layout,
-    addresses: BTreeMap<NodeId, SocketAddr>,
+    /// The layout epoch, its layouts and the members' addresses (`topology.rs`), replaced whole
+    /// when this node adopts a newer one (`Node::adopt_topology`).
+    topology: std::sync::RwLock<Arc<Topology>>,
+    /// Members known (old and new layouts'), kept beside the topology for the per-request check
+    /// of whether this node is on a cluster at all.
+    members: std::sync::atomic::AtomicUsize,
+    /// Serializes adoptions of newer topologies (each is persisted before it is used).
+    adopting: tokio::sync::Mutex<()>,
+    /// This node's cluster state tree (the persisted topology).
+    state_tree: Tree,
     transport: Transport,
     /// Consensus trees by table id, opened on first use.
     consensus_trees: Mutex<BTreeMap<String, Tree>>,
@@ -119,19 +139,32 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// The replicas of the item at `key`.
+    /// The topology this node works in now (a snapshot: a newer one may be adopted meanwhile).
+    pub(crate) fn layout(&self) -> Arc<Topology> {
+        self.topology.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The replicas holding every chosen version of the item at `key`: its replicas in the
+    /// epoch's layout, or in the old one while the layout changes (new replicas are catching up).
     pub(crate) fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
-        self.layout.replicas(self.layout.partition_of_key(key)).to_vec()
+        let layout = self.layout();
+        layout.replicas(layout.partition_of_key(key)).to_vec()
     }
 
     /// Whether this node holds a replica of every partition (so local range reads see all data).
     pub(crate) fn holds_everything(&self) -> bool {
-        self.layout.replica_count() == self.layout.nodes().len()
+        let layout = self.layout();
+        layout.replica_count() == layout.nodes().len() && !layout.changing()
     }
 
     /// Other members' cluster addresses.
-    fn peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.addresses.iter().filter(|(id, _)| **id != self.me).map(|(_, address)| *address)
+    fn peers(&self) -> Vec<SocketAddr> {
+        self.layout().addresses().filter(|(id, _)| *id != self.me).map(|(_, address)| address).collect()
+    }
+
+    /// A member's cluster address.
+    fn address(&self, node: NodeId) -> Option<SocketAddr> {
+        self.layout().address(node)
     }
 }
 
@@ -155,17 +188,26 @@ struct PeerHandler {
 }
 
 impl Handler for PeerHandler {
-    async fn request(&self, _from: PeerInfo, tag: u16, payload: Bytes) -> Result<Bytes, HandlerError> {
+    async fn request(&self, from: PeerInfo, tag: u16, payload: Bytes) -> Result<Bytes, HandlerError> {
         let node = Node { inner: self.node.upgrade().ok_or_else(|| HandlerError::new("node is stopping"))? };
         match tag {
             wire::tag::CONSENSUS => {
-                let (table_id, key, request) =
+                let (table_id, key, epoch, request) =
                     wire::decode_request(&payload).map_err(|error| HandlerError::new(error.to_string()))?;
+                if let Some(stale) = node.check_epoch(epoch, &request, from.addr).await.map_err(HandlerError::new)? {
+                    return Ok(Bytes::from(wire::encode_reply(&stale)));
+                }
                 let reply = node
                     .replica(&table_id, key, request)
                     .await
                     .map_err(|error| HandlerError::new(error.message.clone()))?;
                 Ok(Bytes::from(wire::encode_reply(&reply)))
+            }
+            wire::tag::TOPOLOGY => node.answer_topology(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::CATCH_UP => {
+                let request = wire::decode_catch_up(&payload).map_err(|error| HandlerError::new(error.to_string()))?;
+                let reply = node.answer_catch_up(request, Some(from.addr)).await.map_err(HandlerError::new)?;
+                Ok(Bytes::from(wire::encode_catch_up_reply(&reply)))
             }
             wire::tag::TABLE_CREATED => {
                 let schema: TableSchema = serde_json::from_slice(&payload)
@@ -197,7 +239,7 @@ impl Handler for PeerHandler {
         let node = Node { inner };
         tokio::spawn(async move {
             match wire::decode_request(&payload) {
-                Ok((table_id, key, request @ Request::Commit(_))) => {
+                Ok((table_id, key, _, request @ Request::Commit(_))) => {
                     if let Err(error) = node.replica(&table_id, key, request).await {
                         tracing::debug!(%error, "commit not applied");
                     }
@@ -216,23 +258,58 @@ impl Node {
         if config.node_id >= 1 << 32 {
             return Err(format!("node id {} is too large: node ids are below 2^32", config.node_id));
         }
-        let members: Vec<Member> = config.members.iter().map(|(id, _)| Member::new(NodeId(*id))).collect();
-        if !config.members.iter().any(|(id, _)| *id == config.node_id) {
+        if !config.members.is_empty() && !config.members.iter().any(|(id, _)| *id == config.node_id) {
             return Err(format!("node {} is not among the cluster members", config.node_id));
         }
-        let replication = config.replication.min(config.members.len());
-        let layout = Layout::new(PARTITIONS_DEFAULT, replication, members)
-            .map_err(|error| format!("cannot lay out the cluster: {error}"))?;
+        if config.members.is_empty() && config.seeds.is_empty() {
+            return Err("a cluster node needs its members or seeds".into());
+        }
+        // The topology this node last adopted wins over the command line's members: the layout
+        // may have changed since the cluster was created.
+        let state_tree =
+            self.inner.engine.open_tree(topology::CLUSTER_TREE).map_err(|error| format!("cluster state: {error}"))?;
+        let stored = self
+            .inner
+            .engine
+            .get(&state_tree, topology::TOPOLOGY_KEY)
+            .map_err(|error| format!("cluster state: {error}"))?;
         let handler = PeerHandler { node: Arc::downgrade(&self.inner) };
         let transport_config = onggi_transport::Config::new(config.node_id, config.cluster_name.clone(), config.listen);
         let transport = Transport::bind(transport_config, handler)
             .await
             .map_err(|error| format!("cannot listen for cluster peers on {}: {error}", config.listen))?;
+        let topology = match stored {
+            Some(bytes) => {
+                let record = serde_json::from_slice(&bytes).map_err(|error| format!("stored topology: {error}"))?;
+                Topology::from_record(record).map_err(|error| format!("stored topology: {error}"))?
+            }
+            None if config.members.is_empty() => {
+                let topology = topology::fetch_from_seeds(&transport, &config.seeds).await?;
+                let mut batch = WriteBatch::new();
+                let encoded = serde_json::to_vec(topology.record()).expect("a topology serializes");
+                batch.put(&state_tree, topology::TOPOLOGY_KEY.to_vec(), encoded);
+                self.commit_batch(batch, Durability::Sync, || {}).await.map_err(|error| error.message)?;
+                topology
+            }
+            None => {
+                let topology = Topology::initial(PARTITIONS_DEFAULT, config.replication, &config.members)
+                    .map_err(|error| format!("cannot lay out the cluster: {error}"))?;
+                let mut batch = WriteBatch::new();
+                let encoded = serde_json::to_vec(topology.record()).expect("a topology serializes");
+                batch.put(&state_tree, topology::TOPOLOGY_KEY.to_vec(), encoded);
+                self.commit_batch(batch, Durability::Sync, || {}).await.map_err(|error| error.message)?;
+                topology
+            }
+        };
+        let replication = topology.replica_count();
+        let members = topology.addresses().count();
         let hints = hints::Hints::open(&self.inner.engine).await?;
         let cluster = Cluster {
             me: NodeId(config.node_id),
-            layout,
-            addresses: config.members.iter().map(|(id, address)| (NodeId(*id), *address)).collect(),
+            topology: std::sync::RwLock::new(Arc::new(topology)),
+            members: std::sync::atomic::AtomicUsize::new(members),
+            adopting: tokio::sync::Mutex::new(()),
+            state_tree,
             transport,
             consensus_trees: Mutex::new(BTreeMap::new()),
             coordinating: crate::items::LockStripes::new(),
@@ -246,14 +323,16 @@ impl Node {
             self.spawn_repair();
             self.spawn_catalog_sync();
             self.spawn_hint_delivery();
+            self.spawn_topology_gossip();
+            self.spawn_catch_up();
         }
-        tracing::info!(node = config.node_id, members = config.members.len(), replication, "joined the cluster");
+        tracing::info!(node = config.node_id, members, replication, "joined the cluster");
         Ok(())
     }
 
     /// The cluster, when this node is part of one with other members.
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.inner.cluster.get().filter(|cluster| cluster.addresses.len() > 1)
+        self.inner.cluster.get().filter(|cluster| cluster.members.load(std::sync::atomic::Ordering::Relaxed) > 1)
     }
 
     fn consensus_tree(&self, cluster: &Cluster, table: &TableHandle) -> Result<Tree, DynamoError> {
@@ -418,13 +497,18 @@ impl Node {
         replica: NodeId,
         table_id: &str,
         key: &[u8],
+        epoch: u64,
         request: Request,
     ) -> Option<Reply> {
         if replica == cluster.me {
+            let mine = cluster.layout().epoch();
+            if epoch < mine && !matches!(request, Request::Commit(_)) {
+                return Some(Reply::Stale(mine));
+            }
             return self.replica(table_id, key.to_vec(), request).await.ok();
         }
-        let address = *cluster.addresses.get(&replica)?;
-        let payload = Bytes::from(wire::encode_request(table_id, key, &request));
+        let address = cluster.address(replica)?;
+        let payload = Bytes::from(wire::encode_request_in(table_id, key, epoch, &request));
         match cluster.transport.request(address, wire::tag::CONSENSUS, payload, ROUND_TIMEOUT).await {
             Ok(bytes) => wire::decode_reply(&bytes).ok(),
             Err(error) => {
@@ -434,28 +518,38 @@ impl Node {
         }
     }
 
-    /// Sends `request` to every replica at once and feeds the answers to `on_answer` until it
-    /// returns a step other than [`Step::Wait`], every replica has answered, or the round times out.
+    /// Sends `request` (of layout epoch `epoch`) to every replica at once and feeds the answers
+    /// to `on_answer` until it returns a step other than [`Step::Wait`], every replica has
+    /// answered, or the round times out. A replica in a newer epoch is noted in `stale` (the
+    /// newest such epoch, and who answered it).
+    #[allow(clippy::too_many_arguments)]
     async fn round(
         &self,
         cluster: &Arc<Cluster>,
         replicas: &[NodeId],
         table_id: &str,
         key: &[u8],
+        epoch: u64,
         request: Request,
+        stale: &mut Option<(u64, NodeId)>,
         mut on_answer: impl FnMut(NodeId, Reply) -> Step<Value>,
     ) -> Step<Value> {
         let mut answers = tokio::task::JoinSet::new();
         for &replica in replicas {
             let (node, cluster, table_id, key, request) =
                 (self.clone(), cluster.clone(), table_id.to_string(), key.to_vec(), request.clone());
-            answers.spawn(async move { (replica, node.ask(&cluster, replica, &table_id, &key, request).await) });
+            answers.spawn(async move { (replica, node.ask(&cluster, replica, &table_id, &key, epoch, request).await) });
         }
         let deadline = tokio::time::sleep(ROUND_TIMEOUT);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 answer = answers.join_next() => match answer {
+                    Some(Ok((replica, Some(Reply::Stale(newer))))) => {
+                        if stale.is_none_or(|(known, _)| newer > known) {
+                            *stale = Some((newer, replica));
+                        }
+                    }
                     Some(Ok((replica, Some(reply)))) => {
                         let step = on_answer(replica, reply);
                         if step != Step::Wait {
@@ -489,20 +583,25 @@ impl Node {
         origin: WriteOrigin,
         mut decide: impl FnMut(Option<&Item>) -> Result<(Effect, T), DynamoError>,
     ) -> Result<(T, Option<Item>), DynamoError> {
-        let replicas = cluster.replicas(&key);
         let table_id = table.schema.id.clone();
         let started = tokio::time::Instant::now();
         let _turn = cluster.coordinating.lock(table, &key).await;
+        let layout = cluster.layout();
+        let mut epoch = layout.epoch();
+        let quorums = layout.quorums(&key);
+        drop(layout);
+        let mut stale = None;
         let (mut proposer, mut step) = if read_only {
-            let proposer = Proposer::read(replicas.clone());
-            (proposer, Step::Wait)
+            (Proposer::read_among(quorums), Step::Wait)
         } else {
             let ballot = self.new_ballot(Ballot::ZERO);
-            (Proposer::write(replicas.clone(), ballot), Step::Prepare(ballot))
+            (Proposer::write_among(quorums, ballot), Step::Prepare(ballot))
         };
         if read_only {
+            let replicas = proposer.replicas().to_vec();
             step = self
-                .round(cluster, &replicas, &table_id, &key, Request::Read, |from, reply| match reply {
+                .round(cluster, &replicas, &table_id, &key, epoch, Request::Read, &mut stale, |from, reply| match reply
+                {
                     Reply::Knowledge(knowledge) => proposer.on_read(from, knowledge),
                     _ => Step::Wait,
                 })
@@ -513,77 +612,98 @@ impl Node {
             if started.elapsed() > OPERATION_DEADLINE {
                 return Err(self.gave_up(proposer.maybe_applied()));
             }
-            step =
-                match step {
-                    Step::Wait => {
-                        // A round timed out, or every replica answered without a majority (some
-                        // with errors): start a new one after a short random pause, so that
-                        // replicas failing fast do not make this a busy loop until the deadline.
-                        let pause = Duration::from_millis(5 + self.inner.random_below(45));
-                        tokio::time::sleep(pause).await;
-                        let ballot = self.new_ballot(proposer.ballot());
-                        proposer.restart(ballot)
-                    }
-                    Step::Prepare(ballot) => {
-                        self.round(cluster, &replicas, &table_id, &key, Request::Prepare(ballot), |from, reply| {
-                            match reply {
-                                Reply::Promise(promise) => proposer.on_promise(from, ballot, promise),
-                                _ => Step::Wait,
-                            }
-                        })
-                        .await
-                    }
-                    Step::Apply(current) => {
-                        let current = current.map(|version| version.value).unwrap_or_default();
-                        let lineage = current.lineage.with_writer(proposer.ballot(), LINEAGE_WINDOW_MS);
-                        let (decision, answer) = match decide(current.item.as_ref()) {
-                            Ok((Effect::Put(new), answer)) => {
-                                (Decision::Write(Value { item: Some(new), lineage, expired: false }), Ok(answer))
-                            }
-                            Ok((Effect::Delete, answer)) => (
-                                Decision::Write(Value { item: None, lineage, expired: origin == WriteOrigin::Expiry }),
-                                Ok(answer),
-                            ),
-                            Ok((Effect::Keep, answer)) => (Decision::Keep, Ok(answer)),
-                            Err(error) => (Decision::Keep, Err(error)),
-                        };
-                        decisions.push((proposer.ballot(), answer));
-                        proposer.decide(decision)
-                    }
-                    Step::Accept(proposal) => {
-                        let ballot = proposal.ballot;
-                        self.round(cluster, &replicas, &table_id, &key, Request::Accept(proposal), |from, reply| {
-                            match reply {
-                                Reply::Acceptance(answer) => proposer.on_accept(from, ballot, answer),
-                                _ => Step::Wait,
-                            }
-                        })
-                        .await
-                    }
-                    Step::Retry(above) => {
-                        let backoff = Duration::from_millis(1 + self.inner.random_below(20));
-                        tokio::time::sleep(backoff).await;
-                        let ballot = self.new_ballot(above.max(proposer.ballot()));
-                        proposer.restart(ballot)
-                    }
-                    Step::Done(outcome) => {
-                        if let Some(chosen) = outcome.commit.clone() {
-                            self.spread_commit(cluster, &replicas, &table_id, &key, chosen).await;
-                        }
-                        let current = outcome.version.and_then(|version| version.value.item);
-                        if read_only && outcome.decided_at == Ballot::ZERO {
-                            // The one-round-trip read decided nothing: decide now, on the value read.
-                            let (_, answer) = decide(current.as_ref())?;
-                            return Ok((answer, current));
-                        }
-                        let position = decisions
-                            .iter()
-                            .position(|(ballot, _)| *ballot == outcome.decided_at)
-                            .ok_or_else(|| DynamoError::internal("consensus finished without its decision"))?;
-                        return decisions.swap_remove(position).1.map(|answer| (answer, current));
-                    }
-                    Step::Indeterminate => return Err(self.gave_up(true)),
+            // A replica is in a newer layout epoch: learn it, and go on among that epoch's
+            // replicas (the proposer keeps what this operation may already have written).
+            if let Some((newer, from)) = stale.take()
+                && newer > cluster.layout().epoch()
+                && let Some(address) = cluster.address(from)
+            {
+                self.exchange_topology(cluster, address).await;
+            }
+            let layout = cluster.layout();
+            if layout.epoch() > epoch && !matches!(step, Step::Apply(_) | Step::Done(_) | Step::Indeterminate) {
+                epoch = layout.epoch();
+                let above = match &step {
+                    Step::Retry(above) => proposer.ballot().max(*above),
+                    _ => proposer.ballot(),
                 };
+                let ballot = self.new_ballot(above);
+                step = proposer.reconfigure(layout.quorums(&key), ballot);
+            }
+            drop(layout);
+            let replicas = proposer.replicas().to_vec();
+            step = match step {
+                Step::Wait => {
+                    // A round timed out, or every replica answered without a majority (some
+                    // with errors): start a new one after a short random pause, so that
+                    // replicas failing fast do not make this a busy loop until the deadline.
+                    let pause = Duration::from_millis(5 + self.inner.random_below(45));
+                    tokio::time::sleep(pause).await;
+                    let ballot = self.new_ballot(proposer.ballot());
+                    proposer.restart(ballot)
+                }
+                Step::Prepare(ballot) => {
+                    let request = Request::Prepare(ballot);
+                    self.round(cluster, &replicas, &table_id, &key, epoch, request, &mut stale, |from, reply| {
+                        match reply {
+                            Reply::Promise(promise) => proposer.on_promise(from, ballot, promise),
+                            _ => Step::Wait,
+                        }
+                    })
+                    .await
+                }
+                Step::Apply(current) => {
+                    let current = current.map(|version| version.value).unwrap_or_default();
+                    let lineage = current.lineage.with_writer(proposer.ballot(), LINEAGE_WINDOW_MS);
+                    let (decision, answer) = match decide(current.item.as_ref()) {
+                        Ok((Effect::Put(new), answer)) => {
+                            (Decision::Write(Value { item: Some(new), lineage, expired: false }), Ok(answer))
+                        }
+                        Ok((Effect::Delete, answer)) => (
+                            Decision::Write(Value { item: None, lineage, expired: origin == WriteOrigin::Expiry }),
+                            Ok(answer),
+                        ),
+                        Ok((Effect::Keep, answer)) => (Decision::Keep, Ok(answer)),
+                        Err(error) => (Decision::Keep, Err(error)),
+                    };
+                    decisions.push((proposer.ballot(), answer));
+                    proposer.decide(decision)
+                }
+                Step::Accept(proposal) => {
+                    let ballot = proposal.ballot;
+                    let request = Request::Accept(proposal);
+                    self.round(cluster, &replicas, &table_id, &key, epoch, request, &mut stale, |from, reply| {
+                        match reply {
+                            Reply::Acceptance(answer) => proposer.on_accept(from, ballot, answer),
+                            _ => Step::Wait,
+                        }
+                    })
+                    .await
+                }
+                Step::Retry(above) => {
+                    let backoff = Duration::from_millis(1 + self.inner.random_below(20));
+                    tokio::time::sleep(backoff).await;
+                    let ballot = self.new_ballot(above.max(proposer.ballot()));
+                    proposer.restart(ballot)
+                }
+                Step::Done(outcome) => {
+                    if let Some(chosen) = outcome.commit.clone() {
+                        self.spread_commit(cluster, &replicas, &table_id, &key, chosen).await;
+                    }
+                    let current = outcome.version.and_then(|version| version.value.item);
+                    if read_only && outcome.decided_at == Ballot::ZERO {
+                        // The one-round-trip read decided nothing: decide now, on the value read.
+                        let (_, answer) = decide(current.as_ref())?;
+                        return Ok((answer, current));
+                    }
+                    let position = decisions
+                        .iter()
+                        .position(|(ballot, _)| *ballot == outcome.decided_at)
+                        .ok_or_else(|| DynamoError::internal("consensus finished without its decision"))?;
+                    return decisions.swap_remove(position).1.map(|answer| (answer, current));
+                }
+                Step::Indeterminate => return Err(self.gave_up(true)),
+            };
         }
     }
 
@@ -643,7 +763,7 @@ impl Node {
         }
         for replica in replicas {
             if let Some(Reply::Knowledge(Knowledge { committed, .. })) =
-                self.ask(cluster, replica, &table.schema.id, key, Request::Read).await
+                self.ask(cluster, replica, &table.schema.id, key, cluster.layout().epoch(), Request::Read).await
             {
                 return Ok(committed.and_then(|version| version.value.item));
             }

@@ -35,7 +35,9 @@ impl Cluster {
     /// The replica to read from at `partition` (not one of `avoid`; this node first when it is a
     /// replica) and the last partition of the run that starts there and that replica holds.
     fn piece_reader(&self, partition: PartitionId, avoid: &[NodeId]) -> Option<(NodeId, PartitionId)> {
-        let replicas = self.layout.replicas(partition);
+        // During a layout change the old layout's replicas hold everything; new ones catch up.
+        let layout = self.layout();
+        let replicas = layout.replicas(partition);
         let usable = |node: &&NodeId| !avoid.contains(node);
         let reader = replicas
             .iter()
@@ -44,9 +46,7 @@ impl Cluster {
             .or_else(|| replicas.iter().find(usable))
             .copied()?;
         let mut last = partition;
-        while last.0 + 1 < self.layout.partition_count()
-            && self.layout.replicas(PartitionId(last.0 + 1)).contains(&reader)
-        {
+        while last.0 + 1 < layout.partition_count() && layout.replicas(PartitionId(last.0 + 1)).contains(&reader) {
             last = PartitionId(last.0 + 1);
         }
         Some((reader, last))
@@ -54,9 +54,9 @@ impl Cluster {
 
     /// The first storage key after partition `partition`, or `None` for the last partition.
     fn key_after(&self, partition: PartitionId) -> Option<Vec<u8>> {
+        let layout = self.layout();
         let next = partition.0 + 1;
-        (next < self.layout.partition_count())
-            .then(|| self.layout.partition_range(PartitionId(next)).0.to_be_bytes().to_vec())
+        (next < layout.partition_count()).then(|| layout.partition_range(PartitionId(next)).0.to_be_bytes().to_vec())
     }
 }
 
@@ -81,7 +81,7 @@ impl Node {
     ) -> Result<(Page, Option<Vec<u8>>), DynamoError> {
         let start = match &piece.range.lower {
             Bound::Unbounded => PartitionId(0),
-            Bound::Included(key) | Bound::Excluded(key) => cluster.layout.partition_of_key(key),
+            Bound::Included(key) | Bound::Excluded(key) => cluster.layout().partition_of_key(key),
         };
         let upper = piece.range.upper.clone();
         let mut avoid = Vec::new();
@@ -114,7 +114,7 @@ impl Node {
     }
 
     async fn read_piece_remote(&self, cluster: &Cluster, reader: NodeId, piece: &Piece) -> Result<Page, String> {
-        let address = *cluster.addresses.get(&reader).ok_or("not a member")?;
+        let address = cluster.address(reader).ok_or("not a member")?;
         let payload = Bytes::from(wire::encode_piece(piece));
         let reply = cluster
             .transport

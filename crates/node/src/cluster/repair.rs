@@ -285,7 +285,7 @@ fn token_key(token: u64) -> Vec<u8> {
 
 /// The key interval of the tokens `[first, last]`: from the first token's lowest key (inclusive)
 /// to the next token's lowest key (exclusive), or to the end of the key space.
-fn token_interval(first: u64, last: u64) -> (Vec<u8>, Option<Vec<u8>>) {
+pub(super) fn token_interval(first: u64, last: u64) -> (Vec<u8>, Option<Vec<u8>>) {
     (token_key(first), last.checked_add(1).map(token_key))
 }
 
@@ -301,7 +301,7 @@ fn in_interval(key: &[u8], lower: &[u8], upper: Option<&[u8]>) -> bool {
     key >= lower && upper.is_none_or(|upper| key < upper)
 }
 
-fn bounds(lower: &[u8], upper: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+pub(super) fn bounds(lower: &[u8], upper: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     (Bound::Included(lower.to_vec()), upper.map_or(Bound::Unbounded, |upper| Bound::Excluded(upper.to_vec())))
 }
 
@@ -409,7 +409,7 @@ fn scan_answer(
 
 /// Keys of the entries of a consensus tree in `[first, last]` whose accepted proposal is older than
 /// `stale_before_ms` (physical HLC milliseconds), at most [`PROPOSALS_PER_VISIT_MAX`]. Blocking.
-fn scan_stale_proposals(
+pub(super) fn scan_stale_proposals(
     engine: &dyn Engine,
     consensus: &Tree,
     first: u64,
@@ -467,7 +467,7 @@ async fn walk(node: Weak<Inner>) {
         let (tables, partitions) = {
             let Some(node) = upgrade() else { return };
             let Some(cluster) = node.cluster() else { return };
-            let partitions: Vec<PartitionId> = cluster.layout.partitions_of(cluster.me).collect();
+            let partitions: Vec<PartitionId> = cluster.layout().held_by(cluster.me);
             (node.inner.catalog.names(), partitions)
         };
         if tables.is_empty() || partitions.is_empty() {
@@ -542,7 +542,7 @@ impl Node {
     /// Another replica of `partition`, at random, avoiding peers that recently failed when it can.
     fn pick_peer(&self, cluster: &Cluster, partition: PartitionId) -> Option<NodeId> {
         let others: Vec<NodeId> =
-            cluster.layout.replicas(partition).iter().copied().filter(|&id| id != cluster.me).collect();
+            cluster.layout().replicas_now(partition).into_iter().filter(|&id| id != cluster.me).collect();
         if others.is_empty() {
             return None;
         }
@@ -572,7 +572,7 @@ impl Node {
                 return;
             }
         };
-        let (first, last) = cluster.layout.partition_range(partition);
+        let (first, last) = cluster.layout().partition_range(partition);
         let stale_before_ms = wall_clock_ms().saturating_sub(STALE_PROPOSAL_MS);
         let engine = self.inner.engine.clone();
         let scan = move || scan_stale_proposals(&*engine, &consensus, first, last, stale_before_ms);
@@ -636,10 +636,9 @@ impl Node {
         peer: NodeId,
         work: &mut Duration,
     ) -> Result<bool, Abandoned> {
-        let address =
-            *cluster.addresses.get(&peer).ok_or_else(|| Abandoned::Local(format!("no address for {peer:?}")))?;
-        let (first, last) = cluster.layout.partition_range(partition);
-        let held = cluster.layout.partitions_of(cluster.me).count() as u64;
+        let address = cluster.address(peer).ok_or_else(|| Abandoned::Local(format!("no address for {peer:?}")))?;
+        let (first, last) = cluster.layout().partition_range(partition);
+        let held = cluster.layout().held_by(cluster.me).len() as u64;
         let items = u64::try_from(table.stats.item_count.load(Ordering::Relaxed)).unwrap_or(0);
         let shape = Shape { first, last, depth: tree_depth(items / held.max(1)) };
         let ours = self.partition_tree(cluster, table, partition, shape, work).await.map_err(Abandoned::Local)?;
@@ -799,11 +798,11 @@ impl Node {
         partition: u32,
     ) -> Result<(Arc<Cluster>, Arc<TableHandle>, PartitionId), String> {
         let cluster = self.cluster().ok_or("not part of a cluster")?.clone();
-        if partition >= cluster.layout.partition_count() {
-            return Err(format!("no partition {partition}: the layout has {}", cluster.layout.partition_count()));
+        if partition >= cluster.layout().partition_count() {
+            return Err(format!("no partition {partition}: the layout has {}", cluster.layout().partition_count()));
         }
         let partition = PartitionId(partition);
-        if !cluster.layout.replicas(partition).contains(&cluster.me) {
+        if !cluster.layout().holds(cluster.me, partition) {
             return Err(format!("node {} does not replicate partition {}", cluster.me.0, partition.0));
         }
         let table = self.table_by_id(table_id).map_err(|error| error.message)?;
@@ -814,7 +813,7 @@ impl Node {
     pub(super) async fn answer_merkle(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
         let (table_id, partition, request) = wire::decode_merkle_request(payload).map_err(|error| error.to_string())?;
         let (cluster, table, partition) = self.repair_target(&table_id, partition)?;
-        let (first, last) = cluster.layout.partition_range(partition);
+        let (first, last) = cluster.layout().partition_range(partition);
         let merkle::Request::Hashes { shape: asked, .. } = &request;
         // The initiator chooses the depth, up to ours; the interval is the partition's.
         let shape = Shape { first, last, depth: asked.depth.min(TREE_DEPTH_MAX) };
@@ -834,7 +833,7 @@ impl Node {
         let sync = wire::decode_range_sync(payload).map_err(|error| error.to_string())?;
         let (cluster, table, partition) = self.repair_target(&sync.table_id, sync.partition)?;
         let stats = &cluster.repair.stats;
-        let (first, last) = cluster.layout.partition_range(partition);
+        let (first, last) = cluster.layout().partition_range(partition);
         let (partition_lower, partition_upper) = token_interval(first, last);
         let upper_inside = match (&sync.upper, &partition_upper) {
             (_, None) => true,
@@ -916,6 +915,7 @@ pub(super) mod tests {
                 cluster_name: "repair-test".into(),
                 listen: *listen,
                 members: members.clone(),
+                seeds: Vec::new(),
                 replication: 3,
             };
             node.start_cluster(config).await.unwrap();
@@ -990,7 +990,7 @@ pub(super) mod tests {
     async fn compare_all(node: &Node, peer: NodeId) {
         let cluster = node.cluster().unwrap().clone();
         let table = node.inner.catalog.get("repairs").unwrap();
-        for partition in cluster.layout.partitions_of(cluster.me).collect::<Vec<_>>() {
+        for partition in cluster.layout().partitions_of(cluster.me).collect::<Vec<_>>() {
             let mut work = Duration::ZERO;
             node.compare(&cluster, &table, partition, peer, &mut work).await;
         }
@@ -1106,7 +1106,7 @@ pub(super) mod tests {
         assert_eq!(nodes[0].read_current(&table, &key).unwrap(), None, "accepted, not committed");
 
         let cluster = nodes[0].cluster().unwrap().clone();
-        let partition = cluster.layout.partition_of_key(&key);
+        let partition = cluster.layout().partition_of_key(&key);
         let mut work = Duration::ZERO;
         nodes[0].finish_stale_proposals(&cluster, &table, partition, &mut work).await;
         assert!(cluster.repair.stats.snapshot().proposals_finished >= 1);

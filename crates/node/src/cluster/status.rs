@@ -29,8 +29,9 @@ impl Node {
                 "note": "a single node: not part of a cluster",
             });
         };
+        let layout = cluster.layout();
         let mut members = Vec::new();
-        for (&id, &address) in &cluster.addresses {
+        for (id, address) in layout.addresses() {
             let state = if id == cluster.me {
                 "self"
             } else {
@@ -43,19 +44,37 @@ impl Node {
                     }
                 }
             };
+            let draining =
+                layout.target().node(id).is_some_and(|member| member.state == onggi_core::layout::NodeState::Draining);
             members.push(json!({
                 "id": id.0,
                 "address": address.to_string(),
                 "state": state,
-                "partitions": cluster.layout.partitions_of(id).count(),
+                "draining": draining,
+                "partitions": layout.partitions_of(id).count(),
+                "partitions_after_change": layout.next().map(|next| next.partitions_of(id).count()),
             }));
         }
+        let change = layout.next().map(|next| {
+            let done = layout
+                .moved()
+                .iter()
+                .filter(|&&partition| {
+                    let new = next.replicas(partition);
+                    let caught_up = layout.caught_up(partition);
+                    new.iter().filter(|node| caught_up.contains(node)).count() > new.len() / 2
+                })
+                .count();
+            json!({"moved_partitions": layout.moved().len(), "caught_up_partitions": done})
+        });
         json!({
             "node": cluster.me.0,
             "cluster": cluster.transport.config().cluster.clone(),
-            "layout_version": cluster.layout.version(),
-            "partitions": cluster.layout.partition_count(),
-            "replication": cluster.layout.replica_count(),
+            "layout_version": layout.version(),
+            "layout_epoch": layout.epoch(),
+            "layout_change": change,
+            "partitions": layout.partition_count(),
+            "replication": layout.replica_count(),
             "members": members,
             "tables": tables,
             "hints": hints_json(cluster.hints.counts()),
@@ -109,14 +128,32 @@ pub fn render_status(status: &Json) -> String {
         text(&status["layout_version"]),
         text(&status["tables"]),
     ));
-    out.push_str(&format!("{:>6}  {:<22} {:<12} {:>10}\n", "node", "cluster address", "state", "partitions"));
+    match status["layout_change"].as_object() {
+        Some(change) => out.push_str(&format!(
+            "layout change in progress (epoch {}): {} of {} moved partitions caught up by a majority of their new \
+             replicas\n",
+            text(&status["layout_epoch"]),
+            text(&change["caught_up_partitions"]),
+            text(&change["moved_partitions"]),
+        )),
+        None => out.push_str(&format!("no layout change in progress (epoch {})\n", text(&status["layout_epoch"]))),
+    }
+    out.push_str(&format!(
+        "{:>6}  {:<22} {:<12} {:>10} {:>8}\n",
+        "node", "cluster address", "state", "partitions", "after"
+    ));
     for member in status["members"].as_array().into_iter().flatten() {
+        let state = match (text(&member["state"]), member["draining"].as_bool()) {
+            (state, Some(true)) => format!("{state}, draining"),
+            (state, _) => state,
+        };
         out.push_str(&format!(
-            "{:>6}  {:<22} {:<12} {:>10}\n",
+            "{:>6}  {:<22} {:<12} {:>10} {:>8}\n",
             text(&member["id"]),
             text(&member["address"]),
-            text(&member["state"]),
+            state,
             text(&member["partitions"]),
+            text(&member["partitions_after_change"]),
         ));
     }
     match status["hints"].as_object() {

@@ -25,7 +25,7 @@ use onggi_storage::Direction;
 use crate::reads::{Page, Piece, Range, RangeInput};
 
 /// The payload format version this build writes and reads.
-pub const WIRE_FORMAT_VERSION: u8 = 1;
+pub const WIRE_FORMAT_VERSION: u8 = 2;
 
 /// Transport tags: what a payload is.
 pub mod tag {
@@ -53,6 +53,13 @@ pub mod tag {
     /// A digest of the sender's table catalog (JSON), answered by the descriptions and deletions
     /// it lacks (JSON; see `super::super::catalog_sync`).
     pub const CATALOG_SYNC: u16 = 9;
+    /// The sender's topology (JSON, `super::super::topology::TopologyRecord`), answered by the
+    /// receiver's after it merged the sender's: layout gossip, and how a node learns a newer
+    /// epoch from a peer that told it of one.
+    pub const TOPOLOGY: u16 = 10;
+    /// A new replica of a moved partition asks an old one for its committed versions there
+    /// ([`super::CatchUp`], answered by a [`super::CatchUpReply`]). Bulk lane.
+    pub const CATCH_UP: u16 = 11;
 }
 
 /// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the
@@ -112,8 +119,11 @@ pub enum Reply {
     Promise(Promise<Value>),
     /// To [`Request::Accept`].
     Acceptance(Acceptance),
-    /// To [`Request::Commit`] sent as a request (the local replica).
+    /// To [`Request::Commit`] sent as a request.
     Committed,
+    /// To a read, prepare or accept sent in an older layout epoch than the replica's (its
+    /// epoch): nothing was done; the coordinator continues in the newer epoch.
+    Stale(u64),
 }
 
 /// A payload that could not be decoded.
@@ -236,11 +246,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Encodes a request about the item `key` of the table with id `table_id`.
+/// Encodes a request about the item `key` of the table with id `table_id`, outside any layout
+/// epoch: for commits (a chosen version is safe to record in any epoch).
 pub fn encode_request(table_id: &str, key: &[u8], request: &Request) -> Vec<u8> {
+    encode_request_in(table_id, key, 0, request)
+}
+
+/// Encodes a request sent in layout epoch `epoch`: `[table id][key][epoch u64][kind][fields]`.
+pub fn encode_request_in(table_id: &str, key: &[u8], epoch: u64, request: &Request) -> Vec<u8> {
     let mut out = Writer::new();
     out.bytes16(table_id.as_bytes());
     out.bytes32(key);
+    out.u64(epoch);
     match request {
         Request::Read => out.u8(0),
         Request::Prepare(ballot) => {
@@ -259,11 +276,12 @@ pub fn encode_request(table_id: &str, key: &[u8], request: &Request) -> Vec<u8> 
     out.0
 }
 
-/// Decodes a request: the table id, the key and the request.
-pub fn decode_request(bytes: &[u8]) -> Result<(String, Vec<u8>, Request), WireError> {
+/// Decodes a request: the table id, the key, the sender's layout epoch and the request.
+pub fn decode_request(bytes: &[u8]) -> Result<(String, Vec<u8>, u64, Request), WireError> {
     let mut input = Reader::start(bytes)?;
     let table = String::from_utf8(input.bytes16()?.to_vec()).map_err(|_| WireError("table id".into()))?;
     let key = input.bytes32()?.to_vec();
+    let epoch = input.u64()?;
     let request = match input.u8()? {
         0 => Request::Read,
         1 => Request::Prepare(input.ballot()?),
@@ -272,7 +290,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<(String, Vec<u8>, Request), WireEr
         other => return Err(WireError(format!("request kind {other}"))),
     };
     input.finish()?;
-    Ok((table, key, request))
+    Ok((table, key, epoch, request))
 }
 
 /// Encodes a reply.
@@ -301,6 +319,10 @@ pub fn encode_reply(reply: &Reply) -> Vec<u8> {
             out.ballot(*ballot);
         }
         Reply::Committed => out.u8(5),
+        Reply::Stale(epoch) => {
+            out.u8(6);
+            out.u64(*epoch);
+        }
     }
     out.0
 }
@@ -318,6 +340,7 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, WireError> {
         3 => Reply::Acceptance(Acceptance::Accepted),
         4 => Reply::Acceptance(Acceptance::Refused(input.ballot()?)),
         5 => Reply::Committed,
+        6 => Reply::Stale(input.u64()?),
         other => return Err(WireError(format!("reply kind {other}"))),
     };
     input.finish()?;
@@ -661,6 +684,83 @@ pub(crate) fn decode_page(bytes: &[u8]) -> Result<Page, WireError> {
     Ok(Page { items, count, scanned_count, scanned_bytes, fetch_units, last_key })
 }
 
+/// A page of a new replica's catching up on a moved partition of one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The layout epoch of the change (the old replica adopts it before answering).
+    pub epoch: u64,
+    /// The table's id.
+    pub table_id: String,
+    /// The partition.
+    pub partition: u32,
+    /// Resume after this storage key (`None`: from the partition's start).
+    pub after: Option<Vec<u8>>,
+}
+
+/// The answer to a [`CatchUp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatchUpReply {
+    /// Committed versions (records) in key order.
+    pub records: Vec<KeyRecord>,
+    /// Whether the partition has more: ask again after the last record's key.
+    pub more: bool,
+    /// On the first page: whether the old replica held no unfinished proposal in the partition
+    /// before it read anything (only then does its answer count; it finishes them, so a later
+    /// request may).
+    pub clean: bool,
+}
+
+/// Encodes a [`CatchUp`]: `[version][epoch u64][table id u16 len][partition u32][after: 0 | 1 +
+/// u32 len + key]`.
+pub fn encode_catch_up(request: &CatchUp) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.u64(request.epoch);
+    out.bytes16(request.table_id.as_bytes());
+    out.u32(request.partition);
+    match &request.after {
+        None => out.u8(0),
+        Some(key) => {
+            out.u8(1);
+            out.bytes32(key);
+        }
+    }
+    out.0
+}
+
+/// Decodes [`encode_catch_up`].
+pub fn decode_catch_up(bytes: &[u8]) -> Result<CatchUp, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let epoch = input.u64()?;
+    let table_id = input.table_id()?;
+    let partition = input.u32()?;
+    let after = match input.u8()? {
+        0 => None,
+        1 => Some(input.bytes32()?.to_vec()),
+        other => return Err(WireError(format!("presence flag {other}"))),
+    };
+    input.finish()?;
+    Ok(CatchUp { epoch, table_id, partition, after })
+}
+
+/// Encodes a [`CatchUpReply`]: `[version][records][more u8][clean u8]`.
+pub fn encode_catch_up_reply(reply: &CatchUpReply) -> Vec<u8> {
+    let mut out = Writer::new();
+    write_records(&mut out, &reply.records);
+    out.u8(u8::from(reply.more));
+    out.u8(u8::from(reply.clean));
+    out.0
+}
+
+/// Decodes [`encode_catch_up_reply`].
+pub fn decode_catch_up_reply(bytes: &[u8]) -> Result<CatchUpReply, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let records = read_records(&mut input)?;
+    let more = input.u8()? == 1;
+    let clean = input.u8()? == 1;
+    input.finish()?;
+    Ok(CatchUpReply { records, more, clean })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,8 +786,8 @@ mod tests {
             Request::Accept(version.clone()),
             Request::Commit(tombstone.clone()),
         ] {
-            let bytes = encode_request("table-id", b"\x00key", &request);
-            assert_eq!(decode_request(&bytes), Ok(("table-id".into(), b"\x00key".to_vec(), request)));
+            let bytes = encode_request_in("table-id", b"\x00key", 7, &request);
+            assert_eq!(decode_request(&bytes), Ok(("table-id".into(), b"\x00key".to_vec(), 7, request)));
             for cut in 0..bytes.len() {
                 assert!(decode_request(&bytes[..cut]).is_err());
             }
@@ -701,6 +801,7 @@ mod tests {
             Reply::Acceptance(Acceptance::Accepted),
             Reply::Acceptance(Acceptance::Refused(ballot(3, 4))),
             Reply::Committed,
+            Reply::Stale(3),
         ] {
             let bytes = encode_reply(&reply);
             assert_eq!(decode_reply(&bytes), Ok(reply));
@@ -797,8 +898,8 @@ mod tests {
         let mut bytes = encode_reply(&Reply::Committed);
         bytes.push(0);
         assert!(decode_reply(&bytes).is_err());
-        bytes[0] = 2;
-        assert_eq!(decode_reply(&bytes[..2]), Err(WireError("payload format 2, this build reads 1".into())));
+        bytes[0] = 1;
+        assert_eq!(decode_reply(&bytes[..2]), Err(WireError("payload format 1, this build reads 2".into())));
     }
 
     #[test]

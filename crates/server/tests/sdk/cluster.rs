@@ -78,6 +78,28 @@ impl Cluster {
         self.nodes[i] = Some(Server::start_with(&data, &log, &self.api[i], &extra));
     }
 
+    /// Starts one more node that learns the cluster from node 1 (`--seeds`) and waits to be
+    /// added; returns its index and its cluster address.
+    pub(crate) fn start_seeded_node(&mut self) -> (usize, String) {
+        let i = self.nodes.len();
+        let seed = self.members.split(',').next().and_then(|member| member.split_once('=')).expect("node 1").1;
+        let listen = format!("127.0.0.1:{}", free_port());
+        self.api.push(format!("127.0.0.1:{}", free_port()));
+        self.nodes.push(None);
+        let extra = [
+            "--node-id".to_string(),
+            (i + 1).to_string(),
+            "--cluster-listen".to_string(),
+            listen.clone(),
+            "--seeds".to_string(),
+            seed.to_string(),
+        ];
+        let data = self.directory.path().join(format!("node-{}", i + 1));
+        let log = self.directory.path().join(format!("node-{}.log", i + 1));
+        self.nodes[i] = Some(Server::start_with(&data, &log, &self.api[i], &extra));
+        (i, listen)
+    }
+
     pub(crate) fn endpoint(&self, i: usize) -> String {
         format!("http://{}", self.api[i])
     }

@@ -13,6 +13,7 @@
 mod harness;
 
 mod cluster;
+mod cluster_layout;
 mod cluster_ranges;
 mod cluster_tables;
 mod concurrency;

@@ -1,0 +1,293 @@
+//! Layout changes on a running cluster of real processes: a node joins, another is
+//! decommissioned, while clients keep writing.
+//!
+//! Three nodes hold a table; clients increment a counter with conditional writes and put fresh
+//! items through every node the whole time. A fourth node starts with `--seeds`, `onggi cluster
+//! join` adds it, and the change must finish on its own (new replicas catch up, then every node
+//! switches to the new layout); then `onggi cluster decommission` drains node 1, and once that
+//! change is over node 1 is killed with `kill -9`. Through the remaining nodes: every item
+//! written before, every acknowledged put and the counter (exactly the acknowledged increments,
+//! give or take those whose outcome the client never learned) must be there, the new node must
+//! hold its share, and the decommissioned one none.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{BillingMode, KeyType, ScalarAttributeType};
+use tokio::sync::Mutex;
+
+use crate::cluster::Cluster;
+use crate::harness::{attribute_definition, client, item, key_element, n, s, skip_without_own_server, wait_active};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a layout change may take here (a few hundred items: catching up takes a second or
+/// two; the bound leaves room for a slow machine).
+const CHANGE_BOUND: Duration = Duration::from_secs(40);
+const ITEMS_BEFORE: usize = 300;
+
+/// `onggi cluster ...` with these arguments; its stdout.
+fn onggi_cluster(arguments: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_onggi"))
+        .arg("cluster")
+        .args(arguments)
+        .output()
+        .map_err(|error| error.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn status(endpoint: &str) -> Result<serde_json::Value, String> {
+    let text = onggi_cluster(&["status", "--endpoint", endpoint, "--json"])?;
+    serde_json::from_str(&text).map_err(|error| error.to_string())
+}
+
+/// Waits until every node in `endpoints` is in layout epoch `epoch`; returns how long it took.
+async fn wait_for_epoch(endpoints: &[String], epoch: u64) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < CHANGE_BOUND {
+        let epochs: Vec<Option<u64>> =
+            endpoints.iter().map(|endpoint| status(endpoint).ok().and_then(|s| s["layout_epoch"].as_u64())).collect();
+        if epochs.iter().all(|e| *e == Some(epoch)) {
+            return Ok(started.elapsed());
+        }
+        last = format!("{epochs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("epochs {last}, wanted {epoch}"))
+}
+
+#[derive(Default)]
+struct Tally {
+    acknowledged: AtomicU64,
+    unknown: AtomicU64,
+    puts: Mutex<Vec<String>>,
+}
+
+fn never_applied<E: ProvideErrorMetadata>(error: &SdkError<E>) -> bool {
+    match error {
+        SdkError::ServiceError(service) => {
+            service.err().code() == Some("ConditionalCheckFailedException")
+                || service.err().code() == Some("ThrottlingException")
+        }
+        SdkError::ConstructionFailure(_) | SdkError::DispatchFailure(_) => true,
+        _ => false,
+    }
+}
+
+/// Increments the counter (read strictly, then a conditional write) and puts fresh items,
+/// through the endpoints in turn, until `stop`.
+async fn client_loop(
+    endpoints: Arc<std::sync::RwLock<Vec<String>>>,
+    id: usize,
+    table: String,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    for (turn, round) in (id..).zip(0..2_000u64) {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let endpoint = {
+            let endpoints = endpoints.read().unwrap();
+            endpoints[turn % endpoints.len()].clone()
+        };
+        let client = client(&endpoint);
+        let current = client
+            .get_item()
+            .table_name(&table)
+            .key("pk", s("counter"))
+            .key("sk", n(0))
+            .consistent_read(true)
+            .send()
+            .await;
+        let Ok(current) = current else { continue };
+        let value: u64 = current
+            .item()
+            .and_then(|item| item.get("v"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let outcome = client
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(item([("pk", s("counter")), ("sk", n(0)), ("v", n(value + 1))])))
+            .condition_expression("attribute_not_exists(v) OR v = :old")
+            .expression_attribute_values(":old", n(value))
+            .send()
+            .await;
+        match outcome {
+            Ok(_) => {
+                tally.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) if never_applied(&error) => {}
+            Err(_) => {
+                tally.unknown.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let key = format!("during-{id}-{round}");
+        let put = client
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(item([("pk", s(&key)), ("sk", n(1)), ("v", n(round))])))
+            .send()
+            .await;
+        if put.is_ok() {
+            tally.puts.lock().await.push(key);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_and_another_is_decommissioned_under_load() {
+    if skip_without_own_server("layout change test") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, join_and_decommission()).await.expect("the layout test exceeded its time bound");
+}
+
+async fn join_and_decommission() {
+    let mut cluster = Cluster::start(3);
+    let table = crate::harness::unique_name("layout");
+    let first = client(&cluster.endpoint(0));
+    first
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute_definition("pk", ScalarAttributeType::S))
+        .attribute_definitions(attribute_definition("sk", ScalarAttributeType::N))
+        .key_schema(key_element("pk", KeyType::Hash))
+        .key_schema(key_element("sk", KeyType::Range))
+        .send()
+        .await
+        .expect("create the table");
+    wait_active(&first, &table).await;
+    for i in 0..ITEMS_BEFORE {
+        let writer = client(&cluster.endpoint(i % 3));
+        writer
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(item([("pk", s(&format!("before-{i}"))), ("sk", n(0)), ("v", n(i))])))
+            .send()
+            .await
+            .expect("put before the changes");
+    }
+
+    let endpoints = Arc::new(std::sync::RwLock::new((0..3).map(|i| cluster.endpoint(i)).collect::<Vec<_>>()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..3)
+        .map(|id| tokio::spawn(client_loop(endpoints.clone(), id, table.clone(), stop.clone(), tally.clone())))
+        .collect();
+
+    // A fourth node joins.
+    let (fourth, address) = cluster.start_seeded_node();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = onggi_cluster(&["join", "--endpoint", &cluster.endpoint(0), "--node-id", "4", "--address", &address]);
+    answer.unwrap_or_else(|error| panic!("join: {error}; logs:\n{}", cluster.logs()));
+    endpoints.write().unwrap().push(cluster.endpoint(fourth));
+    let all: Vec<String> = (0..4).map(|i| cluster.endpoint(i)).collect();
+    let joined = wait_for_epoch(&all, 2)
+        .await
+        .unwrap_or_else(|error| panic!("join did not finish: {error}; logs:\n{}", cluster.logs()));
+    println!("layout test: node 4 joined; every node in the new layout {} ms after the command", joined.as_millis());
+    let held = status(&cluster.endpoint(fourth)).expect("status")["members"]
+        .as_array()
+        .and_then(|members| members.iter().find(|m| m["id"] == 4).map(|m| m["partitions"].as_u64().unwrap_or(0)))
+        .unwrap_or(0);
+    assert!(held > 0, "node 4 holds no partition after joining");
+
+    // Node 1 is decommissioned, then killed.
+    onggi_cluster(&["decommission", "--endpoint", &cluster.endpoint(1), "--node-id", "1"])
+        .unwrap_or_else(|error| panic!("decommission: {error}"));
+    let drained = wait_for_epoch(&all, 4)
+        .await
+        .unwrap_or_else(|error| panic!("decommission did not finish: {error}; logs:\n{}", cluster.logs()));
+    println!("layout test: node 1 drained {} ms after the command", drained.as_millis());
+    endpoints.write().unwrap().remove(0);
+    let node1 = status(&cluster.endpoint(1)).expect("status")["members"][0].clone();
+    assert_eq!(
+        (node1["id"].as_u64(), node1["partitions"].as_u64(), node1["draining"].as_bool()),
+        (Some(1), Some(0), Some(true))
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in clients {
+        task.await.expect("client task");
+    }
+    cluster.nodes[0].take().expect("node 1").kill_hard();
+
+    // Everything is there, through the remaining nodes.
+    let readers: Vec<Client> = (1..4).map(|i| client(&cluster.endpoint(i))).collect();
+    let puts = tally.puts.lock().await.clone();
+    let mut expected: BTreeMap<String, i64> = (0..ITEMS_BEFORE).map(|i| (format!("before-{i}"), 0)).collect();
+    expected.extend(puts.iter().map(|key| (key.clone(), 1)));
+    for (index, (key, sk)) in expected.iter().enumerate() {
+        let reader = &readers[index % readers.len()];
+        let answer =
+            reader.get_item().table_name(&table).key("pk", s(key)).key("sk", n(*sk)).consistent_read(true).send().await;
+        let answer = answer.unwrap_or_else(|error| panic!("read {key}: {error:?}"));
+        assert!(answer.item().is_some(), "{key} was lost; logs:\n{}", cluster.logs());
+    }
+    let acknowledged = tally.acknowledged.load(Ordering::Relaxed);
+    let unknown = tally.unknown.load(Ordering::Relaxed);
+    let counter = readers[2]
+        .get_item()
+        .table_name(&table)
+        .key("pk", s("counter"))
+        .key("sk", n(0))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("read the counter");
+    let value: u64 = counter
+        .item()
+        .and_then(|item| item.get("v"))
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    println!(
+        "layout test: {} items checked ({} put during the changes), {acknowledged} increments acknowledged, {unknown} \
+         unknown, counter {value}",
+        expected.len(),
+        puts.len()
+    );
+    assert!(acknowledged > 0 && !puts.is_empty(), "the clients made no progress during the changes");
+    assert!(
+        acknowledged <= value && value <= acknowledged + unknown,
+        "counter {value}, {acknowledged} acknowledged, {unknown} unknown"
+    );
+    // A scan through the new node sees every item once.
+    let mut scanned = 0;
+    let mut start = None;
+    loop {
+        let page = readers[2].scan().table_name(&table).set_exclusive_start_key(start).send().await.expect("scan");
+        scanned += page.count();
+        match page.last_evaluated_key() {
+            Some(key) if !key.is_empty() => start = Some(key.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(scanned as usize, expected.len() + 1, "a scan through node 4 (the counter included)");
+    // With three nodes left and three replicas, node 4 replicates every partition now: its own
+    // storage fills with every item (catching up during the changes, anti-entropy after them).
+    let started = Instant::now();
+    let mut held = 0;
+    while started.elapsed() < CHANGE_BOUND {
+        let description = readers[2].describe_table().table_name(&table).send().await.expect("describe");
+        held = description.table().and_then(|t| t.item_count()).unwrap_or(0);
+        if held as usize == expected.len() + 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("layout test: node 4 stores all {held} items {} ms after the checks began", started.elapsed().as_millis());
+    assert_eq!(held as usize, expected.len() + 1, "node 4's own storage (DescribeTable counts the node's replica)");
+    drop(cluster);
+}
