@@ -118,6 +118,23 @@ enum ClusterCommand {
         #[arg(long)]
         address: SocketAddr,
     },
+    /// Replace a dead (or any) node by a new one in one change: the new node, started with
+    /// `onggi serve --seeds`, takes over; data is copied from the surviving replicas (a majority
+    /// of each of the old node's partitions' replicas must be up).
+    Replace {
+        /// A member to ask (its DynamoDB API endpoint).
+        #[arg(long, env = "ONGGI_ENDPOINT", default_value = "http://127.0.0.1:8000")]
+        endpoint: String,
+        /// The node being replaced.
+        #[arg(long)]
+        dead: u64,
+        /// The new node's id (unique, never reused).
+        #[arg(long)]
+        node_id: u64,
+        /// The new node's cluster address (its --cluster-listen).
+        #[arg(long)]
+        address: SocketAddr,
+    },
     /// Decommission a node: its replicas move to the others online; once `status` shows the
     /// change done, the node holds nothing and can be stopped.
     Decommission {
@@ -426,6 +443,13 @@ fn main() -> ExitCode {
                 ClusterCommand::Decommission { endpoint, node_id } => {
                     ("decommission", cluster_change(&endpoint, serde_json::json!({"decommission": [node_id]})))
                 }
+                ClusterCommand::Replace { endpoint, dead, node_id, address } => (
+                    "replace",
+                    cluster_change(
+                        &endpoint,
+                        serde_json::json!({"join": [{"id": node_id, "address": address}], "decommission": [dead]}),
+                    ),
+                ),
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
