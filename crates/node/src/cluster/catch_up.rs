@@ -18,9 +18,11 @@
 //! - **Switch**: a node whose topology shows, for every moved partition, a majority of its new
 //!   replicas caught up adopts the next even epoch — the new layout alone — and tells the others.
 //!
-//! Progress shows in `onggi cluster status` (moved partitions, caught up). Not done yet: nodes
-//! keep the data of partitions they no longer hold (it is no longer read, repaired or counted
-//! on by anyone, but still counted in DescribeTable's ItemCount and disk use), and a
+//! - **Dropping** what was given away: once a node is in a layout epoch with no change in
+//!   progress, it deletes its items (records, index entries, consensus state) of the partitions
+//!   it no longer replicates; late commits and hints for them are ignored.
+//!
+//! Progress shows in `onggi cluster status` (moved partitions, caught up). Not done yet: a
 //! decommissioned node stays listed (draining, holding nothing) until it is stopped.
 
 use std::ops::Bound;
@@ -131,6 +133,10 @@ impl Node {
         let layout = cluster.layout();
         if layout.epoch() < request.epoch {
             return Err(format!("layout epoch {} is not known here yet", request.epoch));
+        }
+        if layout.epoch() > request.epoch {
+            // The change is over (and this node may be dropping what it gave away).
+            return Err(format!("the layout change of epoch {} is over", request.epoch));
         }
         if request.partition >= layout.partition_count() {
             return Err(format!("no partition {}", request.partition));
@@ -333,12 +339,120 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Drops this node's data of the partitions it no longer replicates (after a layout change
+    /// that moved them elsewhere, or left behind by a crash in the middle of dropping): each
+    /// item's record, index entries and consensus state, under the item's lock, item by item.
+    /// Nobody reads them any more — coordinators of this epoch do not ask this node, and late
+    /// commits for them are ignored.
+    pub(super) async fn drop_partitions_given_away(&self, cluster: &Arc<Cluster>) {
+        let layout = cluster.layout();
+        let given_away: Vec<PartitionId> = (0..layout.partition_count())
+            .map(PartitionId)
+            .filter(|&partition| !layout.holds(cluster.me, partition))
+            .collect();
+        drop(layout);
+        let mut dropped = 0usize;
+        for table in self.inner.catalog.tables() {
+            for &partition in &given_away {
+                match self.drop_partition(cluster, &table, partition).await {
+                    Ok(count) => dropped += count,
+                    Err(error) => {
+                        tracing::warn!(%error, table = %table.schema.name, "dropping a partition given away failed");
+                        return;
+                    }
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(items = dropped, partitions = given_away.len(), "dropped the data of partitions given away");
+        }
+    }
+
+    async fn drop_partition(
+        &self,
+        cluster: &Arc<Cluster>,
+        table: &Arc<TableHandle>,
+        partition: PartitionId,
+    ) -> Result<usize, String> {
+        let consensus = self.consensus_tree(cluster, table).map_err(|error| error.message)?;
+        let (first, last) = cluster.layout().partition_range(partition);
+        let (lower, upper) = repair::token_interval(first, last);
+        let mut dropped = 0;
+        loop {
+            if cluster.layout().holds(cluster.me, partition) {
+                return Ok(dropped); // taken back by a newer change
+            }
+            let (from, to) = repair::bounds(&lower, upper.as_deref());
+            let (engine, tree) = (self.inner.engine.clone(), table.tree.clone());
+            let page = tokio::task::spawn_blocking(move || -> Result<Vec<wire::KeyRecord>, String> {
+                let entries = engine.range(&tree, from, to, Direction::Forward).map_err(|error| error.to_string())?;
+                entries.take(PAGE_RECORDS).map(|entry| entry.map_err(|error| error.to_string())).collect()
+            })
+            .await
+            .map_err(|error| error.to_string())??;
+            if page.is_empty() {
+                break;
+            }
+            for (key, bytes) in page {
+                let record = Record::decode(&bytes).map_err(|error| error.to_string())?;
+                let guard = self.inner.locks.lock(table, &key).await;
+                let mut batch = onggi_storage::WriteBatch::new();
+                let deltas =
+                    crate::indexing::index_changes(table, &key, record.item.as_ref(), None, record.version, &mut batch);
+                batch.delete(&table.tree, key.clone());
+                batch.delete(&consensus, key);
+                let size = record.item.as_ref().map(onggi_model::value::item_size_bytes);
+                let table = table.clone();
+                self.commit_batch(batch, onggi_storage::Durability::Buffered, move || {
+                    table.account(size, None);
+                    for delta in deltas {
+                        delta.apply(&table);
+                    }
+                    drop(guard);
+                })
+                .await
+                .map_err(|error| error.message)?;
+                dropped += 1;
+            }
+        }
+        // Consensus state of items that have no record (a promise, say) goes too.
+        let (from, to) = repair::bounds(&lower, upper.as_deref());
+        let engine = self.inner.engine.clone();
+        let leftovers = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<u8>>, String> {
+            let entries = engine.range(&consensus, from, to, Direction::Forward).map_err(|error| error.to_string())?;
+            entries.map(|entry| entry.map(|(key, _)| key).map_err(|error| error.to_string())).collect()
+        })
+        .await
+        .map_err(|error| error.to_string())??;
+        if !leftovers.is_empty() {
+            let consensus = self.consensus_tree(cluster, table).map_err(|error| error.message)?;
+            let mut batch = onggi_storage::WriteBatch::new();
+            for key in leftovers {
+                batch.delete(&consensus, key);
+            }
+            self.commit_batch(batch, onggi_storage::Durability::Buffered, || {})
+                .await
+                .map_err(|error| error.message)?;
+        }
+        Ok(dropped)
+    }
+}
+
 async fn catch_up_task(inner: std::sync::Weak<Inner>) {
+    // The epoch whose given-away partitions were last dropped (none yet: a start checks once, for
+    // what a crash in the middle of dropping left behind).
+    let mut dropped_for = None;
     loop {
         tokio::time::sleep(TICK).await;
         let Some(inner) = inner.upgrade() else { return };
         let node = Node { inner };
         let Some(cluster) = node.inner.cluster.get().cloned() else { continue };
         node.catch_up_tick(&cluster).await;
+        let epoch = cluster.layout().epoch();
+        if !cluster.layout().changing() && dropped_for != Some(epoch) {
+            node.drop_partitions_given_away(&cluster).await;
+            dropped_for = Some(epoch);
+        }
     }
 }

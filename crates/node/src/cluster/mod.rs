@@ -358,6 +358,14 @@ impl Node {
     async fn replica(&self, table_id: &str, key: Vec<u8>, request: Request) -> Result<Reply, DynamoError> {
         let cluster = self.cluster().ok_or_else(|| DynamoError::internal("not part of a cluster"))?.clone();
         let table = self.table_by_id(table_id)?;
+        if matches!(request, Request::Commit(_)) {
+            let layout = cluster.layout();
+            if !layout.holds(cluster.me, layout.partition_of_key(&key)) {
+                // A late commit (or hint) for a partition this node gave away in a layout change:
+                // its data there is being dropped, and the item's replicas have the version.
+                return Ok(Reply::Committed);
+            }
+        }
         let consensus = self.consensus_tree(&cluster, &table)?;
         let guard = self.inner.locks.lock(&table, &key).await;
         let (mut acceptor, state_present) = self.load_acceptor(&table, &consensus, &key)?;

@@ -5,10 +5,10 @@
 //! items through every node the whole time. A fourth node starts with `--seeds`, `onggi cluster
 //! join` adds it, and the change must finish on its own (new replicas catch up, then every node
 //! switches to the new layout); then `onggi cluster decommission` drains node 1, and once that
-//! change is over node 1 is killed with `kill -9`. Through the remaining nodes: every item
-//! written before, every acknowledged put and the counter (exactly the acknowledged increments,
-//! give or take those whose outcome the client never learned) must be there, the new node must
-//! hold its share, and the decommissioned one none.
+//! change is over node 1 must have dropped its data, and is killed with `kill -9`. Through the
+//! remaining nodes: every item written before, every acknowledged put and the counter (exactly
+//! the acknowledged increments, give or take those whose outcome the client never learned) must
+//! be there, and the new node must hold its replica of everything.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -218,6 +218,15 @@ async fn join_and_decommission() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
+    // The drained node drops what it gave away: its own storage empties.
+    let started = Instant::now();
+    let mut left = i64::MAX;
+    while started.elapsed() < CHANGE_BOUND && left != 0 {
+        let description = first.describe_table().table_name(&table).send().await.expect("describe on node 1");
+        left = description.table().and_then(|t| t.item_count()).unwrap_or(-1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(left, 0, "node 1 still stores items after it was drained");
     for task in clients {
         task.await.expect("client task");
     }
