@@ -98,7 +98,7 @@ impl Node {
     }
 
     /// Compares this node's catalog with `peer`'s once and applies what it lacks.
-    async fn pull_catalog(&self, peer: std::net::SocketAddr) -> Result<usize, String> {
+    pub(super) async fn pull_catalog(&self, peer: std::net::SocketAddr) -> Result<usize, String> {
         let cluster = self.cluster().ok_or("not on a cluster")?.clone();
         let digest = serde_json::to_vec(&self.catalog_digest()).map_err(|error| error.to_string())?;
         let reply = cluster

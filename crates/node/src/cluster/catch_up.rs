@@ -97,13 +97,15 @@ impl Node {
             addresses.push((node.id, node.address));
         }
         changes.extend(request.decommission.iter().map(|id| ChangeRecord::Drain(*id)));
-        let topology = cluster.layout().start_change(changes, &addresses)?;
+        let topology = self
+            .update_topology(&cluster, |current| current.start_change(changes, &addresses).map(Some))
+            .await?
+            .ok_or("the change was not adopted")?;
         let answer = json!({
             "epoch": topology.epoch(),
             "moved_partitions": topology.moved().len(),
             "changing": topology.changing(),
         });
-        self.adopt_topology(&cluster, topology).await?;
         self.announce_topology(&cluster).await;
         Ok(answer)
     }
@@ -176,7 +178,11 @@ impl Node {
         .await
         .map_err(|error| error.to_string())??;
         let (records, more) = page;
-        Ok(CatchUpReply { records, more, clean })
+        let tables = match request.after {
+            None => self.inner.catalog.tables().iter().map(|table| table.schema.id.clone()).collect(),
+            Some(_) => Vec::new(),
+        };
+        Ok(CatchUpReply { records, more, clean, tables })
     }
 
     /// Whether `partition` of `table` holds no unfinished proposal here; if it does, they are
@@ -248,6 +254,12 @@ impl Node {
             }
             if after.is_none() {
                 clean = reply.clean;
+                let catalog = &self.inner.catalog;
+                if let Some(unknown) =
+                    reply.tables.iter().find(|id| catalog.get_by_id(id).is_none() && !catalog.was_deleted(id))
+                {
+                    return Err(format!("the old replica knows table {unknown}, not known here yet"));
+                }
             }
             if !reply.more {
                 return Ok(clean);
@@ -263,6 +275,19 @@ impl Node {
         let epoch = layout.epoch();
         let old: Vec<NodeId> = layout.replicas(partition).to_vec();
         drop(layout);
+        // Learn every table the old replicas know first (a node that just joined may not have
+        // heard of them all yet); a table still unknown makes its source's answer not count.
+        let mut compared = usize::from(old.contains(&cluster.me));
+        for &source in old.iter().filter(|&&source| source != cluster.me) {
+            let Some(address) = cluster.address(source) else { continue };
+            match self.pull_catalog(address).await {
+                Ok(_) => compared += 1,
+                Err(error) => tracing::debug!(%error, source = source.0, "catalog not compared before catching up"),
+            }
+        }
+        if compared <= old.len() / 2 {
+            return Ok(false);
+        }
         for table in self.inner.catalog.tables() {
             let mut counted = 0;
             for &source in &old {
@@ -293,17 +318,21 @@ impl Node {
             return;
         }
         if layout.change_complete() {
-            match layout.finish_change() {
-                Ok(finished) => {
-                    if let Err(error) = self.adopt_topology(cluster, finished).await {
-                        tracing::warn!(%error, "the finished layout change was not adopted");
-                    }
-                    self.announce_topology(cluster).await;
+            let epoch = layout.epoch();
+            let finish = |current: &super::topology::Topology| {
+                if current.epoch() == epoch && current.change_complete() {
+                    current.finish_change().map(Some)
+                } else {
+                    Ok(None)
                 }
+            };
+            match self.update_topology(cluster, finish).await {
+                Ok(_) => self.announce_topology(cluster).await,
                 Err(error) => tracing::warn!(%error, "the layout change could not be finished"),
             }
             return;
         }
+        let epoch = layout.epoch();
         let Some(next) = layout.next() else { return };
         let mine: Vec<PartitionId> = layout
             .moved()
@@ -318,8 +347,11 @@ impl Node {
         for partition in mine {
             match self.catch_up_partition(cluster, partition).await {
                 Ok(true) => {
-                    let updated = cluster.layout().with_caught_up(partition, cluster.me);
-                    match self.adopt_topology(cluster, updated).await {
+                    let me = cluster.me;
+                    let record = |current: &super::topology::Topology| {
+                        Ok((current.epoch() == epoch).then(|| current.with_caught_up(partition, me)))
+                    };
+                    match self.update_topology(cluster, record).await {
                         Ok(_) => grew = true,
                         Err(error) => tracing::warn!(%error, "catching up was not recorded"),
                     }
@@ -345,7 +377,7 @@ impl Node {
     /// item's record, index entries and consensus state, under the item's lock, item by item.
     /// Nobody reads them any more — coordinators of this epoch do not ask this node, and late
     /// commits for them are ignored.
-    pub(super) async fn drop_partitions_given_away(&self, cluster: &Arc<Cluster>) {
+    pub(super) async fn drop_partitions_given_away(&self, cluster: &Arc<Cluster>) -> bool {
         let layout = cluster.layout();
         let given_away: Vec<PartitionId> = (0..layout.partition_count())
             .map(PartitionId)
@@ -359,7 +391,7 @@ impl Node {
                     Ok(count) => dropped += count,
                     Err(error) => {
                         tracing::warn!(%error, table = %table.schema.name, "dropping a partition given away failed");
-                        return;
+                        return false;
                     }
                 }
             }
@@ -367,6 +399,7 @@ impl Node {
         if dropped > 0 {
             tracing::info!(items = dropped, partitions = given_away.len(), "dropped the data of partitions given away");
         }
+        true
     }
 
     async fn drop_partition(
@@ -394,9 +427,18 @@ impl Node {
             if page.is_empty() {
                 break;
             }
-            for (key, bytes) in page {
-                let record = Record::decode(&bytes).map_err(|error| error.to_string())?;
+            for (key, _) in page {
+                // Under the item's lock: re-check (a newer change may have given the partition
+                // back, and its operations must find what they leave) and read the record as it
+                // is now (a late commit may have replaced it).
                 let guard = self.inner.locks.lock(table, &key).await;
+                if cluster.layout().holds(cluster.me, partition) {
+                    return Ok(dropped);
+                }
+                let Some(bytes) = self.inner.engine.get(&table.tree, &key).map_err(|error| error.to_string())? else {
+                    continue;
+                };
+                let record = Record::decode(&bytes).map_err(|error| error.to_string())?;
                 let mut batch = onggi_storage::WriteBatch::new();
                 let deltas =
                     crate::indexing::index_changes(table, &key, record.item.as_ref(), None, record.version, &mut batch);
@@ -425,12 +467,14 @@ impl Node {
         })
         .await
         .map_err(|error| error.to_string())??;
-        if !leftovers.is_empty() {
-            let consensus = self.consensus_tree(cluster, table).map_err(|error| error.message)?;
-            let mut batch = onggi_storage::WriteBatch::new();
-            for key in leftovers {
-                batch.delete(&consensus, key);
+        let consensus = self.consensus_tree(cluster, table).map_err(|error| error.message)?;
+        for key in leftovers {
+            let _guard = self.inner.locks.lock(table, &key).await;
+            if cluster.layout().holds(cluster.me, partition) {
+                return Ok(dropped);
             }
+            let mut batch = onggi_storage::WriteBatch::new();
+            batch.delete(&consensus, key);
             self.commit_batch(batch, onggi_storage::Durability::Buffered, || {})
                 .await
                 .map_err(|error| error.message)?;
@@ -450,8 +494,8 @@ async fn catch_up_task(inner: std::sync::Weak<Inner>) {
         let Some(cluster) = node.inner.cluster.get().cloned() else { continue };
         node.catch_up_tick(&cluster).await;
         let epoch = cluster.layout().epoch();
-        if !cluster.layout().changing() && dropped_for != Some(epoch) {
-            node.drop_partitions_given_away(&cluster).await;
+        if !cluster.layout().changing() && dropped_for != Some(epoch) && node.drop_partitions_given_away(&cluster).await
+        {
             dropped_for = Some(epoch);
         }
     }

@@ -42,9 +42,10 @@
 //! peers' catalogs within a second or two (`catalog_sync.rs`) — eventual agreement, not
 //! consensus, so concurrent changes of one table through two nodes may race; Query and Scan are
 //! eventually consistent (the receiving node's own replica when it holds every partition, else
-//! one replica per stretch of partitions, `ranges.rs`), and reads of a global secondary index are
-//! refused when no node holds every partition (each replica indexes its own items; indexes
-//! partitioned by their own key come later); no read repair yet; hints
+//! one replica per stretch of partitions, `ranges.rs`), and a read of a global secondary index
+//! merges one replica's share of every partition when no node holds them all (each replica
+//! indexes its own items; indexes partitioned by their own key come later); no read repair yet;
+//! hints
 //! are kept by the coordinator, not by a substitute replica that counts towards the quorum
 //! (Dynamo's sloppy quorum): strict mode's majorities are of the item's own replicas, and hints
 //! only make a replica catch up sooner.
@@ -117,13 +118,16 @@ pub struct ClusterConfig {
 pub(crate) struct Cluster {
     me: NodeId,
     /// The layout epoch, its layouts and the members' addresses (`topology.rs`), replaced whole
-    /// when this node adopts a newer one (`Node::adopt_topology`).
+    /// when this node adopts a newer one (`Node::update_topology`).
     topology: std::sync::RwLock<Arc<Topology>>,
     /// Members known (old and new layouts'), kept beside the topology for the per-request check
     /// of whether this node is on a cluster at all.
     members: std::sync::atomic::AtomicUsize,
     /// Serializes adoptions of newer topologies (each is persisted before it is used).
     adopting: tokio::sync::Mutex<()>,
+    /// Held (read) by a replica from its epoch check until its action is persisted, and (write)
+    /// while a newer topology is published: see `Node::replica_in_epoch`.
+    epoch_gate: tokio::sync::RwLock<()>,
     /// This node's cluster state tree (the persisted topology).
     state_tree: Tree,
     transport: Transport,
@@ -154,7 +158,7 @@ impl Cluster {
     /// Whether this node holds a replica of every partition (so local range reads see all data).
     pub(crate) fn holds_everything(&self) -> bool {
         let layout = self.layout();
-        layout.replica_count() == layout.nodes().len() && !layout.changing()
+        !layout.changing() && layout.partitions_of(self.me).count() == layout.partition_count() as usize
     }
 
     /// Other members' cluster addresses.
@@ -165,6 +169,11 @@ impl Cluster {
     /// A member's cluster address.
     fn address(&self, node: NodeId) -> Option<SocketAddr> {
         self.layout().address(node)
+    }
+
+    /// This node's id.
+    pub(crate) fn me(&self) -> NodeId {
+        self.me
     }
 }
 
@@ -194,13 +203,10 @@ impl Handler for PeerHandler {
             wire::tag::CONSENSUS => {
                 let (table_id, key, epoch, request) =
                     wire::decode_request(&payload).map_err(|error| HandlerError::new(error.to_string()))?;
-                if let Some(stale) = node.check_epoch(epoch, &request, from.addr).await.map_err(HandlerError::new)? {
-                    return Ok(Bytes::from(wire::encode_reply(&stale)));
-                }
                 let reply = node
-                    .replica(&table_id, key, request)
+                    .replica_in_epoch(&table_id, key, epoch, request, Some(from.addr))
                     .await
-                    .map_err(|error| HandlerError::new(error.message.clone()))?;
+                    .map_err(HandlerError::new)?;
                 Ok(Bytes::from(wire::encode_reply(&reply)))
             }
             wire::tag::TOPOLOGY => node.answer_topology(&payload).await.map(Bytes::from).map_err(HandlerError::new),
@@ -218,6 +224,7 @@ impl Handler for PeerHandler {
             wire::tag::MERKLE => node.answer_merkle(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::RANGE_SYNC => node.answer_range_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::RANGE_READ => node.answer_range_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::INDEX_READ => node.answer_index_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::CATALOG_SYNC => {
                 node.answer_catalog_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new)
             }
@@ -309,6 +316,7 @@ impl Node {
             topology: std::sync::RwLock::new(Arc::new(topology)),
             members: std::sync::atomic::AtomicUsize::new(members),
             adopting: tokio::sync::Mutex::new(()),
+            epoch_gate: tokio::sync::RwLock::new(()),
             state_tree,
             transport,
             consensus_trees: Mutex::new(BTreeMap::new()),
@@ -358,16 +366,17 @@ impl Node {
     async fn replica(&self, table_id: &str, key: Vec<u8>, request: Request) -> Result<Reply, DynamoError> {
         let cluster = self.cluster().ok_or_else(|| DynamoError::internal("not part of a cluster"))?.clone();
         let table = self.table_by_id(table_id)?;
+        let consensus = self.consensus_tree(&cluster, &table)?;
+        let guard = self.inner.locks.lock(&table, &key).await;
         if matches!(request, Request::Commit(_)) {
             let layout = cluster.layout();
             if !layout.holds(cluster.me, layout.partition_of_key(&key)) {
                 // A late commit (or hint) for a partition this node gave away in a layout change:
-                // its data there is being dropped, and the item's replicas have the version.
+                // its data there is being dropped (under this same lock), and the item's replicas
+                // have the version.
                 return Ok(Reply::Committed);
             }
         }
-        let consensus = self.consensus_tree(&cluster, &table)?;
-        let guard = self.inner.locks.lock(&table, &key).await;
         let (mut acceptor, state_present) = self.load_acceptor(&table, &consensus, &key)?;
         match request {
             Request::Read => Ok(Reply::Knowledge(acceptor.knowledge())),
@@ -509,11 +518,7 @@ impl Node {
         request: Request,
     ) -> Option<Reply> {
         if replica == cluster.me {
-            let mine = cluster.layout().epoch();
-            if epoch < mine && !matches!(request, Request::Commit(_)) {
-                return Some(Reply::Stale(mine));
-            }
-            return self.replica(table_id, key.to_vec(), request).await.ok();
+            return self.replica_in_epoch(table_id, key.to_vec(), epoch, request, None).await.ok();
         }
         let address = cluster.address(replica)?;
         let payload = Bytes::from(wire::encode_request_in(table_id, key, epoch, &request));

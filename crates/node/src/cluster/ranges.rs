@@ -26,7 +26,7 @@ use onggi_model::{DynamoError, ErrorKind};
 
 use super::{Cluster, wire};
 use crate::Node;
-use crate::reads::{Page, Piece};
+use crate::reads::{Page, Piece, RawEntries};
 
 /// How long a replica may take to read one piece (up to 1 MB of items) and answer.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,6 +57,31 @@ impl Cluster {
         let layout = self.layout();
         let next = partition.0 + 1;
         (next < layout.partition_count()).then(|| layout.partition_range(PartitionId(next)).0.to_be_bytes().to_vec())
+    }
+}
+
+impl Cluster {
+    /// Who reads which base partitions for a global index read: one replica of every partition
+    /// (this node where it is one, else spread over the replicas), none of `avoid`.
+    pub(crate) fn index_read_assignment(&self, avoid: &[NodeId]) -> Result<Vec<(NodeId, Vec<u32>)>, DynamoError> {
+        let layout = self.layout();
+        let mut assignment: std::collections::BTreeMap<NodeId, Vec<u32>> = std::collections::BTreeMap::new();
+        for partition in 0..layout.partition_count() {
+            let replicas: Vec<NodeId> =
+                layout.replicas(PartitionId(partition)).iter().copied().filter(|node| !avoid.contains(node)).collect();
+            let reader = if replicas.contains(&self.me) {
+                self.me
+            } else {
+                *replicas.get(partition as usize % replicas.len().max(1)).ok_or_else(|| {
+                    DynamoError::new(
+                        ErrorKind::Throttling,
+                        format!("no replica of partition {partition} of the table answered; retry later"),
+                    )
+                })?
+            };
+            assignment.entry(reader).or_default().push(partition);
+        }
+        Ok(assignment.into_iter().collect())
     }
 }
 
@@ -122,6 +147,33 @@ impl Node {
             .await
             .map_err(|error| error.to_string())?;
         wire::decode_page(&reply).map_err(|error| error.to_string())
+    }
+
+    pub(crate) async fn read_index_piece_remote(
+        &self,
+        cluster: &Cluster,
+        reader: NodeId,
+        piece: &Piece,
+    ) -> Result<RawEntries, String> {
+        let address = cluster.address(reader).ok_or("not a member")?;
+        let payload = Bytes::from(wire::encode_piece(piece));
+        let reply = cluster
+            .transport
+            .request(address, wire::tag::INDEX_READ, payload, PIECE_TIMEOUT)
+            .await
+            .map_err(|error| error.to_string())?;
+        wire::decode_raw_entries(&reply).map_err(|error| error.to_string())
+    }
+
+    /// Answers a peer's [`wire::tag::INDEX_READ`].
+    pub(super) async fn answer_index_read(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
+        let node = self.clone();
+        let raw = tokio::task::spawn_blocking(move || node.read_index_piece(&piece))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.message)?;
+        Ok(wire::encode_raw_entries(&raw))
     }
 
     /// Answers a peer's [`wire::tag::RANGE_READ`].

@@ -396,15 +396,22 @@ pub(crate) async fn fetch_from_seeds(
 const GOSSIP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 impl Node {
-    /// Persists `topology` and makes it this node's, if it is newer than the one in use (or the
-    /// same epoch with more caught-up replicas). Returns whether it was adopted.
-    pub(crate) async fn adopt_topology(&self, cluster: &Cluster, topology: Topology) -> Result<bool, String> {
+    /// Computes a new topology from the one in use with `change` and, if it returns one (of
+    /// the same epoch or newer), persists it and makes it this node's. Updates run one at a
+    /// time, each against the topology the previous one left, so concurrent updates (merged
+    /// gossip, catching up, a change started here) compose instead of overwriting each other.
+    /// A newer epoch is published only once no replica action that passed the epoch check
+    /// under the old one is still running (the epoch gate, see [`Node::replica_in_epoch`]).
+    pub(crate) async fn update_topology(
+        &self,
+        cluster: &Cluster,
+        change: impl FnOnce(&Topology) -> Result<Option<Topology>, String>,
+    ) -> Result<Option<Arc<Topology>>, String> {
         let _turn = cluster.adopting.lock().await;
         let current = cluster.layout();
-        let newer = topology.epoch() > current.epoch()
-            || (topology.epoch() == current.epoch() && topology.record().caught_up != current.record().caught_up);
-        if !newer || topology.epoch() < current.epoch() {
-            return Ok(false);
+        let Some(topology) = change(&current)? else { return Ok(None) };
+        if topology.epoch() < current.epoch() || topology.record() == current.record() {
+            return Ok(None);
         }
         let mut batch = WriteBatch::new();
         let encoded = serde_json::to_vec(topology.record()).map_err(|error| error.to_string())?;
@@ -419,17 +426,16 @@ impl Node {
                 "adopted a newer layout epoch"
             );
         }
+        let topology = Arc::new(topology);
+        let _gate = cluster.epoch_gate.write().await;
         cluster.members.store(topology.addresses().count(), std::sync::atomic::Ordering::Relaxed);
-        *cluster.topology.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(topology);
-        Ok(true)
+        *cluster.topology.write().unwrap_or_else(std::sync::PoisonError::into_inner) = topology.clone();
+        Ok(Some(topology))
     }
 
     /// Merges a peer's topology record into this node's (adopting it when newer).
     async fn merge_topology(&self, cluster: &Cluster, theirs: &TopologyRecord) -> Result<(), String> {
-        if let Some(merged) = cluster.layout().merged_with(theirs)? {
-            self.adopt_topology(cluster, merged).await?;
-        }
-        Ok(())
+        self.update_topology(cluster, |current| current.merged_with(theirs)).await.map(|_| ())
     }
 
     /// Answers a peer's [`wire::tag::TOPOLOGY`]: merges its topology, answers with this node's.
@@ -466,34 +472,41 @@ impl Node {
         }
     }
 
-    /// Before a replica acts on a read, prepare or accept of layout epoch `epoch`: a message of
-    /// an older epoch gets [`Reply::Stale`]; a newer one makes this node learn the sender's
-    /// topology first (it must know the newer layout before acting in it).
-    pub(super) async fn check_epoch(
+    /// A replica's handling of a consensus request sent in layout epoch `epoch`: a read, prepare
+    /// or accept of an older epoch gets [`Reply::Stale`]; of a newer one, this node first learns
+    /// the sender's topology. The epoch check and the action (up to its persisted answer) hold
+    /// the epoch gate together, so a newer epoch is never published while an action that passed
+    /// the check under the old one is still on its way to disk: once an old replica adopted a
+    /// change, nothing of the old layout alone is accepted there any more — what catching up
+    /// relies on. Commits are safe in any epoch and pass straight through.
+    pub(super) async fn replica_in_epoch(
         &self,
+        table_id: &str,
+        key: Vec<u8>,
         epoch: u64,
-        request: &Request,
-        sender: SocketAddr,
-    ) -> Result<Option<Reply>, String> {
+        request: Request,
+        sender: Option<SocketAddr>,
+    ) -> Result<Reply, String> {
         if matches!(request, Request::Commit(_)) {
-            return Ok(None);
+            return self.replica(table_id, key, request).await.map_err(|error| error.message);
         }
         let cluster = self.inner.cluster.get().ok_or("not on a cluster")?.clone();
-        let mine = cluster.layout().epoch();
-        if epoch < mine {
-            return Ok(Some(Reply::Stale(mine)));
-        }
-        if epoch > mine {
+        for _ in 0..2 {
+            let gate = cluster.epoch_gate.read().await;
+            let mine = cluster.layout().epoch();
+            if epoch < mine {
+                return Ok(Reply::Stale(mine));
+            }
+            if epoch == mine {
+                let reply = self.replica(table_id, key, request).await.map_err(|error| error.message);
+                drop(gate);
+                return reply;
+            }
+            drop(gate);
+            let Some(sender) = sender else { break };
             self.exchange_topology(&cluster, sender).await;
-            let now = cluster.layout().epoch();
-            if now < epoch {
-                return Err(format!("layout epoch {epoch} is not known here yet (this node is in {now})"));
-            }
-            if now > epoch {
-                return Ok(Some(Reply::Stale(now)));
-            }
         }
-        Ok(None)
+        Err(format!("layout epoch {epoch} is not known here yet"))
     }
 
     /// Starts the background topology gossip: every [`GOSSIP_INTERVAL`], an exchange with the

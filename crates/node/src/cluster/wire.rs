@@ -22,7 +22,7 @@ use std::ops::Bound;
 use onggi_model::{Item, codec};
 use onggi_storage::Direction;
 
-use crate::reads::{Page, Piece, Range, RangeInput};
+use crate::reads::{Page, Piece, Range, RangeInput, RawEntries};
 
 /// The payload format version this build writes and reads.
 pub const WIRE_FORMAT_VERSION: u8 = 2;
@@ -60,6 +60,9 @@ pub mod tag {
     /// A new replica of a moved partition asks an old one for its committed versions there
     /// ([`super::CatchUp`], answered by a [`super::CatchUpReply`]). Bulk lane.
     pub const CATCH_UP: u16 = 11;
+    /// A replica's share of a global secondary index read: [`super::encode_piece`] (with its
+    /// base partitions), answered by [`super::encode_raw_entries`].
+    pub const INDEX_READ: u16 = 12;
 }
 
 /// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the
@@ -603,6 +606,10 @@ pub(crate) fn encode_piece(piece: &Piece) -> Vec<u8> {
         }
     }
     out.u64(piece.budget as u64);
+    out.u32(piece.partitions.len() as u32);
+    for partition in &piece.partitions {
+        out.u32(*partition);
+    }
     out.0
 }
 
@@ -633,8 +640,37 @@ pub(crate) fn decode_piece(bytes: &[u8]) -> Result<Piece, WireError> {
         other => return Err(WireError(format!("presence flag {other}"))),
     };
     let budget = usize::try_from(input.u64()?).map_err(|_| WireError("budget".into()))?;
+    let partitions = (0..input.count(4)?).map(|_| input.u32()).collect::<Result<Vec<_>, _>>()?;
     input.finish()?;
-    Ok(Piece { table_id, read, range: Range { lower, upper, direction }, limit, budget })
+    Ok(Piece { table_id, read, range: Range { lower, upper, direction }, limit, budget, partitions })
+}
+
+/// Encodes a replica's raw index entries: `[count u32][count × (u32 len + item codec)][more u8]`.
+pub(crate) fn encode_raw_entries(raw: &RawEntries) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.u32(raw.entries.len() as u32);
+    let mut bytes = Vec::new();
+    for entry in &raw.entries {
+        bytes.clear();
+        codec::encode_item(entry, &mut bytes);
+        out.bytes32(&bytes);
+    }
+    out.u8(u8::from(raw.more));
+    out.0
+}
+
+/// Decodes [`encode_raw_entries`].
+pub(crate) fn decode_raw_entries(bytes: &[u8]) -> Result<RawEntries, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let decode = |bytes: &[u8]| codec::decode_item(bytes).map_err(|error| WireError(format!("item: {error}")));
+    let entries = (0..input.count(4)?).map(|_| decode(input.bytes32()?)).collect::<Result<Vec<_>, _>>()?;
+    let more = match input.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(WireError(format!("flag {other}"))),
+    };
+    input.finish()?;
+    Ok(RawEntries { entries, more })
 }
 
 /// Encodes a page a replica read: `[count u64][scanned count u64][scanned bytes u64][fetch units
@@ -708,6 +744,9 @@ pub struct CatchUpReply {
     /// before it read anything (only then does its answer count; it finishes them, so a later
     /// request may).
     pub clean: bool,
+    /// On the first page: the ids of every table the old replica knows (the new one catches up
+    /// only once it knows them all: a table missing here would go uncopied).
+    pub tables: Vec<String>,
 }
 
 /// Encodes a [`CatchUp`]: `[version][epoch u64][table id u16 len][partition u32][after: 0 | 1 +
@@ -742,12 +781,17 @@ pub fn decode_catch_up(bytes: &[u8]) -> Result<CatchUp, WireError> {
     Ok(CatchUp { epoch, table_id, partition, after })
 }
 
-/// Encodes a [`CatchUpReply`]: `[version][records][more u8][clean u8]`.
+/// Encodes a [`CatchUpReply`]: `[version][records][more u8][clean u8][tables: u32 count, each
+/// u16 len + id]`.
 pub fn encode_catch_up_reply(reply: &CatchUpReply) -> Vec<u8> {
     let mut out = Writer::new();
     write_records(&mut out, &reply.records);
     out.u8(u8::from(reply.more));
     out.u8(u8::from(reply.clean));
+    out.u32(reply.tables.len() as u32);
+    for table in &reply.tables {
+        out.bytes16(table.as_bytes());
+    }
     out.0
 }
 
@@ -757,8 +801,9 @@ pub fn decode_catch_up_reply(bytes: &[u8]) -> Result<CatchUpReply, WireError> {
     let records = read_records(&mut input)?;
     let more = input.u8()? == 1;
     let clean = input.u8()? == 1;
+    let tables = (0..input.count(2)?).map(|_| input.table_id()).collect::<Result<Vec<_>, _>>()?;
     input.finish()?;
-    Ok(CatchUpReply { records, more, clean })
+    Ok(CatchUpReply { records, more, clean, tables })
 }
 
 #[cfg(test)]
@@ -920,12 +965,16 @@ mod tests {
             },
             limit: Some(5),
             budget: 1 << 20,
+            partitions: vec![3, 200],
         };
         let decoded = decode_piece(&encode_piece(&piece)).expect("decodes");
         assert_eq!(decoded.table_id, piece.table_id);
         assert_eq!((&decoded.range.lower, &decoded.range.upper), (&piece.range.lower, &piece.range.upper));
         assert_eq!(decoded.range.direction, Direction::Reverse);
         assert_eq!((decoded.limit, decoded.budget), (piece.limit, piece.budget));
+        assert_eq!(decoded.partitions, vec![3, 200]);
+        let raw = RawEntries { entries: vec![Item::new()], more: true };
+        assert_eq!(decode_raw_entries(&encode_raw_entries(&raw)), Ok(raw));
         let json = |read: &RangeInput| serde_json::to_string(read).expect("serializes");
         assert_eq!(json(&decoded.read), json(&piece.read));
 
