@@ -118,6 +118,16 @@ enum ClusterCommand {
         #[arg(long)]
         address: SocketAddr,
     },
+    /// Remove a decommissioned node (drained, holding nothing) from the membership: members stop
+    /// probing it and sending it anything.
+    Remove {
+        /// A member to ask (its DynamoDB API endpoint).
+        #[arg(long, env = "ONGGI_ENDPOINT", default_value = "http://127.0.0.1:8000")]
+        endpoint: String,
+        /// The drained node.
+        #[arg(long)]
+        node_id: u64,
+    },
     /// Replace a dead (or any) node by a new one in one change: the new node, started with
     /// `onggi serve --seeds`, takes over; data is copied from the surviving replicas (a majority
     /// of each of the old node's partitions' replicas must be up).
@@ -442,6 +452,9 @@ fn main() -> ExitCode {
                 ),
                 ClusterCommand::Decommission { endpoint, node_id } => {
                     ("decommission", cluster_change(&endpoint, serde_json::json!({"decommission": [node_id]})))
+                }
+                ClusterCommand::Remove { endpoint, node_id } => {
+                    ("remove", cluster_change(&endpoint, serde_json::json!({"remove": [node_id]})))
                 }
                 ClusterCommand::Replace { endpoint, dead, node_id, address } => (
                     "replace",

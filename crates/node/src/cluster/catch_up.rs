@@ -22,8 +22,9 @@
 //!   progress, it deletes its items (records, index entries, consensus state) of the partitions
 //!   it no longer replicates; late commits and hints for them are ignored.
 //!
-//! Progress shows in `onggi cluster status` (moved partitions, caught up). Not done yet: a
-//! decommissioned node stays listed (draining, holding nothing) until it is stopped.
+//! Progress shows in `onggi cluster status` (moved partitions, caught up). A decommissioned node
+//! stays listed (draining, holding nothing) until `onggi cluster remove` takes it out of the
+//! membership — a change that moves nothing, over at once.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -61,6 +62,9 @@ pub(crate) struct ChangeRequest {
     /// Nodes to decommission (drain): their replicas move to the others.
     #[serde(default)]
     decommission: Vec<u64>,
+    /// Drained nodes to remove from the membership (they hold nothing any more).
+    #[serde(default)]
+    remove: Vec<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +101,7 @@ impl Node {
             addresses.push((node.id, node.address));
         }
         changes.extend(request.decommission.iter().map(|id| ChangeRecord::Drain(*id)));
+        changes.extend(request.remove.iter().map(|id| ChangeRecord::Remove(*id)));
         let topology = self
             .update_topology(&cluster, |current| current.start_change(changes, &addresses).map(Some))
             .await?

@@ -433,7 +433,11 @@ impl Node {
     async fn deliver_to(&self, cluster: &Arc<Cluster>, target: NodeId, cursor: Option<Vec<u8>>) -> Option<Vec<u8>> {
         let (first, _) = target_range(target);
         let mut lower = cursor.filter(|cursor| cursor.starts_with(&first)).unwrap_or(first);
-        let address = cluster.address(target).filter(|_| target != cluster.me);
+        // A node that holds nothing (drained, or removed) needs no hint.
+        let layout = cluster.layout();
+        let holds_some = layout.changing() || layout.partitions_of(target).next().is_some();
+        drop(layout);
+        let address = cluster.address(target).filter(|_| target != cluster.me && holds_some);
         for _ in 0..BATCHES_PER_TICK {
             let batch = match self.hint_batch(cluster, target, lower.clone()).await {
                 Ok(batch) => batch,

@@ -154,7 +154,10 @@ impl Topology {
             }
             _ => None,
         };
-        for member in layout.nodes().iter().chain(next.iter().flat_map(|next| next.nodes())) {
+        // Every member needs an address, except one being removed (drained: it holds nothing).
+        let target = next.as_ref().unwrap_or(&layout);
+        let holding = layout.nodes().iter().filter(|member| layout.partitions_of(member.id).next().is_some());
+        for member in target.nodes().iter().chain(holding) {
             if !record.addresses.contains_key(&member.id.0) {
                 return Err(format!("no address for member {}", member.id));
             }
@@ -293,10 +296,24 @@ impl Topology {
         if changes.is_empty() {
             return Err("no change given".into());
         }
+        for change in &changes {
+            if let ChangeRecord::Remove(id) = change {
+                let node = NodeId(*id);
+                let drained = self.current.node(node).is_some_and(|member| member.state == NodeState::Draining);
+                if !drained || self.current.partitions_of(node).next().is_some() {
+                    return Err(format!("node {id} can be removed only once it is drained (decommission it first)"));
+                }
+            }
+        }
         let mut record = self.record.clone();
         record.epoch += 1;
-        record.changes.push(changes);
         record.caught_up.clear();
+        for change in &changes {
+            if let ChangeRecord::Remove(id) = change {
+                record.addresses.remove(id);
+            }
+        }
+        record.changes.push(changes);
         for (id, address) in new_addresses {
             record.addresses.insert(*id, *address);
         }
@@ -335,11 +352,8 @@ impl Topology {
             ));
         }
         if theirs.epoch > self.record.epoch {
-            let mut record = theirs.clone();
-            for (id, address) in &self.record.addresses {
-                record.addresses.entry(*id).or_insert(*address);
-            }
-            return Topology::from_record(record).map(Some);
+            // Addresses travel with the changes that add members (and leave with removals).
+            return Topology::from_record(theirs.clone()).map(Some);
         }
         if theirs.epoch == self.record.epoch && self.record.epoch % 2 == 1 {
             let mut record = self.record.clone();
@@ -576,5 +590,18 @@ mod tests {
         assert_eq!(adopted.epoch(), 2);
         let other = first.start_change(vec![ChangeRecord::Drain(2)], &[]).unwrap();
         assert!(other.merged_with(joining.record()).is_err());
+        // A node is removed only once drained; removing it moves nothing and ends at once.
+        assert!(finished.start_change(vec![ChangeRecord::Remove(4)], &[]).is_err());
+        let mut draining = finished.start_change(vec![ChangeRecord::Drain(4)], &[]).unwrap();
+        for &partition in draining.moved().to_vec().iter() {
+            for &node in draining.next().unwrap().replicas(partition).to_vec().iter() {
+                draining = draining.with_caught_up(partition, node);
+            }
+        }
+        let drained = draining.finish_change().unwrap();
+        let removed = drained.start_change(vec![ChangeRecord::Remove(4)], &[]).unwrap();
+        assert_eq!((removed.epoch(), removed.changing()), (6, false));
+        assert_eq!(removed.address(NodeId(4)), None);
+        assert_eq!(removed.nodes().len(), 3);
     }
 }

@@ -8,7 +8,8 @@
 //! change is over node 1 must have dropped its data, and is killed with `kill -9`. Through the
 //! remaining nodes: every item written before, every acknowledged put and the counter (exactly
 //! the acknowledged increments, give or take those whose outcome the client never learned) must
-//! be there, and the new node must hold its replica of everything.
+//! be there, and the new node must hold its replica of everything; `onggi cluster remove` then
+//! takes node 1 out of the membership.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -231,6 +232,13 @@ async fn join_and_decommission() {
         task.await.expect("client task");
     }
     cluster.nodes[0].take().expect("node 1").kill_hard();
+    // The drained node leaves the membership (a change that moves nothing).
+    onggi_cluster(&["remove", "--endpoint", &cluster.endpoint(2), "--node-id", "1"])
+        .unwrap_or_else(|error| panic!("remove: {error}"));
+    let remaining: Vec<String> = (1..4).map(|i| cluster.endpoint(i)).collect();
+    wait_for_epoch(&remaining, 6).await.unwrap_or_else(|error| panic!("remove did not spread: {error}"));
+    let members = status(&cluster.endpoint(3)).expect("status")["members"].as_array().map_or(0, Vec::len);
+    assert_eq!(members, 3, "node 1 is no longer a member");
 
     // Everything is there, through the remaining nodes.
     let readers: Vec<Client> = (1..4).map(|i| client(&cluster.endpoint(i))).collect();
