@@ -292,6 +292,14 @@ impl Node {
             }
             None if config.members.is_empty() => {
                 let topology = topology::fetch_from_seeds(&transport, &config.seeds).await?;
+                if let Some(address) = topology.address(NodeId(config.node_id))
+                    && address != config.listen
+                {
+                    return Err(format!(
+                        "node id {} is already a member of the cluster, at {address}: ids are never reused",
+                        config.node_id
+                    ));
+                }
                 let mut batch = WriteBatch::new();
                 let encoded = serde_json::to_vec(topology.record()).expect("a topology serializes");
                 batch.put(&state_tree, topology::TOPOLOGY_KEY.to_vec(), encoded);
