@@ -709,7 +709,7 @@ impl Node {
                 }
                 Step::Done(outcome) => {
                     if let Some(chosen) = outcome.commit.clone() {
-                        self.spread_commit(cluster, &replicas, &table_id, &key, chosen).await;
+                        self.spread_commit(cluster, &replicas, &table_id, &key, epoch, chosen).await;
                     }
                     let current = outcome.version.and_then(|version| version.value.item);
                     if read_only && outcome.decided_at == Ballot::ZERO {
@@ -749,11 +749,15 @@ impl Node {
         replicas: &[NodeId],
         table_id: &str,
         key: &[u8],
+        epoch: u64,
         chosen: Version<Value>,
     ) {
         let local = replicas.contains(&cluster.me).then(|| Request::Commit(chosen.clone()));
         if replicas.iter().any(|&replica| replica != cluster.me) {
-            let payload = Bytes::from(wire::encode_request(table_id, key, &Request::Commit(chosen.clone())));
+            // The epoch lets a replica that has not heard of a layout change yet learn it first:
+            // it may be a new replica of the item, which would otherwise ignore the commit.
+            let request = Request::Commit(chosen.clone());
+            let payload = Bytes::from(wire::encode_request_in(table_id, key, epoch, &request));
             let chosen = Arc::new(chosen);
             for &replica in replicas.iter().filter(|&&replica| replica != cluster.me) {
                 let (node, cluster, payload, chosen) = (self.clone(), cluster.clone(), payload.clone(), chosen.clone());

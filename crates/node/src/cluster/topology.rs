@@ -501,10 +501,17 @@ impl Node {
         request: Request,
         sender: Option<SocketAddr>,
     ) -> Result<Reply, String> {
+        let cluster = self.inner.cluster.get().ok_or("not on a cluster")?.clone();
         if matches!(request, Request::Commit(_)) {
+            // A commit is safe in any epoch; a newer one is learned first all the same, since a
+            // node ignores commits for partitions it does not replicate (yet).
+            if epoch > cluster.layout().epoch()
+                && let Some(sender) = sender
+            {
+                self.exchange_topology(&cluster, sender).await;
+            }
             return self.replica(table_id, key, request).await.map_err(|error| error.message);
         }
-        let cluster = self.inner.cluster.get().ok_or("not on a cluster")?.clone();
         for _ in 0..2 {
             let gate = cluster.epoch_gate.read().await;
             let mine = cluster.layout().epoch();
