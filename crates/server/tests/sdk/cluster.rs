@@ -60,22 +60,35 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// Starts `size` nodes. Ports are picked free and then bound by the nodes, so another test
+    /// may take one in between: the whole cluster is then started again on other ports (a few
+    /// times at most).
     pub(crate) fn start(size: usize) -> Cluster {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let api = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let members = (0..size).map(|i| format!("{}=127.0.0.1:{}", i + 1, free_port())).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster { directory, api, members, nodes: (0..size).map(|_| None).collect() };
-        for i in 0..size {
-            cluster.start_node(i);
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let directory = tempfile::tempdir().expect("temporary directory");
+            let api = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+            let members =
+                (0..size).map(|i| format!("{}=127.0.0.1:{}", i + 1, free_port())).collect::<Vec<_>>().join(",");
+            let mut cluster = Cluster { directory, api, members, nodes: (0..size).map(|_| None).collect() };
+            match (0..size).try_for_each(|i| cluster.try_start_node(i)) {
+                Ok(()) => return cluster,
+                Err(error) => last_error = error,
+            }
         }
-        cluster
+        panic!("the cluster did not start: {last_error}");
     }
 
     pub(crate) fn start_node(&mut self, i: usize) {
+        self.try_start_node(i).unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    fn try_start_node(&mut self, i: usize) -> Result<(), String> {
         let extra = ["--node-id".to_string(), (i + 1).to_string(), "--members".to_string(), self.members.clone()];
         let data = self.directory.path().join(format!("node-{}", i + 1));
         let log = self.directory.path().join(format!("node-{}.log", i + 1));
-        self.nodes[i] = Some(Server::start_with(&data, &log, &self.api[i], &extra));
+        self.nodes[i] = Some(Server::try_start_with(&data, &log, &self.api[i], &extra)?);
+        Ok(())
     }
 
     /// Starts one more node that learns the cluster from node 1 (`--seeds`) and waits to be

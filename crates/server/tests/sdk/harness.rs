@@ -73,6 +73,12 @@ impl Server {
 
     /// [`Server::start`] listening on `listen`, with extra `onggi serve` arguments (a cluster's).
     pub fn start_with(data_dir: &Path, log_path: &Path, listen: &str, extra: &[String]) -> Server {
+        Server::try_start_with(data_dir, log_path, listen, extra).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`Server::start_with`], answering why the server did not come up instead of panicking (a
+    /// cluster test retries on other ports when one was taken meanwhile).
+    pub fn try_start_with(data_dir: &Path, log_path: &Path, listen: &str, extra: &[String]) -> Result<Server, String> {
         let log = File::options().create(true).append(true).open(log_path).expect("open the server log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_onggi"))
             .args(["serve", "--listen", listen, "--data-dir"])
@@ -101,10 +107,10 @@ impl Server {
             outcome => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
+                return Err(format!(
                     "onggi did not print its banner within {STARTUP_TIMEOUT:?} ({outcome:?}); its log:\n{}",
                     std::fs::read_to_string(log_path).unwrap_or_default()
-                );
+                ));
             }
         };
         let endpoint = banner
@@ -113,7 +119,7 @@ impl Server {
             .unwrap_or_else(|| panic!("no endpoint in the banner {banner:?}"))
             .to_string();
         assert!(banner.starts_with("onggi ") && banner.contains("serving the DynamoDB API"), "banner: {banner}");
-        Server { child, endpoint, log_path: log_path.to_path_buf() }
+        Ok(Server { child, endpoint, log_path: log_path.to_path_buf() })
     }
 
     /// The process id.
