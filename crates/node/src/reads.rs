@@ -933,6 +933,16 @@ impl Node {
                 Some(reader) => avoid.push(reader),
             }
         };
+        // Entries come from peers whose catalogs may lag (an index dropped and created again
+        // under the same name): one without this index's key attributes fails the page.
+        let positions = source.position_attributes();
+        if parts
+            .iter()
+            .flat_map(|part| &part.entries)
+            .any(|entry| positions.iter().any(|name| !entry.contains_key(*name)))
+        {
+            return Err(DynamoError::internal("a replica answered with entries of another version of the index"));
+        }
         let forward = plan.range.direction == Direction::Forward;
         let in_order = |a: &Vec<u8>, b: &Vec<u8>| if forward { a.cmp(b) } else { b.cmp(a) };
         // Past the first place a replica stopped short, another replica may still have entries.

@@ -201,8 +201,12 @@ impl Node {
         let consensus = self.consensus_tree(cluster, table).map_err(|error| error.message)?;
         let (first, last) = cluster.layout().partition_range(partition);
         let engine = self.inner.engine.clone();
+        // Only proposals accepted before this node adopted the change matter: later ones are of
+        // the change's epoch, chosen (if ever) by a majority of the new replicas too. Counting
+        // them would keep a partition under steady writes from ever catching up.
+        let adopted_at = onggi_core::hlc::Timestamp(cluster.adopted_at.load(std::sync::atomic::Ordering::Relaxed));
         let unfinished = tokio::task::spawn_blocking(move || {
-            repair::scan_stale_proposals(&*engine, &consensus, first, last, u64::MAX)
+            repair::scan_proposals_accepted_by(&*engine, &consensus, first, last, adopted_at)
         })
         .await
         .map_err(|error| error.to_string())??;
@@ -417,11 +421,15 @@ impl Node {
         let (first, last) = cluster.layout().partition_range(partition);
         let (lower, upper) = repair::token_interval(first, last);
         let mut dropped = 0;
+        let mut after: Option<Vec<u8>> = None;
         loop {
             if cluster.layout().holds(cluster.me, partition) {
                 return Ok(dropped); // taken back by a newer change
             }
-            let (from, to) = repair::bounds(&lower, upper.as_deref());
+            let (mut from, to) = repair::bounds(&lower, upper.as_deref());
+            if let Some(after) = &after {
+                from = Bound::Excluded(after.clone());
+            }
             let (engine, tree) = (self.inner.engine.clone(), table.tree.clone());
             let page = tokio::task::spawn_blocking(move || -> Result<Vec<wire::KeyRecord>, String> {
                 let entries = engine.range(&tree, from, to, Direction::Forward).map_err(|error| error.to_string())?;
@@ -432,6 +440,7 @@ impl Node {
             if page.is_empty() {
                 break;
             }
+            after = page.last().map(|(key, _)| key.clone());
             for (key, _) in page {
                 // Under the item's lock: re-check (a newer change may have given the partition
                 // back, and its operations must find what they leave) and read the record as it

@@ -345,8 +345,16 @@ impl Node {
             return Outcome::Discard("its table no longer exists");
         }
         let Ok(record) = Record::decode(value) else { return Outcome::Discard("unreadable record") };
-        let payload =
-            Bytes::from(wire::encode_request(table_id, item_key, &Request::Commit(wire::from_record(record))));
+        let layout = cluster.layout();
+        let Ok((target, _, _)) = decode_hint_key(key) else { return Outcome::Discard("malformed key") };
+        if !layout.holds(target, layout.partition_of_key(item_key)) {
+            return Outcome::Discard("its target no longer replicates the item");
+        }
+        // Sent in this node's epoch, so a target that has not heard of a layout change learns it
+        // before deciding whether it replicates the item.
+        let request = Request::Commit(wire::from_record(record));
+        let payload = Bytes::from(wire::encode_request_in(table_id, item_key, layout.epoch(), &request));
+        drop(layout);
         match cluster.transport.request(address, wire::tag::CONSENSUS, payload, ROUND_TIMEOUT).await {
             Ok(answer) => match wire::decode_reply(&answer) {
                 Ok(Reply::Committed) => Outcome::Delivered,

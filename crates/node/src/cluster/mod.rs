@@ -130,6 +130,9 @@ pub(crate) struct Cluster {
     epoch_gate: tokio::sync::RwLock<()>,
     /// This node's cluster state tree (the persisted topology).
     state_tree: Tree,
+    /// The clock's time when this node adopted its current epoch (packed hybrid time): every
+    /// proposal accepted here before then has a ballot at or below it.
+    adopted_at: std::sync::atomic::AtomicU64,
     transport: Transport,
     /// Consensus trees by table id, opened on first use.
     consensus_trees: Mutex<BTreeMap<String, Tree>>,
@@ -325,6 +328,7 @@ impl Node {
             members: std::sync::atomic::AtomicUsize::new(members),
             adopting: tokio::sync::Mutex::new(()),
             epoch_gate: tokio::sync::RwLock::new(()),
+            adopted_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             state_tree,
             transport,
             consensus_trees: Mutex::new(BTreeMap::new()),
@@ -389,6 +393,9 @@ impl Node {
         match request {
             Request::Read => Ok(Reply::Knowledge(acceptor.knowledge())),
             Request::Prepare(ballot) => {
+                // The clock passes every ballot acted on (catching up tells proposals accepted
+                // before a layout change from later ones by it, see `catch_up.rs`).
+                self.inner.observe(ballot.time);
                 let (promise, changed) = acceptor.prepare(ballot);
                 if changed {
                     self.persist_state(&consensus, &key, &acceptor).await?;
@@ -397,6 +404,7 @@ impl Node {
                 Ok(Reply::Promise(promise))
             }
             Request::Accept(proposal) => {
+                self.inner.observe(proposal.ballot.time);
                 let (answer, changed) = acceptor.accept(proposal);
                 if changed {
                     self.persist_state(&consensus, &key, &acceptor).await?;

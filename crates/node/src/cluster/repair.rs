@@ -438,6 +438,31 @@ pub(super) fn scan_stale_proposals(
     Ok(stale)
 }
 
+/// The keys of `[first, last]` (tokens) with a proposal accepted at a ballot time at or below
+/// `at_or_before` (at most [`PROPOSALS_PER_VISIT_MAX`]).
+pub(super) fn scan_proposals_accepted_by(
+    engine: &dyn Engine,
+    consensus: &Tree,
+    first: u64,
+    last: u64,
+    at_or_before: onggi_core::hlc::Timestamp,
+) -> Result<Vec<Vec<u8>>, String> {
+    let (lower, upper) = token_interval(first, last);
+    let (lower, upper) = bounds(&lower, upper.as_deref());
+    let mut keys = Vec::new();
+    for entry in engine.range(consensus, lower, upper, Direction::Forward).map_err(|error| error.to_string())? {
+        let (key, value) = entry.map_err(|error| error.to_string())?;
+        let state = ConsensusState::decode(&value).map_err(|error| error.to_string())?;
+        if state.accepted.is_some_and(|accepted| accepted.version.time <= at_or_before) {
+            keys.push(key);
+            if keys.len() >= PROPOSALS_PER_VISIT_MAX {
+                break;
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// Runs blocking storage work on tokio's blocking pool, adding the time it took to `work`.
 async fn blocking<T: Send + 'static>(
     work: &mut Duration,

@@ -441,7 +441,14 @@ impl Node {
             );
         }
         let topology = Arc::new(topology);
+        let newer = topology.epoch() > current.epoch();
         let _gate = cluster.epoch_gate.write().await;
+        if newer {
+            // No replica action of the old epoch is running (the gate), and each observed its
+            // ballot into the clock: every proposal accepted before this point has a ballot at
+            // or below the clock's time now.
+            cluster.adopted_at.store(self.inner.version().time.0, std::sync::atomic::Ordering::Relaxed);
+        }
         cluster.members.store(topology.addresses().count(), std::sync::atomic::Ordering::Relaxed);
         *cluster.topology.write().unwrap_or_else(std::sync::PoisonError::into_inner) = topology.clone();
         Ok(Some(topology))
@@ -509,6 +516,10 @@ impl Node {
                 && let Some(sender) = sender
             {
                 self.exchange_topology(&cluster, sender).await;
+            }
+            if epoch > cluster.layout().epoch() {
+                // Not acknowledged: the sender keeps a hint and tries again.
+                return Err(format!("layout epoch {epoch} is not known here yet"));
             }
             return self.replica(table_id, key, request).await.map_err(|error| error.message);
         }
