@@ -1049,8 +1049,8 @@ impl Node {
         }
     }
 
-    /// Answers a peer's share of a global index read.
-    pub(crate) fn read_index_piece(&self, piece: &Piece) -> Result<RawEntries, DynamoError> {
+    /// A peer's piece, checked (held here, same table) and planned as its request asks.
+    fn plan_piece<'p>(&self, piece: &'p Piece) -> Result<Plan<'p>, DynamoError> {
         self.check_piece_held(piece)?;
         let plan = match &piece.read {
             RangeInput::Query(input) => self.plan_query(input)?,
@@ -1059,20 +1059,19 @@ impl Node {
         if plan.table.schema.id != piece.table_id {
             return Err(crate::tables::table_not_found());
         }
+        Ok(plan)
+    }
+
+    /// Answers a peer's share of a global index read.
+    pub(crate) fn read_index_piece(&self, piece: &Piece) -> Result<RawEntries, DynamoError> {
+        let plan = self.plan_piece(piece)?;
         let source = Source::resolve(&plan.table, plan.request.index_name)?;
         self.read_raw_entries(&source, piece)
     }
 
     /// Reads a piece of a range read for a peer (see [`Piece`]).
     pub(crate) fn read_piece(&self, piece: &Piece) -> Result<Page, DynamoError> {
-        self.check_piece_held(piece)?;
-        let plan = match &piece.read {
-            RangeInput::Query(input) => self.plan_query(input)?,
-            RangeInput::Scan(input) => self.plan_scan(input)?,
-        };
-        if plan.table.schema.id != piece.table_id {
-            return Err(crate::tables::table_not_found());
-        }
+        let plan = self.plan_piece(piece)?;
         let source = Source::resolve(&plan.table, plan.request.index_name)?;
         self.read_page(&source, &piece.range, &plan.shape, piece.limit, plan.request.consistent, piece.budget)
     }

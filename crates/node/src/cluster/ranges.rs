@@ -138,14 +138,15 @@ impl Node {
         }
     }
 
-    async fn read_piece_remote(&self, cluster: &Cluster, reader: NodeId, piece: &Piece) -> Result<Page, String> {
+    /// Sends `piece` to `reader` as message `tag`; its answer.
+    async fn send_piece(cluster: &Cluster, reader: NodeId, tag: u16, piece: &Piece) -> Result<Bytes, String> {
         let address = cluster.address(reader).ok_or("not a member")?;
         let payload = Bytes::from(wire::encode_piece(piece));
-        let reply = cluster
-            .transport
-            .request(address, wire::tag::RANGE_READ, payload, PIECE_TIMEOUT)
-            .await
-            .map_err(|error| error.to_string())?;
+        cluster.transport.request(address, tag, payload, PIECE_TIMEOUT).await.map_err(|error| error.to_string())
+    }
+
+    async fn read_piece_remote(&self, cluster: &Cluster, reader: NodeId, piece: &Piece) -> Result<Page, String> {
+        let reply = Node::send_piece(cluster, reader, wire::tag::RANGE_READ, piece).await?;
         wire::decode_page(&reply).map_err(|error| error.to_string())
     }
 
@@ -155,13 +156,7 @@ impl Node {
         reader: NodeId,
         piece: &Piece,
     ) -> Result<RawEntries, String> {
-        let address = cluster.address(reader).ok_or("not a member")?;
-        let payload = Bytes::from(wire::encode_piece(piece));
-        let reply = cluster
-            .transport
-            .request(address, wire::tag::INDEX_READ, payload, PIECE_TIMEOUT)
-            .await
-            .map_err(|error| error.to_string())?;
+        let reply = Node::send_piece(cluster, reader, wire::tag::INDEX_READ, piece).await?;
         wire::decode_raw_entries(&reply).map_err(|error| error.to_string())
     }
 
