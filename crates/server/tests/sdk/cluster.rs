@@ -337,20 +337,24 @@ async fn a_three_node_cluster_keeps_every_acknowledged_write_through_kill_and_pa
     tokio::time::timeout(TEST_TIMEOUT, faults_under_load()).await.expect("the cluster test exceeded its time bound");
 }
 
-async fn faults_under_load() {
-    let mut cluster = Cluster::start(3);
-    let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
-    let table = crate::harness::unique_name("cluster");
-    let admin = client(&endpoints[0]);
-    admin
+/// Creates the on-demand table `table` with a string hash key `pk`.
+async fn create_table(client: &Client, table: &str) {
+    client
         .create_table()
-        .table_name(&table)
+        .table_name(table)
         .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
         .attribute_definitions(crate::harness::attribute_definition("pk", ScalarAttributeType::S))
         .key_schema(crate::harness::key_element("pk", aws_sdk_dynamodb::types::KeyType::Hash))
         .send()
         .await
         .expect("create the table");
+}
+
+async fn faults_under_load() {
+    let mut cluster = Cluster::start(3);
+    let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
+    let table = crate::harness::unique_name("cluster");
+    create_table(&client(&endpoints[0]), &table).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(AtomicBool::new(false));
@@ -511,15 +515,7 @@ async fn hinted_handoff() {
     let mut cluster = Cluster::start(3);
     let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
     let table = crate::harness::unique_name("hints");
-    client(&endpoints[0])
-        .create_table()
-        .table_name(&table)
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .attribute_definitions(crate::harness::attribute_definition("pk", ScalarAttributeType::S))
-        .key_schema(crate::harness::key_element("pk", aws_sdk_dynamodb::types::KeyType::Hash))
-        .send()
-        .await
-        .expect("create the table");
+    create_table(&client(&endpoints[0]), &table).await;
 
     cluster.nodes[2].take().expect("node 3").kill_hard();
     // Writes through nodes 1 and 2 while node 3 is down, a few at a time.

@@ -100,21 +100,7 @@ async fn client_loop(
             endpoints[turn % endpoints.len()].clone()
         };
         let client = client(&endpoint);
-        let current = client
-            .get_item()
-            .table_name(&table)
-            .key("pk", s("counter"))
-            .key("sk", n(0))
-            .consistent_read(true)
-            .send()
-            .await;
-        let Ok(current) = current else { continue };
-        let value: u64 = current
-            .item()
-            .and_then(|item| item.get("v"))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let Ok(value) = read_counter(&client, &table).await else { continue };
         let outcome = client
             .put_item()
             .table_name(&table)
@@ -143,6 +129,25 @@ async fn client_loop(
             tally.puts.lock().await.push(key);
         }
     }
+}
+
+/// The counter's value, read strictly (0 before its first increment).
+async fn read_counter(client: &Client, table: &str) -> Result<u64, String> {
+    let answer = client
+        .get_item()
+        .table_name(table)
+        .key("pk", s("counter"))
+        .key("sk", n(0))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|error| format!("{error:?}"))?;
+    Ok(answer
+        .item()
+        .and_then(|item| item.get("v"))
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -254,21 +259,7 @@ async fn join_and_decommission() {
     }
     let acknowledged = tally.acknowledged.load(Ordering::Relaxed);
     let unknown = tally.unknown.load(Ordering::Relaxed);
-    let counter = readers[2]
-        .get_item()
-        .table_name(&table)
-        .key("pk", s("counter"))
-        .key("sk", n(0))
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("read the counter");
-    let value: u64 = counter
-        .item()
-        .and_then(|item| item.get("v"))
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let value = read_counter(&readers[2], &table).await.expect("read the counter");
     println!(
         "layout test: {} items checked ({} put during the changes), {acknowledged} increments acknowledged, {unknown} \
          unknown, counter {value}",
