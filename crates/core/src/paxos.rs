@@ -29,6 +29,18 @@
 //! state except through another Paxos round, since spreading one that was never chosen could
 //! make it chosen behind the back of a proposer that already decided without it.
 //!
+//! **One round trip for a coordinator's next write** (CASPaxos §2.2.1, "one-round trip
+//! optimisation"; Multi-Paxos' leader does the same for a whole log). An accept may carry the
+//! proposer's next ballot for the item: a replica that accepts the proposal and holds nothing newer
+//! than it also promises that ballot, in the same persisted state. Such a promise is exactly what a
+//! prepare of the next ballot would get — the replica would answer with the proposal just
+//! accepted — so once a quorum has accepted and promised, the proposer holds a [`Lease`]: the
+//! item's current value and a ballot a quorum promised, and its next operation on the item starts
+//! at the accept ([`Proposer::resume`]). Anyone else's prepare above the leased ballot takes the
+//! promise back from a majority, and the leased accept then fails and retries with a full round;
+//! a lease is used once. Operations that keep the value (a failed condition) re-propose it at the
+//! leased ballot, since only a quorum's acceptance shows the lease still holds.
+//!
 //! **Strict reads** take one round trip in the common case: a non-mutating read of a majority's
 //! state; when the highest version seen is known chosen (some replica has it committed, or every
 //! answer carries it as accepted — a majority) it is the answer. A read that finds an unfinished
@@ -132,6 +144,9 @@ pub enum Promise<V> {
 pub enum Acceptance {
     /// Accepted (and persisted).
     Accepted,
+    /// Accepted, and the proposer's next ballot (carried by the accept) promised: the replica
+    /// holds nothing newer than the proposal (persisted with it; see "One round trip" above).
+    AcceptedPromising(Ballot),
     /// Refused: the replica has promised (or committed) this ballot, which is higher.
     Refused(Ballot),
 }
@@ -180,6 +195,26 @@ impl<V: Clone + PartialEq> Acceptor<V> {
         self.promised = proposal.ballot;
         self.accepted = Some(proposal);
         (Acceptance::Accepted, true)
+    }
+
+    /// Handles an accept that carries the proposer's next ballot for the item, `next` (above the
+    /// proposal's). Accepted as [`Acceptor::accept`] would; then, if the proposal is the newest
+    /// thing this replica holds and nothing above `next` is promised, `next` is promised too and
+    /// the answer says so. Returns the answer and whether the state changed.
+    pub fn accept_promising(&mut self, proposal: Version<V>, next: Ballot) -> (Acceptance, bool) {
+        if self.promised == next && self.accepted.as_ref() == Some(&proposal) {
+            // A duplicate: answered as the first copy was.
+            return (Acceptance::AcceptedPromising(next), false);
+        }
+        let ballot = proposal.ballot;
+        let (answer, mut changed) = self.accept(proposal);
+        let holds_it_newest = self.accepted.as_ref().is_some_and(|accepted| accepted.ballot == ballot);
+        if answer == Acceptance::Accepted && next > ballot && holds_it_newest && self.promised <= next {
+            changed |= self.promised != next;
+            self.promised = next;
+            return (Acceptance::AcceptedPromising(next), changed);
+        }
+        (answer, changed)
     }
 
     /// Records a chosen version (a commit, a hint, a repair). Returns whether the state changed.
@@ -312,6 +347,22 @@ pub struct Outcome<V> {
     pub decided_at: Ballot,
     /// A chosen version every replica should be told about (a `Commit`), if this round chose one.
     pub commit: Option<Version<V>>,
+    /// A quorum of the replicas that accepted also promised the next ballot the accept carried:
+    /// the proposer's next operation on the item may start from this (see [`Proposer::resume`]).
+    pub lease: Option<Lease<V>>,
+}
+
+/// What a proposer knows after a quorum accepted its proposal and promised its next ballot: the
+/// item's current value, and a ballot no other proposal below which can be chosen. Valid under
+/// the replica sets it was formed with (a layout change ends it), and used at most once.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Lease<V> {
+    /// The replica sets whose majorities made the quorum.
+    pub quorums: Quorums,
+    /// The promised ballot.
+    pub ballot: Ballot,
+    /// The chosen version the promise was made on: the item's current value while the lease holds.
+    pub current: Version<V>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -407,6 +458,8 @@ pub struct Proposer<V> {
     granted: Vec<(NodeId, Knowledge<V>)>,
     refused: Vec<NodeId>,
     accepted: Vec<NodeId>,
+    /// Replicas that accepted and promised a next ballot, with the ballot.
+    promising: Vec<(NodeId, Ballot)>,
     highest_refusal: Ballot,
     current: Option<Version<V>>,
     proposal: Option<Version<V>>,
@@ -430,6 +483,7 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
             granted: Vec::new(),
             refused: Vec::new(),
             accepted: Vec::new(),
+            promising: Vec::new(),
             highest_refusal: Ballot::ZERO,
             current: None,
             proposal: None,
@@ -457,6 +511,18 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
     /// [`Proposer::write`] with quorums of several replica sets (a layout change in progress).
     pub fn write_among(quorums: Quorums, ballot: Ballot) -> Proposer<V> {
         Proposer::with_phase(quorums, ballot, Phase::Preparing)
+    }
+
+    /// Starts an operation that may write from a [`Lease`] of an earlier operation on the item:
+    /// the current value is known and the leased ballot promised, so the first step is
+    /// [`Step::Apply`]. If the lease no longer holds (someone prepared above it), the accept fails
+    /// and the operation goes on as after any failed round ([`Step::Retry`], a timeout).
+    pub fn resume(lease: Lease<V>) -> (Proposer<V>, Step<V>) {
+        let mut proposer = Proposer::with_phase(lease.quorums, lease.ballot, Phase::Deciding);
+        proposer.current = Some(lease.current.clone());
+        // No answer was heard in this round, so a decision to keep the value is re-proposed
+        // (see `decide`): only a quorum's acceptance shows the value is still the current one.
+        (proposer, Step::Apply(Some(lease.current)))
     }
 
     /// Every replica to send to: the members of every replica set, each once.
@@ -514,6 +580,7 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
         self.granted.clear();
         self.refused.clear();
         self.accepted.clear();
+        self.promising.clear();
         self.highest_refusal = Ballot::ZERO;
     }
 
@@ -553,7 +620,13 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
         if current.is_none() || self.known_chosen(current.as_ref()) {
             self.phase = Phase::Finished;
             let commit = self.commit_missing(current.as_ref());
-            return Step::Done(Outcome { version: current, wrote: false, decided_at: Ballot::ZERO, commit });
+            return Step::Done(Outcome {
+                version: current,
+                wrote: false,
+                decided_at: Ballot::ZERO,
+                commit,
+                lease: None,
+            });
         }
         // An unfinished proposal is the newest thing seen: finish it in a full round, with a
         // ballot above it.
@@ -678,7 +751,8 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
                 if self.attempts.is_empty() && self.known_chosen(current.as_ref()) {
                     self.phase = Phase::Finished;
                     let commit = self.commit_missing(current.as_ref());
-                    let outcome = Outcome { version: current, wrote: false, decided_at: self.ballot, commit };
+                    let outcome =
+                        Outcome { version: current, wrote: false, decided_at: self.ballot, commit, lease: None };
                     return Step::Done(outcome);
                 }
                 // Re-propose the current value unchanged at our ballot: if it may be unfinished,
@@ -701,6 +775,17 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
         Step::Accept(proposal)
     }
 
+    /// The lease a quorum's promises of one next ballot give on `chosen`, if they do.
+    fn lease_on(&self, chosen: &Version<V>) -> Option<Lease<V>> {
+        let &(_, next) = self.promising.last()?;
+        let promised = self.promising.iter().filter(|(_, ballot)| *ballot == next).map(|(node, _)| *node);
+        self.quorums.reached(promised).then(|| Lease {
+            quorums: self.quorums.clone(),
+            ballot: next,
+            current: chosen.clone(),
+        })
+    }
+
     /// A replica's answer to the accept of `ballot`.
     pub fn on_accept(&mut self, from: NodeId, ballot: Ballot, answer: Acceptance) -> Step<V> {
         if ballot != self.ballot || !self.is_replica(from) || self.answered(from) {
@@ -720,15 +805,21 @@ impl<V: Clone + PartialEq + Default + Lineaged> Proposer<V> {
                 }
                 Step::Wait
             }
-            Acceptance::Accepted => {
+            Acceptance::Accepted | Acceptance::AcceptedPromising(_) => {
                 self.accepted.push(from);
+                if let Acceptance::AcceptedPromising(next) = answer
+                    && next > self.ballot
+                {
+                    self.promising.push((from, next));
+                }
                 if !self.quorums.reached(self.accepted.iter().copied()) {
                     return Step::Wait;
                 }
                 self.phase = Phase::Finished;
                 let chosen = self.proposal.take().expect("accepting a proposal");
                 let decided_at = self.decided_at;
-                Step::Done(Outcome { version: Some(chosen.clone()), wrote, decided_at, commit: Some(chosen) })
+                let lease = self.lease_on(&chosen);
+                Step::Done(Outcome { version: Some(chosen.clone()), wrote, decided_at, commit: Some(chosen), lease })
             }
         }
     }
@@ -888,6 +979,129 @@ mod tests {
             let outcome = run(&mut acceptors, quorum, 10 * (round as u64 + 1), increment).unwrap();
             assert_eq!(outcome.version.unwrap().value, round as u64 + 1);
         }
+    }
+
+    /// Delivers a (leased or not) accept step to `reachable` with `next` as the next ballot.
+    fn accept_round(
+        acceptors: &mut [Acceptor<u64>; 3],
+        reachable: &[usize],
+        proposer: &mut Proposer<u64>,
+        proposal: Version<u64>,
+        next: Ballot,
+    ) -> Step<u64> {
+        let mut last = Step::Wait;
+        for &i in reachable {
+            let (answer, _) = acceptors[i].accept_promising(proposal.clone(), next);
+            last = proposer.on_accept(NodeId(i as u64 + 1), proposal.ballot, answer);
+            if last != Step::Wait {
+                break;
+            }
+        }
+        last
+    }
+
+    #[test]
+    fn a_lease_lets_the_next_write_start_at_the_accept() {
+        let mut acceptors: [Acceptor<u64>; 3] = Default::default();
+        run(&mut acceptors, &[0, 1, 2], 10, increment).unwrap();
+        // A write whose accept carries the next ballot: a quorum promises it.
+        let mut proposer = Proposer::write(nodes(), ballot(20, 9));
+        let mut step = Step::Wait;
+        for i in 0..2 {
+            let (promise, _) = acceptors[i].prepare(ballot(20, 9));
+            step = proposer.on_promise(NodeId(i as u64 + 1), ballot(20, 9), promise);
+        }
+        let Step::Apply(current) = step else { panic!("expected to apply, got {step:?}") };
+        let Step::Accept(proposal) = proposer.decide(increment(current.as_ref())) else { panic!("expected an accept") };
+        let Step::Done(outcome) = accept_round(&mut acceptors, &[0, 1, 2], &mut proposer, proposal, ballot(21, 9))
+        else {
+            panic!("expected done")
+        };
+        let lease = outcome.lease.expect("a quorum promised the next ballot");
+        assert_eq!((lease.ballot, lease.current.value), (ballot(21, 9), 2));
+        // The next write: no prepare, straight to applying and accepting at the leased ballot.
+        let (mut proposer, step) = Proposer::resume(lease);
+        let Step::Apply(current) = step else { panic!("expected to apply") };
+        let Step::Accept(proposal) = proposer.decide(increment(current.as_ref())) else { panic!("expected an accept") };
+        assert_eq!(proposal.ballot, ballot(21, 9));
+        let Step::Done(outcome) = accept_round(&mut acceptors, &[1, 2], &mut proposer, proposal, ballot(22, 9)) else {
+            panic!("expected done")
+        };
+        assert_eq!(outcome.version.as_ref().map(|version| version.value), Some(3));
+        assert!(outcome.wrote && outcome.lease.is_some());
+        // A kept value is re-proposed under a lease: the quorum's acceptance is what shows it
+        // is still current.
+        let (mut proposer, _) = Proposer::resume(outcome.lease.unwrap());
+        assert!(matches!(proposer.decide(Decision::Keep), Step::Accept(Version { value: 3, .. })));
+    }
+
+    #[test]
+    fn a_prepare_above_the_lease_makes_the_leased_accept_fail_and_the_retry_see_the_newer_value() {
+        let mut acceptors: [Acceptor<u64>; 3] = Default::default();
+        let mut proposer = Proposer::write(nodes(), ballot(10, 9));
+        let mut step = Step::Wait;
+        for i in 0..3 {
+            let (promise, _) = acceptors[i].prepare(ballot(10, 9));
+            step = proposer.on_promise(NodeId(i as u64 + 1), ballot(10, 9), promise);
+            if step != Step::Wait {
+                break;
+            }
+        }
+        let Step::Apply(current) = step else { panic!("expected to apply") };
+        let Step::Accept(proposal) = proposer.decide(increment(current.as_ref())) else { panic!("expected an accept") };
+        let Step::Done(outcome) = accept_round(&mut acceptors, &[0, 1, 2], &mut proposer, proposal, ballot(11, 9))
+        else {
+            panic!("expected done")
+        };
+        let lease = outcome.lease.unwrap();
+        // Another coordinator increments through replicas 2 and 3, above the leased ballot.
+        let other = run(&mut acceptors, &[1, 2], 50, increment).unwrap();
+        assert_eq!(other.version.unwrap().value, 2);
+        // The leased accept (of a value built on 1) is refused by that majority.
+        let (mut proposer, step) = Proposer::resume(lease);
+        let Step::Apply(current) = step else { panic!("expected to apply") };
+        let Step::Accept(proposal) = proposer.decide(increment(current.as_ref())) else { panic!("expected an accept") };
+        let step = accept_round(&mut acceptors, &[0, 1, 2], &mut proposer, proposal, ballot(12, 9));
+        let Step::Retry(above) = step else { panic!("expected a retry, got {step:?}") };
+        assert!(proposer.maybe_applied(), "replica 1 holds the attempt");
+        // The full round that follows finds the other write, newer than the attempt: these
+        // values keep no lineage, so whether the attempt is in its history cannot be told (an
+        // item's lineage tells, see `Lineage`) and the outcome is reported unknown, never as
+        // applied twice or not at all.
+        let Step::Prepare(b) = proposer.restart(ballot(above.time.0 + 1, 9)) else { panic!("expected a prepare") };
+        let mut step = Step::Wait;
+        for i in 0..3 {
+            let (promise, _) = acceptors[i].prepare(b);
+            step = proposer.on_promise(NodeId(i as u64 + 1), b, promise);
+            if step != Step::Wait {
+                break;
+            }
+        }
+        assert_eq!(step, Step::Indeterminate);
+        assert_eq!(acceptors[1].committed.as_ref().map(|version| version.value), Some(2));
+    }
+
+    #[test]
+    fn a_replica_promises_the_next_ballot_only_on_what_it_holds_newest() {
+        let mut acceptor: Acceptor<u64> = Acceptor::default();
+        let proposal = Version { ballot: ballot(5, 1), value: 1 };
+        assert_eq!(
+            acceptor.accept_promising(proposal.clone(), ballot(6, 1)),
+            (Acceptance::AcceptedPromising(ballot(6, 1)), true)
+        );
+        // A duplicate is answered the same, without a change.
+        assert_eq!(
+            acceptor.accept_promising(proposal.clone(), ballot(6, 1)),
+            (Acceptance::AcceptedPromising(ballot(6, 1)), false)
+        );
+        assert_eq!(acceptor.prepare(ballot(5, 9)).0, Promise::Refused(ballot(6, 1)));
+        // Chosen, then a newer proposal accepted: a late duplicate of the old accept is
+        // acknowledged (it is chosen) but promises nothing, since a newer proposal is held.
+        acceptor.commit(proposal.clone());
+        acceptor.prepare(ballot(8, 2));
+        acceptor.accept(Version { ballot: ballot(8, 2), value: 2 });
+        assert_eq!(acceptor.accept_promising(proposal, ballot(9, 1)), (Acceptance::Accepted, false));
+        assert_eq!(acceptor.promised, ballot(8, 2));
     }
 
     #[test]

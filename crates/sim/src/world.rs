@@ -43,7 +43,8 @@ use onggi_core::hlc::{Clock, Timestamp};
 use onggi_core::layout::{Change, Layout, Node as LayoutNode, NodeId, PartitionId};
 use onggi_core::merkle::{self, Comparison, MerkleTree};
 use onggi_core::paxos::{
-    Acceptance, Acceptor, Ballot, Decision, Knowledge, Lineage, Lineaged, Promise, Proposer, Quorums, Step, Version,
+    Acceptance, Acceptor, Ballot, Decision, Knowledge, Lease, Lineage, Lineaged, Promise, Proposer, Quorums, Step,
+    Version,
 };
 use onggi_core::rng::Rng;
 
@@ -73,6 +74,9 @@ const LINEAGE_WINDOW_MS: u64 = 10_000;
 
 /// How long a coordinator waits for a round's answers before starting a new round.
 const ROUND_TIMEOUT_MS: u64 = 120;
+/// A lease older than this is not used (its ballot's time is the version's timestamp, and must
+/// stay well within the lineage window, as in the node).
+const LEASE_AGE_MAX_MS: u64 = 1_000;
 /// How long a coordinator keeps trying before answering the client with an error.
 const OPERATION_DEADLINE_MS: u64 = 1_500;
 /// How long a client waits for an answer before counting its operation indeterminate.
@@ -176,6 +180,10 @@ pub enum Sabotage {
     /// During a layout change, operations use the new layout's replicas alone instead of
     /// quorums of both layouts.
     NoJointQuorums,
+    /// Replicas answer an accept that carries the next ballot as if they had promised it, without
+    /// promising: a coordinator's lease then does not stop other writes in between, and its
+    /// next write is built on a value that may no longer be current.
+    BlindLeases,
 }
 
 impl Config {
@@ -265,6 +273,8 @@ pub struct Report {
     pub new_layout_at_ms: Option<u64>,
     /// Committed versions new replicas merged while catching up on their partitions.
     pub versions_synced: u64,
+    /// Writes that started at the accept, on a lease of the coordinator's previous write.
+    pub leases_used: u64,
     /// Everything that went wrong; empty for a passing seed.
     pub violations: Vec<String>,
 }
@@ -275,8 +285,8 @@ impl Report {
         format!(
             "seed {}: {} ok, {} failed, {} indeterminate ({} contention, {} deadline, {} client timeout); {} messages \
              ({} dropped); {} partitions, {} crashes, {} pauses; {} Merkle comparisons ({} abandoned, {} found \
-             differences), {} versions transferred ({} repaired); layout change {}; converged {} ms after healing; \
-             {} violations",
+             differences), {} versions transferred ({} repaired); {} writes on leases; layout change {}; converged {} \
+             ms after healing; {} violations",
             self.seed,
             self.ok,
             self.failed,
@@ -294,6 +304,7 @@ impl Report {
             self.merkle_differences,
             self.versions_transferred,
             self.versions_repaired,
+            self.leases_used,
             match self.reconfiguration {
                 None => "none".to_string(),
                 Some(kind) => format!(
@@ -384,6 +395,9 @@ enum Message {
         op: OpRef,
         key: Key,
         proposal: Version<Stored>,
+        /// The coordinator's next ballot for the key, to be promised with the acceptance (see
+        /// `Lease` in the core).
+        next: Ballot,
         epoch: u64,
     },
     /// A replica's answer to a consensus message sent under an older layout epoch than its own:
@@ -452,7 +466,7 @@ impl Message {
     fn ballot_time(&self) -> Option<Timestamp> {
         match self {
             Message::Prepare { ballot, .. } => Some(ballot.time),
-            Message::Accept { proposal, .. } => Some(proposal.ballot.time),
+            Message::Accept { next, .. } => Some(next.time),
             Message::Promise { promise: Promise::Refused(higher), .. } => Some(higher.time),
             Message::Accepted { answer: Acceptance::Refused(higher), .. } => Some(higher.time),
             _ => None,
@@ -507,6 +521,9 @@ struct SimNode {
     /// Keys changed since the last sync.
     dirty: BTreeSet<Key>,
     ops: BTreeMap<u64, Coordination>,
+    /// Leases of the last write this node coordinated on each key: the layout epoch and the
+    /// simulated time it was formed in, and the lease. Volatile, and each is used once.
+    leases: BTreeMap<Key, (u64, u64, Lease<Stored>)>,
     next_op: u64,
     /// One Merkle tree per partition this node replicates, over the committed versions in
     /// `store`: kept current on every change of a committed version, rebuilt from `store` when
@@ -680,6 +697,7 @@ impl World {
                     durable: BTreeMap::new(),
                     dirty: BTreeSet::new(),
                     ops: BTreeMap::new(),
+                    leases: BTreeMap::new(),
                     next_op: 0,
                     trees: BTreeMap::new(),
                     comparisons: BTreeMap::new(),
@@ -996,12 +1014,19 @@ impl World {
                 }
                 self.send(me, reply_to, Message::Promise { op, ballot, promise });
             }
-            Message::Accept { op, key, proposal, epoch } => {
+            Message::Accept { op, key, proposal, next, epoch } => {
                 if !self.admits(node, epoch, reply_to, op) {
                     return;
                 }
                 let ballot = proposal.ballot;
-                let (answer, changed) = self.nodes[node].acceptor(key).accept(proposal);
+                let (answer, changed) = if self.config.sabotage == Some(Sabotage::BlindLeases) {
+                    match self.nodes[node].acceptor(key).accept(proposal) {
+                        (Acceptance::Accepted, changed) => (Acceptance::AcceptedPromising(next), changed),
+                        other => other,
+                    }
+                } else {
+                    self.nodes[node].acceptor(key).accept_promising(proposal, next)
+                };
                 if changed {
                     self.persist(node, key);
                 }
@@ -1380,8 +1405,19 @@ impl World {
         let id = self.nodes[node].next_op;
         self.nodes[node].next_op += 1;
         let op_ref = OpRef { node, incarnation: self.nodes[node].incarnation, id };
+        let lease = match op {
+            ClientOp::Read => None,
+            _ => self.nodes[node].leases.remove(&key).filter(|&(lease_epoch, formed_at, _)| {
+                lease_epoch == epoch && self.now.saturating_sub(formed_at) <= LEASE_AGE_MAX_MS
+            }),
+        };
         let (proposer, step) = match op {
             ClientOp::Read => (Proposer::read_among(quorums), None),
+            _ if lease.is_some() => {
+                let (proposer, step) = Proposer::resume(lease.expect("checked").2);
+                self.report.leases_used += 1;
+                (proposer, Some(step))
+            }
             _ => {
                 let ballot = self.fresh_ballot(node, Ballot::ZERO);
                 (Proposer::write_among(quorums, ballot), Some(Step::Prepare(ballot)))
@@ -1471,9 +1507,10 @@ impl World {
                 self.advance(op, step);
             }
             Step::Accept(proposal) => {
+                let next = self.fresh_ballot(op.node, proposal.ballot);
                 let coordination = self.coordination(op).expect("coordinating");
                 let (key, epoch) = (coordination.key, coordination.epoch);
-                self.broadcast(op, |op| Message::Accept { op, key, proposal: proposal.clone(), epoch });
+                self.broadcast(op, |op| Message::Accept { op, key, proposal: proposal.clone(), next, epoch });
                 let round = self.coordination(op).expect("coordinating").round;
                 self.schedule(ROUND_TIMEOUT_MS, Event::RoundTimeout { op, round });
             }
@@ -1490,6 +1527,14 @@ impl World {
                 if let Some(chosen) = outcome.commit.clone() {
                     let key = self.coordination(op).expect("coordinating").key;
                     self.broadcast(op, |_| Message::Commit { key, version: chosen.clone() });
+                }
+                let coordination = self.coordination(op).expect("coordinating");
+                let (key, epoch) = (coordination.key, coordination.epoch);
+                if let Some(lease) = outcome.lease.clone()
+                    && epoch == self.nodes[op.node].epoch
+                {
+                    let now = self.now;
+                    self.nodes[op.node].leases.insert(key, (epoch, now, lease));
                 }
                 let coordination = self.coordination(op).expect("coordinating");
                 let output = match coordination.op {
@@ -1794,6 +1839,7 @@ impl World {
         state.store = state.durable.clone();
         state.dirty.clear();
         state.ops.clear();
+        state.leases.clear();
         // Trees live in memory only; the restart rebuilds them from what survived.
         state.trees.clear();
         state.epoch = state.durable_epoch;

@@ -12,7 +12,9 @@
 //! - **As a coordinator** it runs `Node::execute`'s decide closure as the apply function of a
 //!   [`Proposer`] over the item's replicas (the local one called directly, the others through
 //!   the transport), with round timeouts, randomized back-off under contention and an overall
-//!   deadline; strict reads take the proposer's one-round-trip read path. A write is
+//!   deadline; strict reads take the proposer's one-round-trip read path. Its accepts also ask
+//!   the replicas to promise its next ballot for the item, and the lease a quorum's promises
+//!   make lets its next write on the item start at the accept (`leases.rs`). A write is
 //!   acknowledged once a majority of replicas accepted it durably; commits then go to every
 //!   replica without the client waiting: the local one is applied before answering, the others
 //!   are requests sent from background tasks, and a replica that does not acknowledge its commit
@@ -53,6 +55,7 @@
 mod catalog_sync;
 mod catch_up;
 mod hints;
+mod leases;
 mod ranges;
 mod repair;
 mod status;
@@ -143,6 +146,8 @@ pub(crate) struct Cluster {
     repair: repair::Repair,
     /// Hinted handoff's store and counters.
     hints: hints::Hints,
+    /// Leases of this node's last writes on items (see `leases.rs`).
+    leases: leases::Leases,
 }
 
 impl Cluster {
@@ -335,6 +340,7 @@ impl Node {
             coordinating: crate::items::LockStripes::new(),
             repair: repair::Repair::default(),
             hints,
+            leases: leases::Leases::default(),
         };
         let incarnation = self.inner.random_below(1 << 32);
         self.inner.node_id.store(ballot_node(config.node_id, incarnation), std::sync::atomic::Ordering::Relaxed);
@@ -406,6 +412,15 @@ impl Node {
             Request::Accept(proposal) => {
                 self.inner.observe(proposal.ballot.time);
                 let (answer, changed) = acceptor.accept(proposal);
+                if changed {
+                    self.persist_state(&consensus, &key, &acceptor).await?;
+                }
+                drop(guard);
+                Ok(Reply::Acceptance(answer))
+            }
+            Request::AcceptPromising(proposal, next) => {
+                self.inner.observe(next.time);
+                let (answer, changed) = acceptor.accept_promising(proposal, next);
                 if changed {
                     self.persist_state(&consensus, &key, &acceptor).await?;
                 }
@@ -620,8 +635,11 @@ impl Node {
         let quorums = layout.quorums(&key);
         drop(layout);
         let mut stale = None;
+        let lease = if read_only { None } else { cluster.leases.take(&table_id, &key, epoch) };
         let (mut proposer, mut step) = if read_only {
             (Proposer::read_among(quorums), Step::Wait)
+        } else if let Some(lease) = lease {
+            Proposer::resume(lease)
         } else {
             let ballot = self.new_ballot(Ballot::ZERO);
             (Proposer::write_among(quorums, ballot), Step::Prepare(ballot))
@@ -700,7 +718,8 @@ impl Node {
                 }
                 Step::Accept(proposal) => {
                     let ballot = proposal.ballot;
-                    let request = Request::Accept(proposal);
+                    let next = self.new_ballot(ballot);
+                    let request = Request::AcceptPromising(proposal, next);
                     self.round(cluster, &replicas, &table_id, &key, epoch, request, &mut stale, |from, reply| {
                         match reply {
                             Reply::Acceptance(answer) => proposer.on_accept(from, ballot, answer),
@@ -718,6 +737,11 @@ impl Node {
                 Step::Done(outcome) => {
                     if let Some(chosen) = outcome.commit.clone() {
                         self.spread_commit(cluster, &replicas, &table_id, &key, epoch, chosen).await;
+                    }
+                    if let Some(lease) = outcome.lease
+                        && epoch == cluster.layout().epoch()
+                    {
+                        cluster.leases.keep(&table_id, &key, epoch, lease);
                     }
                     let current = outcome.version.and_then(|version| version.value.item);
                     if read_only && outcome.decided_at == Ballot::ZERO {

@@ -79,6 +79,7 @@ impl Node {
             "tables": tables,
             "hints": hints_json(cluster.hints.counts()),
             "repair": repair_json(cluster.repair.stats.snapshot()),
+            "leases": leases_json(cluster.leases.counts()),
         })
     }
 }
@@ -92,6 +93,10 @@ fn hints_json(counts: super::hints::HintCounts) -> Json {
         "discarded": counts.discarded,
         "limit": counts.limit,
     })
+}
+
+fn leases_json(counts: super::leases::LeaseCounts) -> Json {
+    json!({"formed": counts.formed, "used": counts.used})
 }
 
 fn repair_json(counts: super::repair::RepairCounts) -> Json {
@@ -168,6 +173,13 @@ pub fn render_status(status: &Json) -> String {
         )),
         // A node of an earlier build describes its hints in words.
         None => out.push_str(&format!("hints: {}\n", text(&status["hints"]))),
+    }
+    if let Some(leases) = status["leases"].as_object() {
+        out.push_str(&format!(
+            "writes coordinated here that ended with a lease: {}; started from one (no prepare): {}\n",
+            text(&leases["formed"]),
+            text(&leases["used"]),
+        ));
     }
     if let Some(repair) = status["repair"].as_object() {
         let fields: Vec<String> = repair.iter().map(|(name, value)| format!("{name} {}", text(value))).collect();

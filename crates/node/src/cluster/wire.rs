@@ -25,7 +25,7 @@ use onggi_storage::Direction;
 use crate::reads::{Page, Piece, Range, RangeInput, RawEntries};
 
 /// The payload format version this build writes and reads.
-pub const WIRE_FORMAT_VERSION: u8 = 2;
+pub const WIRE_FORMAT_VERSION: u8 = 3;
 
 /// Transport tags: what a payload is.
 pub mod tag {
@@ -109,6 +109,9 @@ pub enum Request {
     Prepare(Ballot),
     /// Accept this proposal.
     Accept(Version<Value>),
+    /// Accept this proposal, and promise the coordinator's next ballot for the item if the
+    /// proposal is the newest thing held (see `Lease` in `onggi_core::paxos`).
+    AcceptPromising(Version<Value>, Ballot),
     /// Record this chosen version.
     Commit(Version<Value>),
 }
@@ -275,6 +278,11 @@ pub fn encode_request_in(table_id: &str, key: &[u8], epoch: u64, request: &Reque
             out.u8(3);
             out.version(version);
         }
+        Request::AcceptPromising(version, next) => {
+            out.u8(4);
+            out.version(version);
+            out.ballot(*next);
+        }
     }
     out.0
 }
@@ -290,6 +298,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<(String, Vec<u8>, u64, Request), W
         1 => Request::Prepare(input.ballot()?),
         2 => Request::Accept(input.version()?),
         3 => Request::Commit(input.version()?),
+        4 => Request::AcceptPromising(input.version()?, input.ballot()?),
         other => return Err(WireError(format!("request kind {other}"))),
     };
     input.finish()?;
@@ -321,6 +330,10 @@ pub fn encode_reply(reply: &Reply) -> Vec<u8> {
             out.u8(4);
             out.ballot(*ballot);
         }
+        Reply::Acceptance(Acceptance::AcceptedPromising(ballot)) => {
+            out.u8(7);
+            out.ballot(*ballot);
+        }
         Reply::Committed => out.u8(5),
         Reply::Stale(epoch) => {
             out.u8(6);
@@ -344,6 +357,7 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, WireError> {
         4 => Reply::Acceptance(Acceptance::Refused(input.ballot()?)),
         5 => Reply::Committed,
         6 => Reply::Stale(input.u64()?),
+        7 => Reply::Acceptance(Acceptance::AcceptedPromising(input.ballot()?)),
         other => return Err(WireError(format!("reply kind {other}"))),
     };
     input.finish()?;
@@ -829,6 +843,7 @@ mod tests {
             Request::Read,
             Request::Prepare(ballot(1, 1)),
             Request::Accept(version.clone()),
+            Request::AcceptPromising(version.clone(), ballot(9, 2)),
             Request::Commit(tombstone.clone()),
         ] {
             let bytes = encode_request_in("table-id", b"\x00key", 7, &request);
@@ -845,6 +860,7 @@ mod tests {
             Reply::Promise(Promise::Refused(ballot(9, 9))),
             Reply::Acceptance(Acceptance::Accepted),
             Reply::Acceptance(Acceptance::Refused(ballot(3, 4))),
+            Reply::Acceptance(Acceptance::AcceptedPromising(ballot(3, 5))),
             Reply::Committed,
             Reply::Stale(3),
         ] {
@@ -944,7 +960,10 @@ mod tests {
         bytes.push(0);
         assert!(decode_reply(&bytes).is_err());
         bytes[0] = 1;
-        assert_eq!(decode_reply(&bytes[..2]), Err(WireError("payload format 1, this build reads 2".into())));
+        assert_eq!(
+            decode_reply(&bytes[..2]),
+            Err(WireError(format!("payload format 1, this build reads {WIRE_FORMAT_VERSION}")))
+        );
     }
 
     #[test]
