@@ -73,7 +73,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use onggi_core::consensus_state::ConsensusState;
 use onggi_core::layout::NodeId;
-use onggi_core::paxos::{Acceptor, Ballot, Decision, Knowledge, Proposer, Step, Version};
+use onggi_core::paxos::{Acceptor, Ballot, Decision, Knowledge, Proposer, Quorums, Step, Version};
 use onggi_core::record::Record;
 use onggi_model::table::TableSchema;
 use onggi_model::{DynamoError, Item};
@@ -90,6 +90,10 @@ use wire::{Reply, Request, Value};
 
 /// How long a coordinator waits for one round's answers.
 const ROUND_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How long a round waits for the quorum it asked first before asking the item's other replicas
+/// too (see `Node::round`): far above a round trip between healthy nodes, far below
+/// [`ROUND_TIMEOUT`].
+const HEDGE_DELAY: Duration = Duration::from_millis(50);
 /// How long a coordinator keeps trying before it gives up on an operation.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
 /// How much history of writers an item's value keeps (see `onggi_core::paxos::Lineage`): well
@@ -551,8 +555,12 @@ impl Node {
         if replica == cluster.me {
             return self.replica_in_epoch(table_id, key.to_vec(), epoch, request, None).await.ok();
         }
+        self.ask_remote(cluster, replica, Bytes::from(wire::encode_request_in(table_id, key, epoch, &request))).await
+    }
+
+    /// Sends an encoded consensus request to another replica.
+    async fn ask_remote(&self, cluster: &Cluster, replica: NodeId, payload: Bytes) -> Option<Reply> {
         let address = cluster.address(replica)?;
-        let payload = Bytes::from(wire::encode_request_in(table_id, key, epoch, &request));
         match cluster.transport.request(address, wire::tag::CONSENSUS, payload, ROUND_TIMEOUT).await {
             Ok(bytes) => wire::decode_reply(&bytes).ok(),
             Err(error) => {
@@ -562,15 +570,22 @@ impl Node {
         }
     }
 
-    /// Sends `request` (of layout epoch `epoch`) to every replica at once and feeds the answers
-    /// to `on_answer` until it returns a step other than [`Step::Wait`], every replica has
-    /// answered, or the round times out. A replica in a newer epoch is noted in `stale` (the
-    /// newest such epoch, and who answered it).
+    /// Sends `request` (of layout epoch `epoch`) to the item's replicas and feeds the answers to
+    /// `on_answer` until it returns a step other than [`Step::Wait`], every replica has answered,
+    /// or the round times out. A replica in a newer epoch is noted in `stale` (the newest such
+    /// epoch, and who answered it).
+    ///
+    /// Thrifty: the request goes first to a quorum only (this node and the replicas after it in
+    /// the item's preference list, [`first_asked`]), and to the others only when one of those
+    /// fails to answer, when they all answered without the step moving on, or after
+    /// [`HEDGE_DELAY`]. Which replicas are asked never matters for safety; asking fewer saves a
+    /// third of the messages and durable writes of a three-replica item, and asking the same
+    /// ones for an item each time keeps the leases their promises make usable.
     #[allow(clippy::too_many_arguments)]
     async fn round(
         &self,
         cluster: &Arc<Cluster>,
-        replicas: &[NodeId],
+        quorums: &Quorums,
         table_id: &str,
         key: &[u8],
         epoch: u64,
@@ -578,14 +593,30 @@ impl Node {
         stale: &mut Option<(u64, NodeId)>,
         mut on_answer: impl FnMut(NodeId, Reply) -> Step<Value>,
     ) -> Step<Value> {
+        let (first, mut rest) = first_asked(quorums, cluster.me);
+        let payload = Bytes::from(wire::encode_request_in(table_id, key, epoch, &request));
+        let request = Arc::new(request);
         let mut answers = tokio::task::JoinSet::new();
-        for &replica in replicas {
-            let (node, cluster, table_id, key, request) =
-                (self.clone(), cluster.clone(), table_id.to_string(), key.to_vec(), request.clone());
-            answers.spawn(async move { (replica, node.ask(&cluster, replica, &table_id, &key, epoch, request).await) });
-        }
+        let ask = |answers: &mut tokio::task::JoinSet<_>, replicas: Vec<NodeId>| {
+            for replica in replicas {
+                let (node, cluster, payload, request) =
+                    (self.clone(), cluster.clone(), payload.clone(), request.clone());
+                let (table_id, key) = (table_id.to_string(), key.to_vec());
+                answers.spawn(async move {
+                    let reply = if replica == cluster.me {
+                        node.replica_in_epoch(&table_id, key, epoch, (*request).clone(), None).await.ok()
+                    } else {
+                        node.ask_remote(&cluster, replica, payload).await
+                    };
+                    (replica, reply)
+                });
+            }
+        };
+        ask(&mut answers, first);
         let deadline = tokio::time::sleep(ROUND_TIMEOUT);
         tokio::pin!(deadline);
+        let hedge = tokio::time::sleep(HEDGE_DELAY);
+        tokio::pin!(hedge);
         loop {
             tokio::select! {
                 answer = answers.join_next() => match answer {
@@ -593,6 +624,7 @@ impl Node {
                         if stale.is_none_or(|(known, _)| newer > known) {
                             *stale = Some((newer, replica));
                         }
+                        ask(&mut answers, std::mem::take(&mut rest));
                     }
                     Some(Ok((replica, Some(reply)))) => {
                         let step = on_answer(replica, reply);
@@ -600,9 +632,11 @@ impl Node {
                             return step;
                         }
                     }
-                    Some(_) => {}
-                    None => return Step::Wait,
+                    Some(_) => ask(&mut answers, std::mem::take(&mut rest)),
+                    None if rest.is_empty() => return Step::Wait,
+                    None => ask(&mut answers, std::mem::take(&mut rest)),
                 },
+                _ = &mut hedge, if !rest.is_empty() => ask(&mut answers, std::mem::take(&mut rest)),
                 _ = &mut deadline => return Step::Wait,
             }
         }
@@ -645,12 +679,13 @@ impl Node {
             (Proposer::write_among(quorums, ballot), Step::Prepare(ballot))
         };
         if read_only {
-            let replicas = proposer.replicas().to_vec();
-            step = self
-                .round(cluster, &replicas, &table_id, &key, epoch, Request::Read, &mut stale, |from, reply| match reply
-                {
-                    Reply::Knowledge(knowledge) => proposer.on_read(from, knowledge),
-                    _ => Step::Wait,
+            let quorums = proposer.quorums().clone();
+            step =
+                self.round(cluster, &quorums, &table_id, &key, epoch, Request::Read, &mut stale, |from, reply| {
+                    match reply {
+                        Reply::Knowledge(knowledge) => proposer.on_read(from, knowledge),
+                        _ => Step::Wait,
+                    }
                 })
                 .await;
         }
@@ -678,85 +713,86 @@ impl Node {
                 step = proposer.reconfigure(layout.quorums(&key), ballot);
             }
             drop(layout);
-            let replicas = proposer.replicas().to_vec();
-            step = match step {
-                Step::Wait => {
-                    // A round timed out, or every replica answered without a majority (some
-                    // with errors): start a new one after a short random pause, so that
-                    // replicas failing fast do not make this a busy loop until the deadline.
-                    let pause = Duration::from_millis(5 + self.inner.random_below(45));
-                    tokio::time::sleep(pause).await;
-                    let ballot = self.new_ballot(proposer.ballot());
-                    proposer.restart(ballot)
-                }
-                Step::Prepare(ballot) => {
-                    let request = Request::Prepare(ballot);
-                    self.round(cluster, &replicas, &table_id, &key, epoch, request, &mut stale, |from, reply| {
-                        match reply {
-                            Reply::Promise(promise) => proposer.on_promise(from, ballot, promise),
-                            _ => Step::Wait,
-                        }
-                    })
-                    .await
-                }
-                Step::Apply(current) => {
-                    let current = current.map(|version| version.value).unwrap_or_default();
-                    let lineage = current.lineage.with_writer(proposer.ballot(), LINEAGE_WINDOW_MS);
-                    let (decision, answer) = match decide(current.item.as_ref()) {
-                        Ok((Effect::Put(new), answer)) => {
-                            (Decision::Write(Value { item: Some(new), lineage, expired: false }), Ok(answer))
-                        }
-                        Ok((Effect::Delete, answer)) => (
-                            Decision::Write(Value { item: None, lineage, expired: origin == WriteOrigin::Expiry }),
-                            Ok(answer),
-                        ),
-                        Ok((Effect::Keep, answer)) => (Decision::Keep, Ok(answer)),
-                        Err(error) => (Decision::Keep, Err(error)),
-                    };
-                    decisions.push((proposer.ballot(), answer));
-                    proposer.decide(decision)
-                }
-                Step::Accept(proposal) => {
-                    let ballot = proposal.ballot;
-                    let next = self.new_ballot(ballot);
-                    let request = Request::AcceptPromising(proposal, next);
-                    self.round(cluster, &replicas, &table_id, &key, epoch, request, &mut stale, |from, reply| {
-                        match reply {
-                            Reply::Acceptance(answer) => proposer.on_accept(from, ballot, answer),
-                            _ => Step::Wait,
-                        }
-                    })
-                    .await
-                }
-                Step::Retry(above) => {
-                    let backoff = Duration::from_millis(1 + self.inner.random_below(20));
-                    tokio::time::sleep(backoff).await;
-                    let ballot = self.new_ballot(above.max(proposer.ballot()));
-                    proposer.restart(ballot)
-                }
-                Step::Done(outcome) => {
-                    if let Some(chosen) = outcome.commit.clone() {
-                        self.spread_commit(cluster, &replicas, &table_id, &key, epoch, chosen).await;
+            let quorums = proposer.quorums().clone();
+            step =
+                match step {
+                    Step::Wait => {
+                        // A round timed out, or every replica answered without a majority (some
+                        // with errors): start a new one after a short random pause, so that
+                        // replicas failing fast do not make this a busy loop until the deadline.
+                        let pause = Duration::from_millis(5 + self.inner.random_below(45));
+                        tokio::time::sleep(pause).await;
+                        let ballot = self.new_ballot(proposer.ballot());
+                        proposer.restart(ballot)
                     }
-                    if let Some(lease) = outcome.lease
-                        && epoch == cluster.layout().epoch()
-                    {
-                        cluster.leases.keep(&table_id, &key, epoch, lease);
+                    Step::Prepare(ballot) => {
+                        let request = Request::Prepare(ballot);
+                        self.round(cluster, &quorums, &table_id, &key, epoch, request, &mut stale, |from, reply| {
+                            match reply {
+                                Reply::Promise(promise) => proposer.on_promise(from, ballot, promise),
+                                _ => Step::Wait,
+                            }
+                        })
+                        .await
                     }
-                    let current = outcome.version.and_then(|version| version.value.item);
-                    if read_only && outcome.decided_at == Ballot::ZERO {
-                        // The one-round-trip read decided nothing: decide now, on the value read.
-                        let (_, answer) = decide(current.as_ref())?;
-                        return Ok((answer, current));
+                    Step::Apply(current) => {
+                        let current = current.map(|version| version.value).unwrap_or_default();
+                        let lineage = current.lineage.with_writer(proposer.ballot(), LINEAGE_WINDOW_MS);
+                        let (decision, answer) = match decide(current.item.as_ref()) {
+                            Ok((Effect::Put(new), answer)) => {
+                                (Decision::Write(Value { item: Some(new), lineage, expired: false }), Ok(answer))
+                            }
+                            Ok((Effect::Delete, answer)) => (
+                                Decision::Write(Value { item: None, lineage, expired: origin == WriteOrigin::Expiry }),
+                                Ok(answer),
+                            ),
+                            Ok((Effect::Keep, answer)) => (Decision::Keep, Ok(answer)),
+                            Err(error) => (Decision::Keep, Err(error)),
+                        };
+                        decisions.push((proposer.ballot(), answer));
+                        proposer.decide(decision)
                     }
-                    let position = decisions
-                        .iter()
-                        .position(|(ballot, _)| *ballot == outcome.decided_at)
-                        .ok_or_else(|| DynamoError::internal("consensus finished without its decision"))?;
-                    return decisions.swap_remove(position).1.map(|answer| (answer, current));
-                }
-                Step::Indeterminate => return Err(self.gave_up(true)),
-            };
+                    Step::Accept(proposal) => {
+                        let ballot = proposal.ballot;
+                        let next = self.new_ballot(ballot);
+                        let request = Request::AcceptPromising(proposal, next);
+                        self.round(cluster, &quorums, &table_id, &key, epoch, request, &mut stale, |from, reply| {
+                            match reply {
+                                Reply::Acceptance(answer) => proposer.on_accept(from, ballot, answer),
+                                _ => Step::Wait,
+                            }
+                        })
+                        .await
+                    }
+                    Step::Retry(above) => {
+                        let backoff = Duration::from_millis(1 + self.inner.random_below(20));
+                        tokio::time::sleep(backoff).await;
+                        let ballot = self.new_ballot(above.max(proposer.ballot()));
+                        proposer.restart(ballot)
+                    }
+                    Step::Done(outcome) => {
+                        if let Some(chosen) = outcome.commit.clone() {
+                            self.spread_commit(cluster, quorums.members(), &table_id, &key, epoch, chosen).await;
+                        }
+                        if let Some(lease) = outcome.lease
+                            && epoch == cluster.layout().epoch()
+                        {
+                            cluster.leases.keep(&table_id, &key, epoch, lease);
+                        }
+                        let current = outcome.version.and_then(|version| version.value.item);
+                        if read_only && outcome.decided_at == Ballot::ZERO {
+                            // The one-round-trip read decided nothing: decide now, on the value read.
+                            let (_, answer) = decide(current.as_ref())?;
+                            return Ok((answer, current));
+                        }
+                        let position = decisions
+                            .iter()
+                            .position(|(ballot, _)| *ballot == outcome.decided_at)
+                            .ok_or_else(|| DynamoError::internal("consensus finished without its decision"))?;
+                        return decisions.swap_remove(position).1.map(|answer| (answer, current));
+                    }
+                    Step::Indeterminate => return Err(self.gave_up(true)),
+                };
         }
     }
 
@@ -876,5 +912,41 @@ impl Node {
         catalog.remove(&table.schema.name, self.inner.version().time.0).await.map_err(storage_error)?;
         tracing::info!(table = %table.schema.name, "table deleted by a peer");
         Ok(())
+    }
+}
+
+/// The replicas a round asks first, and the others: when the item has one replica set, a
+/// majority of it — this node if it is a replica, then the replicas after it in the set's order
+/// (the layout's preference list), wrapping around — so that the same coordinator asks the same
+/// replicas of an item every time; during a layout change (joint quorums), everyone at once.
+fn first_asked(quorums: &Quorums, me: NodeId) -> (Vec<NodeId>, Vec<NodeId>) {
+    let [set] = quorums.sets() else { return (quorums.members().to_vec(), Vec::new()) };
+    let start = set.iter().position(|&node| node == me).unwrap_or(0);
+    let mut order = set[start..].iter().chain(&set[..start]).copied();
+    let first = order.by_ref().take(set.len() / 2 + 1).collect();
+    (first, order.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(ids: &[u64]) -> Vec<NodeId> {
+        ids.iter().copied().map(NodeId).collect()
+    }
+
+    #[test]
+    fn a_round_asks_a_majority_starting_with_itself_first() {
+        let three = Quorums::majority_of(nodes(&[4, 7, 9]));
+        assert_eq!(first_asked(&three, NodeId(4)), (nodes(&[4, 7]), nodes(&[9])));
+        assert_eq!(first_asked(&three, NodeId(9)), (nodes(&[9, 4]), nodes(&[7])));
+        // A coordinator that is not a replica starts at the head of the preference list.
+        assert_eq!(first_asked(&three, NodeId(1)), (nodes(&[4, 7]), nodes(&[9])));
+        let five = Quorums::majority_of(nodes(&[1, 2, 3, 4, 5]));
+        assert_eq!(first_asked(&five, NodeId(4)), (nodes(&[4, 5, 1]), nodes(&[2, 3])));
+        assert_eq!(first_asked(&Quorums::majority_of(nodes(&[3])), NodeId(3)), (nodes(&[3]), vec![]));
+        // During a layout change every replica of either set is asked at once.
+        let joint = Quorums::joint(vec![nodes(&[1, 2, 3]), nodes(&[2, 3, 4])]);
+        assert_eq!(first_asked(&joint, NodeId(1)), (nodes(&[1, 2, 3, 4]), vec![]));
     }
 }
