@@ -11,7 +11,8 @@
 //!   with its index entries, in one batch that also retires the consensus state it supersedes.
 //! - **As a coordinator** it runs `Node::execute`'s decide closure as the apply function of a
 //!   [`Proposer`] over the item's replicas (the local one called directly, the others through
-//!   the transport), with round timeouts, randomized back-off under contention and an overall
+//!   the transport; each round asks a majority first and the others only if it stalls, see
+//!   `Node::round`), with round timeouts, randomized back-off under contention and an overall
 //!   deadline; strict reads take the proposer's one-round-trip read path. Its accepts also ask
 //!   the replicas to promise its next ballot for the item, and the lease a quorum's promises
 //!   make lets its next write on the item start at the accept (`leases.rs`). A write is
@@ -400,6 +401,10 @@ impl Node {
             }
         }
         let (mut acceptor, state_present) = self.load_acceptor(&table, &consensus, &key)?;
+        let request_next = match request {
+            Request::AcceptPromising(_, next) => Some(next),
+            _ => None,
+        };
         match request {
             Request::Read => Ok(Reply::Knowledge(acceptor.knowledge())),
             Request::Prepare(ballot) => {
@@ -413,18 +418,17 @@ impl Node {
                 drop(guard);
                 Ok(Reply::Promise(promise))
             }
-            Request::Accept(proposal) => {
-                self.inner.observe(proposal.ballot.time);
-                let (answer, changed) = acceptor.accept(proposal);
-                if changed {
-                    self.persist_state(&consensus, &key, &acceptor).await?;
-                }
-                drop(guard);
-                Ok(Reply::Acceptance(answer))
-            }
-            Request::AcceptPromising(proposal, next) => {
-                self.inner.observe(next.time);
-                let (answer, changed) = acceptor.accept_promising(proposal, next);
+            Request::Accept(proposal) | Request::AcceptPromising(proposal, _) => {
+                let (answer, changed) = match request_next {
+                    Some(next) => {
+                        self.inner.observe(next.time);
+                        acceptor.accept_promising(proposal, next)
+                    }
+                    None => {
+                        self.inner.observe(proposal.ballot.time);
+                        acceptor.accept(proposal)
+                    }
+                };
                 if changed {
                     self.persist_state(&consensus, &key, &acceptor).await?;
                 }

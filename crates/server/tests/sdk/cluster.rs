@@ -413,6 +413,17 @@ async fn faults_under_load() {
     }
     println!("cluster test: nodes 1 and 2 stored {stored} hints and delivered {delivered}");
     assert!(stored > 0 && delivered > 0, "no hint stored ({stored}) or delivered ({delivered})");
+    // One-round-trip writes took part: each incrementer sticks to one node, whose next write on
+    // the counter may start from the lease its previous one made (the counter checks below are
+    // what show leases never let two increments build on the same value).
+    let (mut formed, mut used) = (0, 0);
+    for endpoint in &endpoints {
+        let leases = cluster_status(endpoint).await["leases"].clone();
+        formed += leases["formed"].as_u64().unwrap_or(0);
+        used += leases["used"].as_u64().unwrap_or(0);
+    }
+    println!("cluster test: {formed} writes ended with a lease, {used} started from one");
+    assert!(formed > 0 && used > 0, "no lease formed ({formed}) or used ({used})");
     // The restarted node serves every acknowledged put to eventually consistent reads.
     let restarted = client(&endpoints[2]);
     for (key, value) in &puts {
