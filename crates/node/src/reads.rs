@@ -15,6 +15,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use onggi_core::keys::{TOKEN_BYTES, index_prefix, item_key, partition_prefix, push_escaped, segment_start};
+use onggi_core::paxos::Ballot;
 use onggi_core::record::Record;
 use onggi_model::expr::{
     Comparator, Condition, KeyCondition, Operation, Path, Projection, RequestExpressions, SortKeyCondition,
@@ -397,6 +398,49 @@ pub(crate) struct RawEntries {
     pub(crate) more: bool,
 }
 
+/// A replica's share of a strongly consistent range read, for a coordinator that merges a
+/// majority's (see `Node::read_strict`): the base records (version and item) behind the
+/// entries of the piece's range, in the read's order, up to its limit and budget; and the base
+/// keys with a proposal accepted here and not known committed, in the part of the range read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct StrictEntries {
+    pub(crate) entries: Vec<(Ballot, Item)>,
+    pub(crate) pending: Vec<Vec<u8>>,
+    /// Whether the replica stopped at the limit or the byte budget (more may follow).
+    pub(crate) more: bool,
+}
+
+/// The interval of tokens (as storage-key bounds of base keys) that holds every position of
+/// `range` up to `stopped_at` (the position a replica stopped at, if it stopped short).
+fn token_window(range: &Range, stopped_at: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let (lower, upper) = match (stopped_at, range.direction) {
+        (None, _) => (range.lower.clone(), range.upper.clone()),
+        (Some(at), Direction::Forward) => (range.lower.clone(), Bound::Included(at.to_vec())),
+        (Some(at), Direction::Reverse) => (Bound::Included(at.to_vec()), range.upper.clone()),
+    };
+    let token = |key: &[u8]| key[..TOKEN_BYTES.min(key.len())].to_vec();
+    let lower = match lower {
+        Bound::Unbounded => Bound::Unbounded,
+        Bound::Included(key) | Bound::Excluded(key) => Bound::Included(token(&key)),
+    };
+    let upper = match upper {
+        Bound::Unbounded => Bound::Unbounded,
+        Bound::Included(key) | Bound::Excluded(key) => {
+            // The first token after this one: every key of this token lies below it.
+            let mut next = token(&key);
+            match next.iter().rposition(|byte| *byte != u8::MAX) {
+                Some(at) => {
+                    next[at] += 1;
+                    next.truncate(at + 1);
+                    Bound::Excluded(next)
+                }
+                None => Bound::Unbounded,
+            }
+        }
+    };
+    (lower, upper)
+}
+
 /// The request a range read came from, as the client sent it (without its starting key: the
 /// piece's range says where to read).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -611,7 +655,7 @@ impl Node {
             if full_page {
                 page.last_key = Some(source.last_key(&stored));
             }
-            self.take_entry(source, shape, stored, consistent, &mut page)?;
+            self.take_entry(source, shape, stored, None, consistent, &mut page)?;
             if full_page {
                 break;
             }
@@ -620,22 +664,31 @@ impl Node {
     }
 
     /// Adds one item (or index entry) read to `page`: fetches the base item when a local index
-    /// lacks attributes, applies the filter and the projection.
+    /// lacks attributes (unless the caller knows it: `base`), applies the filter and the
+    /// projection.
     fn take_entry(
         &self,
         source: &Source<'_>,
         shape: &Shape,
         stored: Item,
+        base: Option<Item>,
         consistent: bool,
         page: &mut Page,
     ) -> Result<(), DynamoError> {
         let table = source.table;
         let item = if shape.fetch_base {
-            let key = &table.schema.key;
-            let base_key = item_key(&stored[&key.partition.name], key.sort.as_ref().map(|sort| &stored[&sort.name]));
-            // The entry and its item were written in one batch; a read between a later write's
-            // batch and this one sees both at the newer version or both at the older.
-            let item = self.read_current(table, &base_key)?.unwrap_or(stored);
+            let item = match base {
+                Some(item) => item,
+                None => {
+                    let key = &table.schema.key;
+                    let base_key =
+                        item_key(&stored[&key.partition.name], key.sort.as_ref().map(|sort| &stored[&sort.name]));
+                    // The entry and its item were written in one batch; a read between a later
+                    // write's batch and this one sees both at the newer version or both at the
+                    // older.
+                    self.read_current(table, &base_key)?.unwrap_or(stored)
+                }
+            };
             let whole = item_size_bytes(&item).div_ceil(4096).max(1) as f64;
             page.fetch_units += if consistent { whole } else { whole / 2.0 };
             item
@@ -833,14 +886,16 @@ impl Node {
         self.finish(&plan.request, &source, &plan.shape, page)
     }
 
-    /// Reads a planned range: from this node's storage when it holds every partition (one node,
-    /// or a cluster no larger than the replication factor), else piece by piece from replicas of
-    /// the partitions the range crosses, in order (`input` is the request to send them).
+    /// Reads a planned range: on one node, from its storage; on a cluster, a strongly
+    /// consistent read from a majority of replicas ([`Node::read_strict`]); an eventually
+    /// consistent one from this node's storage when it holds every partition (a cluster no
+    /// larger than the replication factor), else piece by piece from replicas of the partitions
+    /// the range crosses, in order (`input` is the request to send them).
     async fn read_planned(&self, plan: &Plan<'_>, input: impl FnOnce() -> RangeInput) -> Result<Page, DynamoError> {
         let source = Source::resolve(&plan.table, plan.request.index_name)?;
         let request = &plan.request;
         let cluster = match self.cluster() {
-            Some(cluster) if !cluster.holds_everything() => cluster.clone(),
+            Some(cluster) if request.consistent || !cluster.holds_everything() => cluster.clone(),
             _ => {
                 return self.read_page(
                     &source,
@@ -855,6 +910,9 @@ impl Node {
         let input = input();
         if source.is_global() {
             return self.read_index_across(&cluster, plan, &source, input).await;
+        }
+        if request.consistent {
+            return self.read_strict(&cluster, plan, &source, input).await;
         }
         let mut page = Page::default();
         let mut range = plan.range.clone();
@@ -971,12 +1029,217 @@ impl Node {
             if full_page {
                 page.last_key = Some(source.last_key(&stored));
             }
-            self.take_entry(source, &plan.shape, stored, request.consistent, &mut page)?;
+            self.take_entry(source, &plan.shape, stored, None, request.consistent, &mut page)?;
             if full_page {
                 break;
             }
         }
         Ok(page)
+    }
+
+    /// A strongly consistent range read on a cluster (ConsistentRead of the table or a local
+    /// index): every item the page holds is at its latest acknowledged version or a newer one,
+    /// and no acknowledged item of the range read is missing.
+    ///
+    /// One replica's storage is not enough: a write is acknowledged once a majority of its
+    /// replicas accepted it, and may not be committed on the others yet. So each piece (a run of
+    /// partitions, as in `cluster/ranges.rs`) is read from a majority of its replicas
+    /// ([`StrictEntries`]: the base records behind the entries read, and the items with a
+    /// proposal accepted there and not committed), and merged here, up to the first place a
+    /// replica stopped short. An item every replica read returned at the same version, with no
+    /// proposal pending anywhere, is at its latest version: an acknowledged newer one would be
+    /// accepted or committed on one of them. Every other item seen (versions that differ, an
+    /// item missing from some replica's answer, a pending proposal) is read through per-item
+    /// consensus, which returns its latest version, and placed where that version stands in the
+    /// source (an index entry may have moved, or left the index). The page is then made here, as
+    /// one node would have made it.
+    async fn read_strict(
+        &self,
+        cluster: &Arc<crate::cluster::Cluster>,
+        plan: &Plan<'_>,
+        source: &Source<'_>,
+        input: RangeInput,
+    ) -> Result<Page, DynamoError> {
+        let request = &plan.request;
+        let mut page = Page::default();
+        let mut range = plan.range.clone();
+        loop {
+            let piece = Piece {
+                table_id: plan.table.schema.id.clone(),
+                read: input.clone(),
+                range: range.clone(),
+                limit: request.limit.map(|limit| limit - page.scanned_count as usize),
+                budget: PAGE_BYTES_MAX - page.scanned_bytes,
+                partitions: Vec::new(),
+            };
+            let (parts, piece, next) =
+                self.read_piece_strictly(cluster, piece, |piece| self.read_strict_entries(source, piece)).await?;
+            page.absorb(self.merge_strict(cluster, plan, source, &piece, parts).await?);
+            match next {
+                Some(lower) if page.last_key.is_none() => range.lower = Bound::Included(lower),
+                _ => return Ok(page),
+            }
+        }
+    }
+
+    /// Merges a majority's answers for one piece of a strongly consistent read into its page
+    /// (see [`Node::read_strict`]).
+    async fn merge_strict(
+        &self,
+        cluster: &Arc<crate::cluster::Cluster>,
+        plan: &Plan<'_>,
+        source: &Source<'_>,
+        piece: &Piece,
+        parts: Vec<StrictEntries>,
+    ) -> Result<Page, DynamoError> {
+        /// Items read through consensus at once.
+        const READS_AT_ONCE: usize = 32;
+        let forward = piece.range.direction == Direction::Forward;
+        let in_order = |a: &[u8], b: &[u8]| if forward { a.cmp(b) } else { b.cmp(a) };
+        let table_key = &source.table.schema.key;
+        // Where an item stands in the source — its position, base key and entry — or `None`
+        // when it is not in it (an item without a sparse index's key attributes).
+        let place = |item: &Item| -> Option<(Vec<u8>, Vec<u8>, Item)> {
+            let base = item_key(
+                item.get(&table_key.partition.name)?,
+                match &table_key.sort {
+                    Some(sort) => Some(item.get(&sort.name)?),
+                    None => None,
+                },
+            );
+            match source.index {
+                None => Some((base.clone(), base, item.clone())),
+                Some(index) => indexing::keyed_entry(table_key, &index.schema, item, &base)
+                    .map(|(position, entry)| (position, base, entry)),
+            }
+        };
+        // Past the first place a replica stopped short, another one may hold items not read.
+        let cutoff: Option<(Vec<u8>, Item)> = parts
+            .iter()
+            .filter(|part| part.more)
+            .filter_map(|part| part.entries.last())
+            .filter_map(|(_, item)| place(item).map(|(position, _, _)| (position, item.clone())))
+            .min_by(|a, b| in_order(&a.0, &b.0));
+        let within = |position: &[u8]| {
+            piece.range.contains(position)
+                && cutoff.as_ref().is_none_or(|(cutoff, _)| in_order(position, cutoff) != std::cmp::Ordering::Greater)
+        };
+        let pending: std::collections::HashSet<&Vec<u8>> = parts.iter().flat_map(|part| &part.pending).collect();
+        // Each item read within the window: the versions the replicas returned, and one of them.
+        let mut seen: std::collections::HashMap<Vec<u8>, (Vec<Ballot>, &Item)> = std::collections::HashMap::new();
+        for part in &parts {
+            for (version, item) in &part.entries {
+                if let Some((position, base, _)) = place(item)
+                    && within(&position)
+                {
+                    seen.entry(base).or_insert_with(|| (Vec::new(), item)).0.push(*version);
+                }
+            }
+        }
+        let mut placed = Vec::new();
+        let mut doubtful: Vec<Vec<u8>> = pending.iter().map(|key| (*key).clone()).collect();
+        for (base, (versions, item)) in seen {
+            let agreed = versions.len() == parts.len() && versions.iter().all(|version| *version == versions[0]);
+            if pending.contains(&base) {
+                continue;
+            }
+            if agreed {
+                placed.extend(place(item).map(|(position, _, entry)| (position, entry, item.clone())));
+            } else {
+                doubtful.push(base);
+            }
+        }
+        for keys in doubtful.chunks(READS_AT_ONCE) {
+            let mut reads = tokio::task::JoinSet::new();
+            for key in keys {
+                let (node, cluster, table, key) = (self.clone(), cluster.clone(), plan.table.clone(), key.clone());
+                reads.spawn(async move {
+                    let keep = |_: Option<&Item>| Ok((crate::items::Effect::Keep, ()));
+                    node.execute_replicated(&cluster, &table, key, true, crate::items::WriteOrigin::Client, keep).await
+                });
+            }
+            while let Some(read) = reads.join_next().await {
+                let (_, item) = read.map_err(|error| DynamoError::internal(error.to_string()))??;
+                if let Some(item) = item
+                    && let Some((position, _, entry)) = place(&item)
+                    && within(&position)
+                {
+                    placed.push((position, entry, item));
+                }
+            }
+        }
+        placed.sort_by(|a, b| in_order(&a.0, &b.0));
+        let mut page = Page::default();
+        for (_, entry, item) in placed {
+            page.scanned_count += 1;
+            page.scanned_bytes += item_size_bytes(&entry);
+            let full_page = piece.limit.is_some_and(|limit| page.scanned_count as usize >= limit)
+                || page.scanned_bytes >= piece.budget;
+            if full_page {
+                page.last_key = Some(source.last_key(&entry));
+            }
+            self.take_entry(source, &plan.shape, entry, Some(item), true, &mut page)?;
+            if full_page {
+                return Ok(page);
+            }
+        }
+        // Everything up to the cutoff was read: the next page starts after it.
+        if let Some((_, item)) = cutoff {
+            page.last_key = Some(source.last_key(&item));
+        }
+        Ok(page)
+    }
+
+    /// A replica's share of a strongly consistent read of `piece` (see [`Node::read_strict`]).
+    fn read_strict_entries(&self, source: &Source<'_>, piece: &Piece) -> Result<StrictEntries, DynamoError> {
+        let cluster = self.cluster().ok_or_else(|| DynamoError::internal("not on a cluster"))?.clone();
+        let table = source.table;
+        let unreadable = |error: String| DynamoError::internal(format!("stored record unreadable: {error}"));
+        let mut strict = StrictEntries::default();
+        let mut bytes = 0;
+        let mut last_position = None;
+        let entries = self
+            .inner
+            .engine
+            .range(source.tree(), piece.range.lower.clone(), piece.range.upper.clone(), piece.range.direction)
+            .map_err(storage_error)?;
+        for entry in entries {
+            let (position, value) = entry.map_err(storage_error)?;
+            let record = Record::decode(&value).map_err(|error| unreadable(error.to_string()))?;
+            let Some(stored) = record.item else { continue };
+            if piece.limit.is_some_and(|limit| strict.entries.len() >= limit) || bytes >= piece.budget {
+                strict.more = true;
+                break;
+            }
+            bytes += item_size_bytes(&stored);
+            last_position = Some(position.to_vec());
+            if source.index.is_none() {
+                strict.entries.push((record.version, stored));
+                continue;
+            }
+            let key = &table.schema.key;
+            let base_key = item_key(&stored[&key.partition.name], key.sort.as_ref().map(|sort| &stored[&sort.name]));
+            // The entry and its item were written in one batch.
+            if let Some(value) = self.inner.engine.get(&table.tree, &base_key).map_err(storage_error)? {
+                let base = Record::decode(&value).map_err(|error| unreadable(error.to_string()))?;
+                if let Some(item) = base.item {
+                    strict.entries.push((base.version, item));
+                }
+            }
+        }
+        // The proposals pending in the part of the range read. Consensus states are kept by
+        // base key, which starts with the partition key's token, as source positions do.
+        let (lower, upper) = token_window(&piece.range, last_position.as_deref().filter(|_| strict.more));
+        let consensus = self.consensus_tree(&cluster, table)?;
+        for entry in self.inner.engine.range(&consensus, lower, upper, Direction::Forward).map_err(storage_error)? {
+            let (key, value) = entry.map_err(storage_error)?;
+            let state = onggi_core::consensus_state::ConsensusState::decode(&value)
+                .map_err(|error| DynamoError::internal(format!("stored consensus data unreadable: {error}")))?;
+            if state.accepted.is_some() {
+                strict.pending.push(key.to_vec());
+            }
+        }
+        Ok(strict)
     }
 
     /// A replica's share of a global index read (see [`Node::read_index_across`]): the entries
@@ -1069,10 +1332,56 @@ impl Node {
         self.read_raw_entries(&source, piece)
     }
 
+    /// Answers a peer's share of a strongly consistent range read.
+    pub(crate) fn read_strict_piece(&self, piece: &Piece) -> Result<StrictEntries, DynamoError> {
+        let plan = self.plan_piece(piece)?;
+        let source = Source::resolve(&plan.table, plan.request.index_name)?;
+        self.read_strict_entries(&source, piece)
+    }
+
     /// Reads a piece of a range read for a peer (see [`Piece`]).
     pub(crate) fn read_piece(&self, piece: &Piece) -> Result<Page, DynamoError> {
         let plan = self.plan_piece(piece)?;
         let source = Source::resolve(&plan.table, plan.request.index_name)?;
         self.read_page(&source, &piece.range, &plan.shape, piece.limit, plan.request.consistent, piece.budget)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, direction: Direction) -> Range {
+        Range { lower, upper, direction }
+    }
+
+    #[test]
+    fn the_token_window_covers_the_part_of_a_range_read() {
+        let key = |token: [u8; TOKEN_BYTES], rest: &[u8]| [&token[..], rest].concat();
+        let mut first = [0u8; TOKEN_BYTES];
+        first[TOKEN_BYTES - 1] = 7;
+        let mut last = [0u8; TOKEN_BYTES];
+        last[0] = 9;
+        last[TOKEN_BYTES - 1] = u8::MAX;
+        let whole = range(Bound::Included(key(first, b"a")), Bound::Excluded(key(last, b"z")), Direction::Forward);
+        // Not stopped short: from the first key's token up to just past the last key's token.
+        let after_last = {
+            let mut next = last[..TOKEN_BYTES - 1].to_vec();
+            *next.last_mut().expect("tokens have bytes") += 1;
+            next
+        };
+        assert_eq!(token_window(&whole, None), (Bound::Included(first.to_vec()), Bound::Excluded(after_last)));
+        // Stopped short, forward: up to the stopping key's token; backward: from it.
+        let mut stop = [0u8; TOKEN_BYTES];
+        stop[1] = 3;
+        let mut after_stop = stop.to_vec();
+        after_stop[TOKEN_BYTES - 1] = 1;
+        let (lower, upper) = token_window(&whole, Some(&key(stop, b"m")));
+        assert_eq!((lower, upper), (Bound::Included(first.to_vec()), Bound::Excluded(after_stop)));
+        let backward = range(whole.lower.clone(), whole.upper.clone(), Direction::Reverse);
+        assert_eq!(token_window(&backward, Some(&key(stop, b"m"))).0, Bound::Included(stop.to_vec()));
+        // The highest token has no next one; unbounded stays unbounded.
+        let top = range(Bound::Unbounded, Bound::Included(vec![u8::MAX; TOKEN_BYTES + 2]), Direction::Forward);
+        assert_eq!(token_window(&top, None), (Bound::Unbounded, Bound::Unbounded));
     }
 }

@@ -238,6 +238,9 @@ impl Handler for PeerHandler {
             wire::tag::RANGE_SYNC => node.answer_range_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::RANGE_READ => node.answer_range_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::INDEX_READ => node.answer_index_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::STRICT_READ => {
+                node.answer_strict_read(&payload).await.map(Bytes::from).map_err(HandlerError::new)
+            }
             wire::tag::CATALOG_SYNC => {
                 node.answer_catalog_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new)
             }
@@ -366,7 +369,7 @@ impl Node {
         self.inner.cluster.get().filter(|cluster| cluster.members.load(std::sync::atomic::Ordering::Relaxed) > 1)
     }
 
-    fn consensus_tree(&self, cluster: &Cluster, table: &TableHandle) -> Result<Tree, DynamoError> {
+    pub(crate) fn consensus_tree(&self, cluster: &Cluster, table: &TableHandle) -> Result<Tree, DynamoError> {
         let mut trees = cluster.consensus_trees.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(tree) = trees.get(&table.schema.id) {
             return Ok(tree.clone());

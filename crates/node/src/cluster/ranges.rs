@@ -1,4 +1,5 @@
-//! Query and Scan on a cluster where no node holds every partition.
+//! Query and Scan on a cluster: eventually consistent ones where no node holds every partition,
+//! strongly consistent ones always.
 //!
 //! A range read (`crate::reads`) is one ordered walk of a storage tree. Keys of the table's tree
 //! and of its local indexes start with the token of the item's partition key, so the walk crosses
@@ -12,9 +13,11 @@
 //! key — resumes anywhere. A Query reads one partition key, hence one partition and one piece;
 //! a Scan (or a parallel-scan segment, a token interval) walks as many partitions as it needs.
 //!
-//! Reads are eventually consistent (each piece is one replica's committed data), as reads of one
-//! replica are everywhere on a cluster today. A replica that does not answer is skipped for the
-//! rest of the page; a partition with no reachable replica fails the page with a retryable error.
+//! Such reads are eventually consistent: each piece is one replica's committed data. A
+//! ConsistentRead piece is instead read from a majority of the replicas of its stretch of
+//! partitions ([`Node::read_piece_strictly`]) and merged by `crate::reads` (`Node::read_strict`).
+//! A replica that does not answer is skipped for the rest of the page; a partition without a
+//! reachable replica (a majority, for a consistent read) fails the page with a retryable error.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -22,11 +25,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use onggi_core::layout::{NodeId, PartitionId};
+use onggi_core::paxos::Quorums;
 use onggi_model::{DynamoError, ErrorKind};
 
 use super::{Cluster, wire};
 use crate::Node;
-use crate::reads::{Page, Piece, RawEntries};
+use crate::reads::{Page, Piece, RawEntries, StrictEntries};
 
 /// How long a replica may take to read one piece (up to 1 MB of items) and answer.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,6 +65,38 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The replicas to read from strictly at `partition` — a majority of each of its replica
+    /// sets (this node first when it is a replica, then in preference order, none of `avoid`) —
+    /// and the last partition of the run from there whose quorums they all make.
+    fn strict_readers(&self, partition: PartitionId, avoid: &[NodeId]) -> Option<(Vec<NodeId>, PartitionId)> {
+        let layout = self.layout();
+        let mut readers: Vec<NodeId> = Vec::new();
+        for set in layout.sets(partition) {
+            let needed = set.len() / 2 + 1;
+            let mut have = set.iter().filter(|node| readers.contains(node)).count();
+            let mine = set.iter().filter(|node| **node == self.me);
+            for node in mine.chain(set.iter().filter(|node| **node != self.me)) {
+                if have >= needed {
+                    break;
+                }
+                if !avoid.contains(node) && !readers.contains(node) {
+                    readers.push(*node);
+                    have += 1;
+                }
+            }
+            if have < needed {
+                return None;
+            }
+        }
+        let mut last = partition;
+        while last.0 + 1 < layout.partition_count()
+            && Quorums::joint(layout.sets(PartitionId(last.0 + 1))).reached(readers.iter().copied())
+        {
+            last = PartitionId(last.0 + 1);
+        }
+        Some((readers, last))
+    }
+
     /// Who reads which base partitions for a global index read: one replica of every partition
     /// (this node where it is one, else spread over the replicas), none of `avoid`.
     pub(crate) fn index_read_assignment(&self, avoid: &[NodeId]) -> Result<Vec<(NodeId, Vec<u32>)>, DynamoError> {
@@ -138,6 +174,79 @@ impl Node {
         }
     }
 
+    /// Reads the first piece of `piece.range` strictly (see `Node::read_strict`): from a
+    /// majority of the replicas of the partitions it covers, this node's share through `local`.
+    /// Returns their answers, the piece they answered (its range cut where their run of
+    /// partitions ends) and, when it stopped at a partition boundary before the range's end,
+    /// the key to go on from.
+    pub(crate) async fn read_piece_strictly(
+        &self,
+        cluster: &Arc<Cluster>,
+        mut piece: Piece,
+        local: impl Fn(&Piece) -> Result<StrictEntries, DynamoError>,
+    ) -> Result<(Vec<StrictEntries>, Piece, Option<Vec<u8>>), DynamoError> {
+        let start = match &piece.range.lower {
+            Bound::Unbounded => PartitionId(0),
+            Bound::Included(key) | Bound::Excluded(key) => cluster.layout().partition_of_key(key),
+        };
+        let upper = piece.range.upper.clone();
+        let mut avoid = Vec::new();
+        let mut last_error = String::new();
+        loop {
+            let Some((readers, last)) = cluster.strict_readers(start, &avoid) else {
+                return Err(DynamoError::new(
+                    ErrorKind::Throttling,
+                    format!(
+                        "not enough replicas of partition {} of the table answered for a strongly consistent read \
+                         ({last_error}); retry later",
+                        start.0
+                    ),
+                ));
+            };
+            let next = cluster.key_after(last).filter(|next| reaches(&upper, next));
+            piece.range.upper = match &next {
+                Some(next) => Bound::Excluded(next.clone()),
+                None => upper.clone(),
+            };
+            let mut reads = tokio::task::JoinSet::new();
+            let payload = Bytes::from(wire::encode_piece(&piece));
+            for &reader in readers.iter().filter(|&&reader| reader != cluster.me) {
+                let (cluster, payload) = (cluster.clone(), payload.clone());
+                reads.spawn(async move {
+                    let answer = async {
+                        let address = cluster.address(reader).ok_or("not a member")?;
+                        let reply = cluster
+                            .transport
+                            .request(address, wire::tag::STRICT_READ, payload, PIECE_TIMEOUT)
+                            .await
+                            .map_err(|error| error.to_string())?;
+                        wire::decode_strict_entries(&reply).map_err(|error| error.to_string())
+                    };
+                    (reader, answer.await)
+                });
+            }
+            let mut parts = Vec::with_capacity(readers.len());
+            if readers.contains(&cluster.me) {
+                parts.push(local(&piece)?);
+            }
+            let mut failed = false;
+            while let Some(answer) = reads.join_next().await {
+                match answer.map_err(|error| DynamoError::internal(error.to_string()))? {
+                    (_, Ok(part)) => parts.push(part),
+                    (reader, Err(error)) => {
+                        tracing::debug!(%error, replica = reader.0, "strict range read piece failed");
+                        last_error = error;
+                        avoid.push(reader);
+                        failed = true;
+                    }
+                }
+            }
+            if !failed {
+                return Ok((parts, piece, next));
+            }
+        }
+    }
+
     /// Sends `piece` to `reader` as message `tag`; its answer.
     async fn send_piece(cluster: &Cluster, reader: NodeId, tag: u16, piece: &Piece) -> Result<Bytes, String> {
         let address = cluster.address(reader).ok_or("not a member")?;
@@ -169,6 +278,17 @@ impl Node {
             .map_err(|error| error.to_string())?
             .map_err(|error| error.message)?;
         Ok(wire::encode_raw_entries(&raw))
+    }
+
+    /// Answers a peer's [`wire::tag::STRICT_READ`].
+    pub(super) async fn answer_strict_read(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
+        let node = self.clone();
+        let strict = tokio::task::spawn_blocking(move || node.read_strict_piece(&piece))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.message)?;
+        Ok(wire::encode_strict_entries(&strict))
     }
 
     /// Answers a peer's [`wire::tag::RANGE_READ`].

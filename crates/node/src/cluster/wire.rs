@@ -22,7 +22,7 @@ use std::ops::Bound;
 use onggi_model::{Item, codec};
 use onggi_storage::Direction;
 
-use crate::reads::{Page, Piece, Range, RangeInput, RawEntries};
+use crate::reads::{Page, Piece, Range, RangeInput, RawEntries, StrictEntries};
 
 /// The payload format version this build writes and reads.
 pub const WIRE_FORMAT_VERSION: u8 = 3;
@@ -63,6 +63,9 @@ pub mod tag {
     /// A replica's share of a global secondary index read: [`super::encode_piece`] (with its
     /// base partitions), answered by [`super::encode_raw_entries`].
     pub const INDEX_READ: u16 = 12;
+    /// A replica's share of a strongly consistent Query or Scan: [`super::encode_piece`],
+    /// answered by [`super::encode_strict_entries`].
+    pub const STRICT_READ: u16 = 13;
 }
 
 /// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the
@@ -687,6 +690,43 @@ pub(crate) fn decode_raw_entries(bytes: &[u8]) -> Result<RawEntries, WireError> 
     Ok(RawEntries { entries, more })
 }
 
+/// Encodes a replica's share of a strongly consistent read: `[count u32][count × (ballot, u32 len
+/// + item codec)][pending count u32][pending × (u32 len + base key)][more u8]`.
+pub(crate) fn encode_strict_entries(strict: &StrictEntries) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.u32(strict.entries.len() as u32);
+    let mut bytes = Vec::new();
+    for (version, item) in &strict.entries {
+        out.ballot(*version);
+        bytes.clear();
+        codec::encode_item(item, &mut bytes);
+        out.bytes32(&bytes);
+    }
+    out.u32(strict.pending.len() as u32);
+    for key in &strict.pending {
+        out.bytes32(key);
+    }
+    out.u8(u8::from(strict.more));
+    out.0
+}
+
+/// Decodes [`encode_strict_entries`].
+pub(crate) fn decode_strict_entries(bytes: &[u8]) -> Result<StrictEntries, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let decode = |bytes: &[u8]| codec::decode_item(bytes).map_err(|error| WireError(format!("item: {error}")));
+    let entries = (0..input.count(20)?)
+        .map(|_| Ok((input.ballot()?, decode(input.bytes32()?)?)))
+        .collect::<Result<Vec<_>, WireError>>()?;
+    let pending = (0..input.count(4)?).map(|_| input.bytes32().map(<[u8]>::to_vec)).collect::<Result<Vec<_>, _>>()?;
+    let more = match input.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(WireError(format!("flag {other}"))),
+    };
+    input.finish()?;
+    Ok(StrictEntries { entries, pending, more })
+}
+
 /// Encodes a page a replica read: `[count u64][scanned count u64][scanned bytes u64][fetch units
 /// f64 bits u64][items: u32 count, each u32 len + item codec][last key: u8 presence, u32 len +
 /// item codec]`.
@@ -994,6 +1034,14 @@ mod tests {
         assert_eq!(decoded.partitions, vec![3, 200]);
         let raw = RawEntries { entries: vec![Item::new()], more: true };
         assert_eq!(decode_raw_entries(&encode_raw_entries(&raw)), Ok(raw));
+        let strict = StrictEntries {
+            entries: vec![(ballot(7, 2), Item::new()), (ballot(9, 1), Item::new())],
+            pending: vec![b"key".to_vec(), Vec::new()],
+            more: true,
+        };
+        let encoded = encode_strict_entries(&strict);
+        assert_eq!(decode_strict_entries(&encoded), Ok(strict));
+        assert!(decode_strict_entries(&encoded[..encoded.len() - 1]).is_err());
         let json = |read: &RangeInput| serde_json::to_string(read).expect("serializes");
         assert_eq!(json(&decoded.read), json(&piece.read));
 

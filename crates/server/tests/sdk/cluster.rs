@@ -57,6 +57,8 @@ pub(crate) struct Cluster {
     api: Vec<String>,
     members: String,
     pub(crate) nodes: Vec<Option<Server>>,
+    /// Flags every node is started with, besides its identity and the members.
+    flags: Vec<String>,
 }
 
 impl Cluster {
@@ -64,13 +66,19 @@ impl Cluster {
     /// may take one in between: the whole cluster is then started again on other ports (a few
     /// times at most).
     pub(crate) fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[])
+    }
+
+    /// Starts `size` nodes, each with `flags` too (as [`Cluster::start`]).
+    pub(crate) fn start_with(size: usize, flags: &[&str]) -> Cluster {
         let mut last_error = String::new();
         for _ in 0..3 {
             let directory = tempfile::tempdir().expect("temporary directory");
             let api = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
             let members =
                 (0..size).map(|i| format!("{}=127.0.0.1:{}", i + 1, free_port())).collect::<Vec<_>>().join(",");
-            let mut cluster = Cluster { directory, api, members, nodes: (0..size).map(|_| None).collect() };
+            let flags = flags.iter().map(|flag| flag.to_string()).collect();
+            let mut cluster = Cluster { directory, api, members, nodes: (0..size).map(|_| None).collect(), flags };
             match (0..size).try_for_each(|i| cluster.try_start_node(i)) {
                 Ok(()) => return cluster,
                 Err(error) => last_error = error,
@@ -84,7 +92,9 @@ impl Cluster {
     }
 
     fn try_start_node(&mut self, i: usize) -> Result<(), String> {
-        let extra = ["--node-id".to_string(), (i + 1).to_string(), "--members".to_string(), self.members.clone()];
+        let mut extra =
+            vec!["--node-id".to_string(), (i + 1).to_string(), "--members".to_string(), self.members.clone()];
+        extra.extend(self.flags.iter().cloned());
         let data = self.directory.path().join(format!("node-{}", i + 1));
         let log = self.directory.path().join(format!("node-{}.log", i + 1));
         self.nodes[i] = Some(Server::try_start_with(&data, &log, &self.api[i], &extra)?);

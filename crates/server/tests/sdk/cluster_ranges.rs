@@ -42,12 +42,14 @@ async fn scan_all(
     limit: Option<i32>,
     segment: Option<(i32, i32)>,
     filter: bool,
+    consistent: bool,
 ) -> Result<(Vec<Key>, i32, i32), String> {
     let mut keys = Vec::new();
     let (mut count, mut scanned) = (0, 0);
     let mut start = None;
     for _ in 0..10_000 {
-        let mut request = client.scan().table_name(table).set_limit(limit).set_exclusive_start_key(start);
+        let mut request =
+            client.scan().table_name(table).set_limit(limit).consistent_read(consistent).set_exclusive_start_key(start);
         if let Some((segment, total)) = segment {
             request = request.segment(segment).total_segments(total);
         }
@@ -85,6 +87,7 @@ async fn query_all(
     pk: &str,
     forward: bool,
     limit: i32,
+    consistent: bool,
 ) -> Result<Vec<i64>, String> {
     let mut sort_keys = Vec::new();
     let mut start = None;
@@ -96,6 +99,7 @@ async fn query_all(
             .key_condition_expression("pk = :pk")
             .expression_attribute_values(":pk", s(pk))
             .scan_index_forward(forward)
+            .consistent_read(consistent)
             .limit(limit)
             .set_exclusive_start_key(start)
             .send()
@@ -110,21 +114,12 @@ async fn query_all(
     Err("the query did not end".into())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn query_and_scan_span_the_partitions_of_a_five_node_cluster() {
-    if skip_without_own_server("five-node range read test") {
-        return;
-    }
-    tokio::time::timeout(TEST_TIMEOUT, five_nodes()).await.expect("the five-node test exceeded its time bound");
-}
-
-async fn five_nodes() {
-    let mut cluster = Cluster::start(5);
-    let clients: Vec<Client> = (0..5).map(|i| client(&cluster.endpoint(i))).collect();
-    let table = crate::harness::unique_name("ranges");
-    clients[0]
+/// A table keyed by `pk` (S) and `sk` (N), with a local index `by_rank` (all attributes) and a
+/// global one `by_rank_global` (keys only) on `rank` (N).
+async fn create_table(client: &Client, table: &str) {
+    client
         .create_table()
-        .table_name(&table)
+        .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attribute_definition("pk", ScalarAttributeType::S))
         .attribute_definitions(attribute_definition("sk", ScalarAttributeType::N))
@@ -151,6 +146,21 @@ async fn five_nodes() {
         .send()
         .await
         .expect("create the table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn query_and_scan_span_the_partitions_of_a_five_node_cluster() {
+    if skip_without_own_server("five-node range read test") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, five_nodes()).await.expect("the five-node test exceeded its time bound");
+}
+
+async fn five_nodes() {
+    let mut cluster = Cluster::start(5);
+    let clients: Vec<Client> = (0..5).map(|i| client(&cluster.endpoint(i))).collect();
+    let table = crate::harness::unique_name("ranges");
+    create_table(&clients[0], &table).await;
     for client in &clients {
         wait_active(client, &table).await;
     }
@@ -184,7 +194,7 @@ async fn five_nodes() {
     // eventually consistent Scan reads one replica per partition, so wait until they have.
     let settle = Instant::now();
     loop {
-        let (keys, _, _) = scan_all(&clients[4], &table, None, None, false).await.expect("scan");
+        let (keys, _, _) = scan_all(&clients[4], &table, None, None, false, false).await.expect("scan");
         if keys.len() as i32 == total || settle.elapsed() > Duration::from_secs(10) {
             break;
         }
@@ -193,7 +203,7 @@ async fn five_nodes() {
 
     for (i, client) in clients.iter().enumerate() {
         for limit in [None, Some(1), Some(7), Some(50)] {
-            let (keys, count, scanned) = scan_all(client, &table, limit, None, false)
+            let (keys, count, scanned) = scan_all(client, &table, limit, None, false, false)
                 .await
                 .unwrap_or_else(|error| panic!("scan through node {} with limit {limit:?}: {error}", i + 1));
             assert_eq!(
@@ -210,7 +220,13 @@ async fn five_nodes() {
                 }
             }
         }
-        let (keys, count, scanned) = scan_all(client, &table, Some(5), None, true).await.expect("filtered scan");
+        // Strongly consistent: read from a majority of each partition's replicas and merged.
+        let (keys, count, scanned) = scan_all(client, &table, Some(7), None, false, true)
+            .await
+            .unwrap_or_else(|error| panic!("consistent scan through node {}: {error}", i + 1));
+        assert_eq!(keys.iter().cloned().collect::<BTreeSet<_>>(), all, "consistent scan through node {}", i + 1);
+        assert_eq!((keys.len() as i32, count, scanned), (total, total, total));
+        let (keys, count, scanned) = scan_all(client, &table, Some(5), None, true, false).await.expect("filtered scan");
         assert_eq!(keys.len() as i32, count);
         assert_eq!(count, total / 2, "the filter keeps the even sort keys");
         assert_eq!(scanned, total, "ScannedCount counts items before the filter");
@@ -225,7 +241,7 @@ async fn five_nodes() {
         for segment in 0..segments {
             let reader = &clients[segment as usize % clients.len()];
             let (keys, _, _) =
-                scan_all(reader, &table, Some(9), Some((segment, segments)), false).await.expect("segment scan");
+                scan_all(reader, &table, Some(9), Some((segment, segments)), false, false).await.expect("segment scan");
             for key in keys {
                 assert!(seen.insert(key), "segment {segment} of {segments} repeats an item");
             }
@@ -236,11 +252,19 @@ async fn five_nodes() {
     // Queries through every node, on the table and on the local index.
     for (p, (pk, sort_keys)) in expected.iter().enumerate() {
         let reader = &clients[p % clients.len()];
-        assert_eq!(&query_all(reader, &table, None, pk, true, 3).await.expect("query"), sort_keys);
+        assert_eq!(&query_all(reader, &table, None, pk, true, 3, false).await.expect("query"), sort_keys);
         let backwards: Vec<i64> = sort_keys.iter().rev().copied().collect();
-        assert_eq!(query_all(reader, &table, None, pk, false, 2).await.expect("query"), backwards);
+        assert_eq!(query_all(reader, &table, None, pk, false, 2, false).await.expect("query"), backwards);
         // By rank (100 - sk) ascending: sort keys descending.
-        assert_eq!(query_all(reader, &table, Some("by_rank"), pk, true, 3).await.expect("index query"), backwards);
+        assert_eq!(
+            query_all(reader, &table, Some("by_rank"), pk, true, 3, false).await.expect("index query"),
+            backwards
+        );
+        assert_eq!(&query_all(reader, &table, None, pk, true, 3, true).await.expect("consistent query"), sort_keys);
+        assert_eq!(
+            query_all(reader, &table, Some("by_rank"), pk, true, 5, true).await.expect("consistent index query"),
+            backwards
+        );
     }
 
     // A global secondary index: each replica indexes its own items, so a read merges one
@@ -300,15 +324,143 @@ async fn five_nodes() {
     // One node down: pieces it would have read come from other replicas.
     cluster.nodes[2].take().expect("node 3").kill_hard();
     for i in [0, 1, 3, 4] {
-        let (keys, _, _) = scan_all(&clients[i], &table, Some(25), None, false)
+        let (keys, _, _) = scan_all(&clients[i], &table, Some(25), None, false, false)
             .await
             .unwrap_or_else(|error| panic!("scan through node {} with node 3 down: {error}", i + 1));
         assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), all, "scan through node {} with node 3 down", i + 1);
+        let (keys, _, _) = scan_all(&clients[i], &table, Some(40), None, false, true)
+            .await
+            .unwrap_or_else(|error| panic!("consistent scan through node {} with node 3 down: {error}", i + 1));
+        assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), all, "consistent scan, node {}, node 3 down", i + 1);
     }
     for (pk, sort_keys) in &expected {
         assert_eq!(
-            &query_all(&clients[0], &table, None, pk, true, 4).await.expect("query with node 3 down"),
+            &query_all(&clients[0], &table, None, pk, true, 4, false).await.expect("query with node 3 down"),
             sort_keys
+        );
+    }
+    drop(cluster);
+}
+
+/// Partition keys and sort keys of the lagging-replica test.
+const LAGGING_PARTITION_KEYS: usize = 6;
+const LAGGING_SORT_KEYS: i64 = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consistent_query_and_scan_see_the_writes_a_lagging_replica_missed() {
+    if skip_without_own_server("lagging-replica consistent read test") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, lagging_replica())
+        .await
+        .expect("the lagging-replica test exceeded its time bound");
+}
+
+/// On three nodes every node holds every item, so an eventually consistent read is served from
+/// the node's own storage. Node 3 misses writes while it is down and, with hints disabled, learns
+/// them only from anti-entropy (seconds after its return) or from the reads themselves: a
+/// consistent Query or Scan through it right after its return must still see every write
+/// acknowledged — new items, updates that move local index entries, deletions.
+async fn lagging_replica() {
+    let mut cluster = Cluster::start_with(3, &["--hints-max", "0"]);
+    let clients: Vec<Client> = (0..3).map(|i| client(&cluster.endpoint(i))).collect();
+    let table = crate::harness::unique_name("lagging");
+    create_table(&clients[0], &table).await;
+    for client in &clients {
+        wait_active(client, &table).await;
+    }
+    let put = |writer: usize, pk: String, sk: i64, rank: i64| {
+        let request = clients[writer].put_item().table_name(&table).set_item(Some(item([
+            ("pk", s(&pk)),
+            ("sk", n(sk)),
+            ("rank", n(rank)),
+        ])));
+        async move { request.send().await.unwrap_or_else(|error| panic!("put {pk}/{sk}: {error:?}")) }
+    };
+    // (pk, sk) → rank.
+    let mut model: BTreeMap<Key, i64> = BTreeMap::new();
+    for p in 0..LAGGING_PARTITION_KEYS {
+        for sk in 0..LAGGING_SORT_KEYS {
+            let pk = format!("key-{p}");
+            put(sk as usize % 3, pk.clone(), sk, 100 - sk).await;
+            model.insert((pk, sk), 100 - sk);
+        }
+    }
+    let settle = Instant::now();
+    while scan_all(&clients[2], &table, None, None, false, false).await.expect("scan").0.len() < model.len() {
+        assert!(settle.elapsed() < Duration::from_secs(10), "node 3 did not receive the first writes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    cluster.nodes[2].take().expect("node 3").kill_hard();
+    for p in 0..LAGGING_PARTITION_KEYS {
+        let pk = format!("key-{p}");
+        let writer = p % 2;
+        // A new item, an index entry moved to the end, a deletion.
+        put(writer, pk.clone(), LAGGING_SORT_KEYS, 50).await;
+        model.insert((pk.clone(), LAGGING_SORT_KEYS), 50);
+        clients[writer]
+            .update_item()
+            .table_name(&table)
+            .key("pk", s(&pk))
+            .key("sk", n(0))
+            .update_expression("SET #r = :r")
+            .expression_attribute_names("#r", "rank")
+            .expression_attribute_values(":r", n(1_000))
+            .send()
+            .await
+            .expect("update");
+        model.insert((pk.clone(), 0), 1_000);
+        clients[writer]
+            .delete_item()
+            .table_name(&table)
+            .key("pk", s(&pk))
+            .key("sk", n(1))
+            .send()
+            .await
+            .expect("delete");
+        model.remove(&(pk, 1));
+    }
+    cluster.start_node(2);
+    let lagging = &clients[2];
+    let eventual = scan_all(lagging, &table, None, None, false, false).await.expect("eventually consistent scan").0;
+    println!(
+        "lagging-replica test: node 3 returned with {} of the {} changes made while it was down applied",
+        eventual.iter().filter(|key| key.1 == LAGGING_SORT_KEYS).count()
+            + (0..LAGGING_PARTITION_KEYS).filter(|p| !eventual.contains(&(format!("key-{p}"), 1))).count(),
+        2 * LAGGING_PARTITION_KEYS
+    );
+
+    let keys: BTreeSet<Key> = model.keys().cloned().collect();
+    for limit in [None, Some(1), Some(4)] {
+        let (scanned, count, _) = scan_all(lagging, &table, limit, None, false, true)
+            .await
+            .unwrap_or_else(|error| panic!("consistent scan with limit {limit:?}: {error}"));
+        assert_eq!(scanned.len() as i32, count);
+        assert_eq!(scanned.into_iter().collect::<BTreeSet<_>>(), keys, "consistent scan with limit {limit:?}");
+    }
+    let page = lagging.scan().table_name(&table).consistent_read(true).send().await.expect("consistent scan");
+    let ranks: BTreeMap<Key, i64> = page
+        .items()
+        .iter()
+        .map(|item| (key_of(item), item["rank"].as_n().expect("rank").parse().expect("integer")))
+        .collect();
+    assert_eq!(ranks, model, "every item at its latest version");
+    for p in 0..LAGGING_PARTITION_KEYS {
+        let pk = format!("key-{p}");
+        let mut by_rank: Vec<(i64, i64)> =
+            model.iter().filter(|((key, _), _)| *key == pk).map(|((_, sk), rank)| (*rank, *sk)).collect();
+        by_rank.sort();
+        let sort_keys: Vec<i64> = by_rank.iter().map(|(_, sk)| *sk).collect();
+        let mut in_order: Vec<i64> = sort_keys.clone();
+        in_order.sort();
+        assert_eq!(query_all(lagging, &table, None, &pk, true, 2, true).await.expect("consistent query"), in_order);
+        let backwards: Vec<i64> = in_order.iter().rev().copied().collect();
+        assert_eq!(query_all(lagging, &table, None, &pk, false, 3, true).await.expect("consistent query"), backwards);
+        assert_eq!(
+            query_all(lagging, &table, Some("by_rank"), &pk, true, 2, true).await.expect("consistent index query"),
+            sort_keys,
+            "{pk} by rank"
         );
     }
     drop(cluster);
