@@ -222,7 +222,9 @@ impl Node {
     ) -> Result<DescribeTableOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let table = self.inner.catalog.get(name).ok_or_else(table_not_found)?;
-        Ok(DescribeTableOutput { table: describe(&table, "ACTIVE", self.region(context)) })
+        let mut description = describe(&table, "ACTIVE", self.region(context));
+        self.count_across_cluster(&table, &mut description).await;
+        Ok(DescribeTableOutput { table: description })
     }
 
     pub(crate) async fn list_tables_impl(&self, input: ListTablesInput) -> Result<ListTablesOutput, DynamoError> {

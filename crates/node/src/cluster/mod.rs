@@ -55,6 +55,7 @@
 
 mod catalog_sync;
 mod catch_up;
+mod counts;
 mod hints;
 mod leases;
 mod ranges;
@@ -238,6 +239,7 @@ impl Handler for PeerHandler {
             wire::tag::RANGE_SYNC => node.answer_range_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::RANGE_READ => node.answer_range_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::INDEX_READ => node.answer_index_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::TABLE_COUNTS => node.answer_table_counts(&payload).map(Bytes::from).map_err(HandlerError::new),
             wire::tag::STRICT_READ => {
                 node.answer_strict_read(&payload).await.map(Bytes::from).map_err(HandlerError::new)
             }

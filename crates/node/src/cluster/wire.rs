@@ -66,6 +66,47 @@ pub mod tag {
     /// A replica's share of a strongly consistent Query or Scan: [`super::encode_piece`],
     /// answered by [`super::encode_strict_entries`].
     pub const STRICT_READ: u16 = 13;
+    /// A table's item counts and sizes on the receiving node: the table's id (as
+    /// [`super::encode_table_deleted`]), answered by [`super::encode_table_counts`].
+    pub const TABLE_COUNTS: u16 = 14;
+}
+
+/// What one node stores of a table: items and their bytes, and the same of each index (by id).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TableCounts {
+    pub(crate) items: u64,
+    pub(crate) bytes: u64,
+    pub(crate) indexes: Vec<(String, u64, u64)>,
+}
+
+/// Encodes a node's counts of a table: `[items u64][bytes u64][count u32][count × (index id:
+/// u16 len + UTF-8, items u64, bytes u64)]`.
+pub(crate) fn encode_table_counts(counts: &TableCounts) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.u64(counts.items);
+    out.u64(counts.bytes);
+    out.u32(counts.indexes.len() as u32);
+    for (id, items, bytes) in &counts.indexes {
+        out.bytes16(id.as_bytes());
+        out.u64(*items);
+        out.u64(*bytes);
+    }
+    out.0
+}
+
+/// Decodes [`encode_table_counts`].
+pub(crate) fn decode_table_counts(bytes: &[u8]) -> Result<TableCounts, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let items = input.u64()?;
+    let bytes = input.u64()?;
+    let indexes = (0..input.count(18)?)
+        .map(|_| {
+            let id = String::from_utf8(input.bytes16()?.to_vec()).map_err(|_| WireError("index id".into()))?;
+            Ok((id, input.u64()?, input.u64()?))
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    input.finish()?;
+    Ok(TableCounts { items, bytes, indexes })
 }
 
 /// An item's value in consensus: the item (`None`: absent — never written, or deleted) and the
@@ -1039,6 +1080,10 @@ mod tests {
             pending: vec![b"key".to_vec(), Vec::new()],
             more: true,
         };
+        let counts = TableCounts { items: 3, bytes: 4_000, indexes: vec![("index-id".into(), 2, 90)] };
+        let encoded = encode_table_counts(&counts);
+        assert_eq!(decode_table_counts(&encoded), Ok(counts));
+        assert!(decode_table_counts(&encoded[..encoded.len() - 1]).is_err());
         let encoded = encode_strict_entries(&strict);
         assert_eq!(decode_strict_entries(&encoded), Ok(strict));
         assert!(decode_strict_entries(&encoded[..encoded.len() - 1]).is_err());

@@ -201,6 +201,36 @@ async fn five_nodes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // DescribeTable counts the whole table (every member's items over N), not the answering
+    // node's replicas only: through every node, once the third replicas have their commits.
+    for (i, client) in clients.iter().enumerate() {
+        let counts = |table: &aws_sdk_dynamodb::types::TableDescription| {
+            let index = |indexes: &[aws_sdk_dynamodb::types::LocalSecondaryIndexDescription]| {
+                indexes.first().and_then(|index| index.item_count())
+            };
+            let global = |indexes: &[aws_sdk_dynamodb::types::GlobalSecondaryIndexDescription]| {
+                indexes.first().and_then(|index| index.item_count())
+            };
+            (
+                table.item_count(),
+                index(table.local_secondary_indexes()),
+                global(table.global_secondary_indexes()),
+                table.table_size_bytes().is_some_and(|bytes| bytes > 200 * i64::from(total)),
+            )
+        };
+        let wanted = (Some(i64::from(total)), Some(i64::from(total)), Some(i64::from(total)), true);
+        let started = Instant::now();
+        loop {
+            let described = client.describe_table().table_name(&table).send().await.expect("describe");
+            let seen = counts(described.table().expect("a table"));
+            if seen == wanted {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "DescribeTable through node {}: {seen:?}", i + 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     for (i, client) in clients.iter().enumerate() {
         for limit in [None, Some(1), Some(7), Some(50)] {
             let (keys, count, scanned) = scan_all(client, &table, limit, None, false, false)
