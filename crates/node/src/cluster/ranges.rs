@@ -67,7 +67,7 @@ impl Cluster {
 impl Cluster {
     /// The replicas to read from strictly at `partition` — a majority of each of its replica
     /// sets (this node first when it is a replica, then in preference order, none of `avoid`) —
-    /// and the last partition of the run from there whose quorums they all make.
+    /// and the last partition of the run from there that they all hold and whose quorums they make.
     fn strict_readers(&self, partition: PartitionId, avoid: &[NodeId]) -> Option<(Vec<NodeId>, PartitionId)> {
         let layout = self.layout();
         let mut readers: Vec<NodeId> = Vec::new();
@@ -88,10 +88,15 @@ impl Cluster {
                 return None;
             }
         }
+        // Every reader must hold every partition of the run (a reader that does not refuses the
+        // piece), and together they must still make its quorums.
+        let covers = |next: PartitionId| {
+            let sets = layout.sets(next);
+            readers.iter().all(|reader| sets.iter().any(|set| set.contains(reader)))
+                && Quorums::joint(sets).reached(readers.iter().copied())
+        };
         let mut last = partition;
-        while last.0 + 1 < layout.partition_count()
-            && Quorums::joint(layout.sets(PartitionId(last.0 + 1))).reached(readers.iter().copied())
-        {
+        while last.0 + 1 < layout.partition_count() && covers(PartitionId(last.0 + 1)) {
             last = PartitionId(last.0 + 1);
         }
         Some((readers, last))
