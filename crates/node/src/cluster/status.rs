@@ -2,8 +2,8 @@
 //!
 //! A node answers `GET /onggi/cluster/status` with JSON: itself, the layout (partitions,
 //! replication factor, version), every member with its cluster address, whether this node can
-//! reach it right now (a short status request over the transport), the partitions it holds, and
-//! the hinted handoff counters (hints queued now, stored, delivered, dropped, discarded, and the
+//! reach it right now (a short status request over the transport), the partitions it holds, the
+//! items it stores itself (all tables), and the hinted handoff counters (hints queued now, stored, delivered, dropped, discarded, and the
 //! limit) and the anti-entropy counters.
 
 use std::time::Duration;
@@ -19,7 +19,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 impl Node {
     /// This node's view of its cluster, as JSON (see the module docs).
     pub(crate) async fn cluster_status_impl(&self) -> Json {
-        let tables = self.inner.catalog.names().len();
+        let names = self.inner.catalog.names();
+        let tables = names.len();
+        // Items this node stores itself, over every table (a drained node's falls to zero).
+        let items_stored: i64 = names
+            .iter()
+            .filter_map(|name| self.inner.catalog.get(name))
+            .map(|table| table.stats.item_count.load(std::sync::atomic::Ordering::Relaxed).max(0))
+            .sum();
         let Some(cluster) = self.inner.cluster.get() else {
             return json!({
                 "node": 0,
@@ -77,6 +84,7 @@ impl Node {
             "replication": layout.replica_count(),
             "members": members,
             "tables": tables,
+            "items_stored": items_stored,
             "hints": hints_json(cluster.hints.counts()),
             "repair": repair_json(cluster.repair.stats.snapshot()),
             "leases": leases_json(cluster.leases.counts()),
