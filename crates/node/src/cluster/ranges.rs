@@ -56,6 +56,25 @@ impl Cluster {
         Some((reader, last))
     }
 
+    /// The partition a range read from `lower` starts in.
+    fn first_partition(&self, lower: &Bound<Vec<u8>>) -> PartitionId {
+        match lower {
+            Bound::Unbounded => PartitionId(0),
+            Bound::Included(key) | Bound::Excluded(key) => self.layout().partition_of_key(key),
+        }
+    }
+
+    /// Ends `piece` with the run of partitions that ends at `last` (within `upper`, where the
+    /// whole read ends); returns the key the read goes on from after it, if any.
+    fn end_run(&self, piece: &mut Piece, last: PartitionId, upper: &Bound<Vec<u8>>) -> Option<Vec<u8>> {
+        let next = self.key_after(last).filter(|next| reaches(upper, next));
+        piece.range.upper = match &next {
+            Some(next) => Bound::Excluded(next.clone()),
+            None => upper.clone(),
+        };
+        next
+    }
+
     /// The first storage key after partition `partition`, or `None` for the last partition.
     fn key_after(&self, partition: PartitionId) -> Option<Vec<u8>> {
         let layout = self.layout();
@@ -145,10 +164,7 @@ impl Node {
         mut piece: Piece,
         local: impl Fn(&Piece) -> Result<Page, DynamoError>,
     ) -> Result<(Page, Option<Vec<u8>>), DynamoError> {
-        let start = match &piece.range.lower {
-            Bound::Unbounded => PartitionId(0),
-            Bound::Included(key) | Bound::Excluded(key) => cluster.layout().partition_of_key(key),
-        };
+        let start = cluster.first_partition(&piece.range.lower);
         let upper = piece.range.upper.clone();
         let mut avoid = Vec::new();
         let mut last_error = String::new();
@@ -160,11 +176,7 @@ impl Node {
                 ));
             };
             // Each attempt's run ends where its replica's does, within the range asked for.
-            let next = cluster.key_after(last).filter(|next| reaches(&upper, next));
-            piece.range.upper = match &next {
-                Some(next) => Bound::Excluded(next.clone()),
-                None => upper.clone(),
-            };
+            let next = cluster.end_run(&mut piece, last, &upper);
             if reader == cluster.me {
                 return Ok((local(&piece)?, next));
             }
@@ -190,10 +202,7 @@ impl Node {
         mut piece: Piece,
         local: impl Fn(&Piece) -> Result<StrictEntries, DynamoError>,
     ) -> Result<(Vec<StrictEntries>, Piece, Option<Vec<u8>>), DynamoError> {
-        let start = match &piece.range.lower {
-            Bound::Unbounded => PartitionId(0),
-            Bound::Included(key) | Bound::Excluded(key) => cluster.layout().partition_of_key(key),
-        };
+        let start = cluster.first_partition(&piece.range.lower);
         let upper = piece.range.upper.clone();
         let mut avoid = Vec::new();
         let mut last_error = String::new();
@@ -208,11 +217,7 @@ impl Node {
                     ),
                 ));
             };
-            let next = cluster.key_after(last).filter(|next| reaches(&upper, next));
-            piece.range.upper = match &next {
-                Some(next) => Bound::Excluded(next.clone()),
-                None => upper.clone(),
-            };
+            let next = cluster.end_run(&mut piece, last, &upper);
             let mut reads = tokio::task::JoinSet::new();
             let payload = Bytes::from(wire::encode_piece(&piece));
             for &reader in readers.iter().filter(|&&reader| reader != cluster.me) {
