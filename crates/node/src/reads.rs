@@ -399,7 +399,7 @@ pub(crate) struct RawEntries {
 }
 
 /// A replica's share of a strongly consistent range read, for a coordinator that merges a
-/// majority's (see `Node::read_strict`): the base records (version and item) behind the
+/// majority's (see `Node::merge_strict`): the base records (version and item) behind the
 /// entries of the piece's range, in the read's order, up to its limit and budget; and the base
 /// keys with a proposal accepted here and not known committed, in the part of the range read.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -887,7 +887,7 @@ impl Node {
     }
 
     /// Reads a planned range: on one node, from its storage; on a cluster, a strongly
-    /// consistent read from a majority of replicas ([`Node::read_strict`]); an eventually
+    /// consistent read from a majority of replicas ([`Node::merge_strict`]); an eventually
     /// consistent one from this node's storage when it holds every partition (a cluster no
     /// larger than the replication factor), else piece by piece from replicas of the partitions
     /// the range crosses, in order (`input` is the request to send them).
@@ -911,9 +911,6 @@ impl Node {
         if source.is_global() {
             return self.read_index_across(&cluster, plan, &source, input).await;
         }
-        if request.consistent {
-            return self.read_strict(&cluster, plan, &source, input).await;
-        }
         let mut page = Page::default();
         let mut range = plan.range.clone();
         loop {
@@ -925,11 +922,16 @@ impl Node {
                 budget: PAGE_BYTES_MAX - page.scanned_bytes,
                 partitions: Vec::new(),
             };
-            let (part, next) = self
-                .read_piece_on_replica(&cluster, piece, |piece| {
+            let (part, next) = if request.consistent {
+                let (parts, piece, next) =
+                    self.read_piece_strictly(&cluster, piece, |piece| self.read_strict_entries(&source, piece)).await?;
+                (self.merge_strict(&cluster, plan, &source, &piece, parts).await?, next)
+            } else {
+                self.read_piece_on_replica(&cluster, piece, |piece| {
                     self.read_page(&source, &piece.range, &plan.shape, piece.limit, request.consistent, piece.budget)
                 })
-                .await?;
+                .await?
+            };
             page.absorb(part);
             match next {
                 Some(lower) if page.last_key.is_none() => range.lower = Bound::Included(lower),
@@ -1037,9 +1039,10 @@ impl Node {
         Ok(page)
     }
 
-    /// A strongly consistent range read on a cluster (ConsistentRead of the table or a local
-    /// index): every item the page holds is at its latest acknowledged version or a newer one,
-    /// and no acknowledged item of the range read is missing.
+    /// Makes the page of one piece of a strongly consistent range read on a cluster
+    /// (ConsistentRead of the table or a local index) from a majority's answers: every item the
+    /// page holds is at its latest acknowledged version or a newer one, and no acknowledged item
+    /// of the range read is missing.
     ///
     /// One replica's storage is not enough: a write is acknowledged once a majority of its
     /// replicas accepted it, and may not be committed on the others yet. So each piece (a run of
@@ -1053,37 +1056,6 @@ impl Node {
     /// consensus, which returns its latest version, and placed where that version stands in the
     /// source (an index entry may have moved, or left the index). The page is then made here, as
     /// one node would have made it.
-    async fn read_strict(
-        &self,
-        cluster: &Arc<crate::cluster::Cluster>,
-        plan: &Plan<'_>,
-        source: &Source<'_>,
-        input: RangeInput,
-    ) -> Result<Page, DynamoError> {
-        let request = &plan.request;
-        let mut page = Page::default();
-        let mut range = plan.range.clone();
-        loop {
-            let piece = Piece {
-                table_id: plan.table.schema.id.clone(),
-                read: input.clone(),
-                range: range.clone(),
-                limit: request.limit.map(|limit| limit - page.scanned_count as usize),
-                budget: PAGE_BYTES_MAX - page.scanned_bytes,
-                partitions: Vec::new(),
-            };
-            let (parts, piece, next) =
-                self.read_piece_strictly(cluster, piece, |piece| self.read_strict_entries(source, piece)).await?;
-            page.absorb(self.merge_strict(cluster, plan, source, &piece, parts).await?);
-            match next {
-                Some(lower) if page.last_key.is_none() => range.lower = Bound::Included(lower),
-                _ => return Ok(page),
-            }
-        }
-    }
-
-    /// Merges a majority's answers for one piece of a strongly consistent read into its page
-    /// (see [`Node::read_strict`]).
     async fn merge_strict(
         &self,
         cluster: &Arc<crate::cluster::Cluster>,
@@ -1190,7 +1162,7 @@ impl Node {
         Ok(page)
     }
 
-    /// A replica's share of a strongly consistent read of `piece` (see [`Node::read_strict`]).
+    /// A replica's share of a strongly consistent read of `piece` (see [`Node::merge_strict`]).
     fn read_strict_entries(&self, source: &Source<'_>, piece: &Piece) -> Result<StrictEntries, DynamoError> {
         let cluster = self.cluster().ok_or_else(|| DynamoError::internal("not on a cluster"))?.clone();
         let table = source.table;

@@ -15,7 +15,7 @@
 //!
 //! Such reads are eventually consistent: each piece is one replica's committed data. A
 //! ConsistentRead piece is instead read from a majority of the replicas of its stretch of
-//! partitions ([`Node::read_piece_strictly`]) and merged by `crate::reads` (`Node::read_strict`).
+//! partitions ([`Node::read_piece_strictly`]) and merged by `crate::reads` (`Node::merge_strict`).
 //! A replica that does not answer is skipped for the rest of the page; a partition without a
 //! reachable replica (a majority, for a consistent read) fails the page with a retryable error.
 
@@ -191,7 +191,7 @@ impl Node {
         }
     }
 
-    /// Reads the first piece of `piece.range` strictly (see `Node::read_strict`): from a
+    /// Reads the first piece of `piece.range` strictly (see `Node::merge_strict`): from a
     /// majority of the replicas of the partitions it covers, this node's share through `local`.
     /// Returns their answers, the piece they answered (its range cut where their run of
     /// partitions ends) and, when it stopped at a partition boundary before the range's end,
@@ -223,16 +223,10 @@ impl Node {
             for &reader in readers.iter().filter(|&&reader| reader != cluster.me) {
                 let (cluster, payload) = (cluster.clone(), payload.clone());
                 reads.spawn(async move {
-                    let answer = async {
-                        let address = cluster.address(reader).ok_or("not a member")?;
-                        let reply = cluster
-                            .transport
-                            .request(address, wire::tag::STRICT_READ, payload, PIECE_TIMEOUT)
-                            .await
-                            .map_err(|error| error.to_string())?;
-                        wire::decode_strict_entries(&reply).map_err(|error| error.to_string())
-                    };
-                    (reader, answer.await)
+                    let reply = Node::send_encoded_piece(&cluster, reader, wire::tag::STRICT_READ, payload).await;
+                    let answer =
+                        reply.and_then(|reply| wire::decode_strict_entries(&reply).map_err(|error| error.to_string()));
+                    (reader, answer)
                 });
             }
             let mut parts = Vec::with_capacity(readers.len());
@@ -259,8 +253,12 @@ impl Node {
 
     /// Sends `piece` to `reader` as message `tag`; its answer.
     async fn send_piece(cluster: &Cluster, reader: NodeId, tag: u16, piece: &Piece) -> Result<Bytes, String> {
+        Node::send_encoded_piece(cluster, reader, tag, Bytes::from(wire::encode_piece(piece))).await
+    }
+
+    /// Sends an encoded piece to `reader` as message `tag`; its answer.
+    async fn send_encoded_piece(cluster: &Cluster, reader: NodeId, tag: u16, payload: Bytes) -> Result<Bytes, String> {
         let address = cluster.address(reader).ok_or("not a member")?;
-        let payload = Bytes::from(wire::encode_piece(piece));
         cluster.transport.request(address, tag, payload, PIECE_TIMEOUT).await.map_err(|error| error.to_string())
     }
 
