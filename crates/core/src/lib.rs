@@ -9,7 +9,7 @@
 //! item record every replica stores ([`record`]) and a replica's persisted consensus state
 //! ([`consensus_state`]), the placement-aware key layout ([`keys`]), the partition layout that
 //! places partitions on nodes ([`layout`]), per-item consensus ([`paxos`]), Merkle trees for
-//! anti-entropy ([`merkle`]) and gossip membership with failure detection ([`membership`]). The
+//! anti-entropy ([`merkle`]), when a deleted item's tombstone may be collected ([`tombstones`]) and gossip membership with failure detection ([`membership`]). The
 //! simulator (`onggi-sim`) runs them together under faults.
 
 pub mod consensus_state;
@@ -21,3 +21,4 @@ pub mod merkle;
 pub mod paxos;
 pub mod record;
 pub mod rng;
+pub mod tombstones;

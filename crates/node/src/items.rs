@@ -7,7 +7,7 @@
 //! 3. *decide*: evaluate the condition and compute the new item with pure functions of the old
 //!    one — a closure from the current item to an [`Effect`] and the answer (or an error such as
 //!    a failed condition), with no side effect;
-//! 4. write the new record (or a tombstone) with a fresh version stamp, durably;
+//! 4. write the new record with a fresh version stamp (a delete removes it), durably;
 //! 5. release the stripe and answer.
 //!
 //! The lock is held across the durable write, so a conditional write or an update never acts on a
@@ -242,7 +242,7 @@ impl Node {
         Ok(record.item)
     }
 
-    /// Writes `new` (or a tombstone) as the version of `key` that replaces `old`, with the index
+    /// Writes `new` (or, for `None`, removes the record) as the version of `key` that replaces `old`, with the index
     /// entries that change, in one atomic durable batch; then accounts for it and releases the
     /// item's lock. Both happen in the storage completion, so they happen exactly when the write
     /// is durable even if the caller stops waiting (a cancelled request).
@@ -260,8 +260,15 @@ impl Node {
         let version = self.inner.version();
         let mut batch = WriteBatch::new();
         let index_deltas = indexing::index_changes(table, &key, old, new.as_ref(), version, &mut batch);
-        let record = Record { version, item: new, expired: origin == WriteOrigin::Expiry, lineage: None };
-        batch.put(&table.tree, key, record.encode());
+        if new.is_some() {
+            let record = Record { version, item: new, expired: origin == WriteOrigin::Expiry, lineage: None };
+            batch.put(&table.tree, key, record.encode());
+        } else {
+            // One node has no replicas to agree with that the item is gone, so no tombstone: the
+            // record goes (on a cluster, deletes are tombstones until every replica has them,
+            // `cluster::tombstones`).
+            batch.delete(&table.tree, key);
+        }
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let table = table.clone();
         self.inner.engine.commit(
@@ -516,7 +523,7 @@ impl Node {
                 return Err(condition_failed(old, options.return_old_on_failure));
             }
             let consumed_capacity = capacity::for_write(options.report, &table.schema, old, None);
-            // A tombstone, not a removal: replicas must later agree that the item is gone.
+            // On a cluster a tombstone, until every replica has it (`cluster::tombstones`).
             let effect = if old.is_some() { Effect::Delete } else { Effect::Keep };
             let attributes = if options.return_values == ReturnValues::AllOld { old.cloned() } else { None };
             Ok((effect, WriteItemOutput { attributes, consumed_capacity }))

@@ -92,6 +92,13 @@ struct ServeArgs {
     /// stores at most; more are dropped, and anti-entropy repairs what they would have.
     #[arg(long, env = "ONGGI_HINTS_MAX", default_value_t = onggi_node::cluster::HINTS_MAX_DEFAULT)]
     hints_max: u64,
+    /// Seconds a deleted item's tombstone is kept at least; it is then removed once every replica
+    /// of its partition has it (a replica that is down holds collection back).
+    #[arg(long, env = "ONGGI_TOMBSTONE_GRACE", default_value_t = onggi_node::cluster::TOMBSTONE_GRACE_DEFAULT.as_secs_f64())]
+    tombstone_grace: f64,
+    /// Seconds between two tombstone-collection rounds over one partition.
+    #[arg(long, env = "ONGGI_TOMBSTONE_INTERVAL", default_value_t = onggi_node::cluster::TOMBSTONE_INTERVAL_DEFAULT.as_secs_f64())]
+    tombstone_interval: f64,
 }
 
 #[derive(Subcommand)]
@@ -252,6 +259,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         };
         node.start_cluster(config).await?;
         node.set_hint_limit(args.hints_max);
+        node.set_tombstone_collection(
+            Duration::try_from_secs_f64(args.tombstone_grace).map_err(|_| "--tombstone-grace: not a duration")?,
+            Duration::try_from_secs_f64(args.tombstone_interval).map_err(|_| "--tombstone-interval: not a duration")?,
+        );
     }
     node.start_background(Duration::from_secs_f64(args.ttl_interval));
     let listener = tokio::net::TcpListener::bind(args.listen)

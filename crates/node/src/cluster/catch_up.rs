@@ -418,6 +418,8 @@ impl Node {
         partition: PartitionId,
     ) -> Result<usize, String> {
         let consensus = self.consensus_tree(cluster, table).map_err(|error| error.message)?;
+        // Tombstone collection's floors here say what this node held; it holds nothing now.
+        self.reset_floors(cluster, &table.schema.id, partition).await?;
         let (first, last) = cluster.layout().partition_range(partition);
         let (lower, upper) = repair::token_interval(first, last);
         let mut dropped = 0;

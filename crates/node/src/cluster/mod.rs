@@ -61,10 +61,12 @@ mod leases;
 mod ranges;
 mod repair;
 mod status;
+mod tombstones;
 mod topology;
 
 pub use hints::HINTS_MAX_DEFAULT;
 pub use status::render_status;
+pub use tombstones::{GRACE_DEFAULT as TOMBSTONE_GRACE_DEFAULT, INTERVAL_DEFAULT as TOMBSTONE_INTERVAL_DEFAULT};
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -154,6 +156,8 @@ pub(crate) struct Cluster {
     hints: hints::Hints,
     /// Leases of this node's last writes on items (see `leases.rs`).
     leases: leases::Leases,
+    /// Tombstone collection's floors, rounds and counters (`tombstones.rs`).
+    collector: tombstones::Collector,
 }
 
 impl Cluster {
@@ -243,6 +247,7 @@ impl Handler for PeerHandler {
             wire::tag::STRICT_READ => {
                 node.answer_strict_read(&payload).await.map(Bytes::from).map_err(HandlerError::new)
             }
+            wire::tag::TOMBSTONES => node.answer_collection(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::CATALOG_SYNC => {
                 node.answer_catalog_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new)
             }
@@ -351,7 +356,13 @@ impl Node {
             repair: repair::Repair::default(),
             hints,
             leases: leases::Leases::default(),
+            collector: tombstones::Collector::new(self.inner.random_below(u64::MAX)),
         };
+        match self.forget_floors_of_deleted_tables(&cluster) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed the collection floors of deleted tables"),
+            Err(error) => tracing::warn!(%error, "collection floors of deleted tables not removed"),
+        }
         let incarnation = self.inner.random_below(1 << 32);
         self.inner.node_id.store(ballot_node(config.node_id, incarnation), std::sync::atomic::Ordering::Relaxed);
         self.inner.cluster.set(Arc::new(cluster)).map_err(|_| "the cluster was already started".to_string())?;
@@ -396,15 +407,46 @@ impl Node {
         let table = self.table_by_id(table_id)?;
         let consensus = self.consensus_tree(&cluster, &table)?;
         let guard = self.inner.locks.lock(&table, &key).await;
-        if matches!(request, Request::Commit(_)) {
+        let partition = {
             let layout = cluster.layout();
-            if !layout.holds(cluster.me, layout.partition_of_key(&key)) {
+            let partition = layout.partition_of_key(&key);
+            if matches!(request, Request::Commit(_)) && !layout.holds(cluster.me, partition) {
                 // A late commit (or hint) for a partition this node gave away in a layout change:
                 // its data there is being dropped (under this same lock), and the item's replicas
                 // have the version.
                 return Ok(Reply::Committed);
             }
+            partition
+        };
+        let floors = self.table_floors(&cluster, table_id).map_err(DynamoError::internal)?;
+        let part = floors.partition(partition).ok_or_else(|| DynamoError::internal("no such partition"))?;
+        // Tombstone collection's floors (`tombstones.rs`): prepares and accepts at or below the
+        // promise floor are refused, commits at or below the adopted floor dropped.
+        let below_floor = match &request {
+            Request::Prepare(ballot) if part.floors().refuses(*ballot) => {
+                Some(Reply::Promise(onggi_core::paxos::Promise::Refused(part.floors().refusal())))
+            }
+            Request::Accept(proposal) | Request::AcceptPromising(proposal, _)
+                if part.floors().refuses(proposal.ballot) =>
+            {
+                Some(Reply::Acceptance(onggi_core::paxos::Acceptance::Refused(part.floors().refusal())))
+            }
+            _ => None,
+        };
+        if let Some(refusal) = below_floor {
+            return Ok(refusal);
         }
+        let _commit_gate = match &request {
+            Request::Commit(version) => {
+                let gate = part.commit_gate().await;
+                if part.floors().drops(version.ballot) {
+                    cluster.collector.stats.commits_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(Reply::Committed);
+                }
+                Some(gate)
+            }
+            _ => None,
+        };
         let (mut acceptor, state_present) = self.load_acceptor(&table, &consensus, &key)?;
         let request_next = match request {
             Request::AcceptPromising(_, next) => Some(next),
@@ -442,9 +484,11 @@ impl Node {
             }
             Request::Commit(version) => {
                 let old = acceptor.committed.as_ref().and_then(|committed| committed.value.item.clone());
+                let ballot = version.ballot;
                 if acceptor.commit(version.clone()) {
                     self.write_committed(&table, &consensus, key, old, version, &acceptor, state_present, guard)
                         .await?;
+                    part.note_commit(ballot);
                 }
                 Ok(Reply::Committed)
             }

@@ -561,6 +561,7 @@ impl Node {
         if let Some(peer) = self.pick_peer(cluster, partition) {
             self.compare(cluster, table, partition, peer, &mut work).await;
         }
+        self.offer_collection_round(cluster, table, partition).await;
         work
     }
 
@@ -976,7 +977,7 @@ pub(super) mod tests {
         node.put_item(&RequestContext::default(), input::<PutItemInput>(item)).await.unwrap();
     }
 
-    async fn delete(node: &Node, pk: &str, sk: u64) {
+    pub(in crate::cluster) async fn delete(node: &Node, pk: &str, sk: u64) {
         let key = json!({"TableName": "repairs", "Key": {"pk": {"S": pk}, "sk": {"N": sk.to_string()}}});
         node.delete_item(&RequestContext::default(), input::<DeleteItemInput>(key)).await.unwrap();
     }
@@ -1012,7 +1013,7 @@ pub(super) mod tests {
     }
 
     /// Every partition of the table compared once from `node` with `peer`.
-    async fn compare_all(node: &Node, peer: NodeId) {
+    pub(in crate::cluster) async fn compare_all(node: &Node, peer: NodeId) {
         let cluster = node.cluster().unwrap().clone();
         let table = node.inner.catalog.get("repairs").unwrap();
         for partition in cluster.layout().partitions_of(cluster.me).collect::<Vec<_>>() {

@@ -4,7 +4,7 @@
 //! replication factor, version), every member with its cluster address, whether this node can
 //! reach it right now (a short status request over the transport), the partitions it holds, the
 //! items it stores itself (all tables), and the hinted handoff counters (hints queued now, stored, delivered, dropped, discarded, and the
-//! limit) and the anti-entropy counters.
+//! limit), the anti-entropy counters and tombstone collection's.
 
 use std::time::Duration;
 
@@ -88,6 +88,7 @@ impl Node {
             "hints": hints_json(cluster.hints.counts()),
             "repair": repair_json(cluster.repair.stats.snapshot()),
             "leases": leases_json(cluster.leases.counts()),
+            "tombstones": tombstones_json(&cluster.collector.stats),
         })
     }
 }
@@ -100,6 +101,16 @@ fn hints_json(counts: super::hints::HintCounts) -> Json {
         "dropped": counts.dropped,
         "discarded": counts.discarded,
         "limit": counts.limit,
+    })
+}
+
+fn tombstones_json(stats: &super::tombstones::CollectionStats) -> Json {
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    json!({
+        "rounds": read(&stats.rounds),
+        "rounds_abandoned": read(&stats.rounds_abandoned),
+        "removed": read(&stats.removed),
+        "commits_dropped": read(&stats.commits_dropped),
     })
 }
 
@@ -192,6 +203,15 @@ pub fn render_status(status: &Json) -> String {
     if let Some(repair) = status["repair"].as_object() {
         let fields: Vec<String> = repair.iter().map(|(name, value)| format!("{name} {}", text(value))).collect();
         out.push_str(&format!("repair: {}\n", fields.join(", ")));
+    }
+    if let Some(tombstones) = status["tombstones"].as_object() {
+        out.push_str(&format!(
+            "tombstone collection: rounds started here {} ({} abandoned); tombstones removed here {}; old commits dropped {}\n",
+            text(&tombstones["rounds"]),
+            text(&tombstones["rounds_abandoned"]),
+            text(&tombstones["removed"]),
+            text(&tombstones["commits_dropped"]),
+        ));
     }
     out
 }

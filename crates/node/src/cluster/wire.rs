@@ -17,6 +17,7 @@ use onggi_core::layout::NodeId;
 use onggi_core::merkle::{self, Digest, Refusal, Shape};
 use onggi_core::paxos::{Acceptance, Ballot, Knowledge, Lineage, Lineaged, Promise, Version};
 use onggi_core::record::Record;
+use onggi_core::tombstones::{AdoptToken, Prepared};
 use std::ops::Bound;
 
 use onggi_model::{Item, codec};
@@ -69,6 +70,130 @@ pub mod tag {
     /// A table's item counts and sizes on the receiving node: the table's id (as
     /// [`super::encode_table_deleted`]), answered by [`super::encode_table_counts`].
     pub const TABLE_COUNTS: u16 = 14;
+    /// A phase of a tombstone-collection round over one partition (`super::super::tombstones`):
+    /// [`super::encode_collection`], answered by [`super::encode_collection_reply`].
+    pub const TOMBSTONES: u16 = 15;
+}
+
+/// A phase of a tombstone-collection round (see `onggi_core::tombstones`), sent by the round's
+/// initiator to every replica of a partition, in the layout epoch `epoch`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Collection {
+    pub(crate) table_id: String,
+    pub(crate) partition: u32,
+    pub(crate) epoch: u64,
+    pub(crate) floor: Timestamp,
+    pub(crate) phase: CollectionPhase,
+}
+
+/// Which phase, with what it carries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum CollectionPhase {
+    /// Promise the floor; answered by [`CollectionReply::Prepared`].
+    Prepare,
+    /// Adopt the floor if nothing moved since the token; answered by [`CollectionReply::Adopted`].
+    Adopt(AdoptToken),
+    /// Remove the tombstones at or below the floor; answered by [`CollectionReply::Collected`].
+    Collect,
+}
+
+/// A replica's answer to a [`Collection`] phase.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum CollectionReply {
+    Prepared(Prepared),
+    Adopted(bool),
+    /// Tombstones removed, and whether some were left for the next round (a bound per round).
+    Collected {
+        removed: u64,
+        more: bool,
+    },
+}
+
+/// Encodes a [`Collection`]: `[kind u8: 1 prepare, 2 adopt, 3 collect][table id u16 len +
+/// UTF-8][partition u32][epoch u64][floor u64]`, then for an adopt `[life u64][old commits u64]`.
+pub(crate) fn encode_collection(request: &Collection) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.u8(match request.phase {
+        CollectionPhase::Prepare => 1,
+        CollectionPhase::Adopt(_) => 2,
+        CollectionPhase::Collect => 3,
+    });
+    out.bytes16(request.table_id.as_bytes());
+    out.u32(request.partition);
+    out.u64(request.epoch);
+    out.u64(request.floor.0);
+    if let CollectionPhase::Adopt(token) = request.phase {
+        out.u64(token.life);
+        out.u64(token.old_commits);
+    }
+    out.0
+}
+
+/// Decodes [`encode_collection`].
+pub(crate) fn decode_collection(bytes: &[u8]) -> Result<Collection, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let kind = input.u8()?;
+    let table_id = input.table_id()?;
+    let (partition, epoch, floor) = (input.u32()?, input.u64()?, Timestamp(input.u64()?));
+    let phase = match kind {
+        1 => CollectionPhase::Prepare,
+        2 => CollectionPhase::Adopt(AdoptToken { life: input.u64()?, old_commits: input.u64()? }),
+        3 => CollectionPhase::Collect,
+        other => return Err(WireError(format!("collection phase {other}"))),
+    };
+    input.finish()?;
+    Ok(Collection { table_id, partition, epoch, floor, phase })
+}
+
+/// Encodes a [`CollectionReply`]: `[kind u8]` then, prepared: `[pending u8][digest u128][life
+/// u64][old commits u64]`; adopted: `[adopted u8]`; collected: `[removed u64][more u8]`.
+pub(crate) fn encode_collection_reply(reply: &CollectionReply) -> Vec<u8> {
+    let mut out = Writer::new();
+    match reply {
+        CollectionReply::Prepared(prepared) => {
+            out.u8(1);
+            out.u8(u8::from(prepared.pending));
+            out.0.extend_from_slice(&prepared.digest.to_be_bytes());
+            out.u64(prepared.token.life);
+            out.u64(prepared.token.old_commits);
+        }
+        CollectionReply::Adopted(adopted) => {
+            out.u8(2);
+            out.u8(u8::from(*adopted));
+        }
+        CollectionReply::Collected { removed, more } => {
+            out.u8(3);
+            out.u64(*removed);
+            out.u8(u8::from(*more));
+        }
+    }
+    out.0
+}
+
+/// Decodes [`encode_collection_reply`].
+pub(crate) fn decode_collection_reply(bytes: &[u8]) -> Result<CollectionReply, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let flag = |value: u8| match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(WireError(format!("flag {other}"))),
+    };
+    let reply = match input.u8()? {
+        1 => {
+            let pending = flag(input.u8()?)?;
+            let digest = input.u128()?;
+            let token = AdoptToken { life: input.u64()?, old_commits: input.u64()? };
+            CollectionReply::Prepared(Prepared { pending, digest, token })
+        }
+        2 => CollectionReply::Adopted(flag(input.u8()?)?),
+        3 => {
+            let removed = input.u64()?;
+            CollectionReply::Collected { removed, more: flag(input.u8()?)? }
+        }
+        other => return Err(WireError(format!("collection reply {other}"))),
+    };
+    input.finish()?;
+    Ok(reply)
 }
 
 /// What one node stores of a table: items and their bytes, and the same of each index (by id).
@@ -952,6 +1077,34 @@ mod tests {
             }
         }
         assert_eq!(decode_table_deleted(&encode_table_deleted("abc")), Ok("abc".into()));
+    }
+
+    #[test]
+    fn collection_messages_round_trip() {
+        let token = AdoptToken { life: 7, old_commits: 3 };
+        for phase in [CollectionPhase::Prepare, CollectionPhase::Adopt(token), CollectionPhase::Collect] {
+            let request = Collection { table_id: "t-1".into(), partition: 9, epoch: 4, floor: Timestamp(77), phase };
+            let bytes = encode_collection(&request);
+            assert_eq!(decode_collection(&bytes), Ok(request));
+            for cut in 0..bytes.len() {
+                assert!(decode_collection(&bytes[..cut]).is_err());
+            }
+        }
+        for reply in [
+            CollectionReply::Prepared(Prepared { pending: true, digest: u128::MAX - 5, token }),
+            CollectionReply::Adopted(false),
+            CollectionReply::Adopted(true),
+            CollectionReply::Collected { removed: 12, more: true },
+        ] {
+            let bytes = encode_collection_reply(&reply);
+            assert_eq!(decode_collection_reply(&bytes), Ok(reply));
+            for cut in 0..bytes.len() {
+                assert!(decode_collection_reply(&bytes[..cut]).is_err());
+            }
+        }
+        let mut forged = encode_collection_reply(&CollectionReply::Adopted(true));
+        forged[2] = 2;
+        assert!(decode_collection_reply(&forged).is_err());
     }
 
     #[test]

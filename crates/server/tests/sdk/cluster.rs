@@ -612,3 +612,90 @@ async fn hinted_handoff() {
         "anti-entropy, not hints, brought node 3 {repaired} of the {WRITES_WHILE_DOWN} writes it missed"
     );
 }
+
+/// Items written, then half of them deleted, in the tombstone-collection test.
+const COLLECTED_ITEMS: usize = 60;
+/// How long the test gives rounds to run while a replica is down (an anti-entropy sweep of a
+/// table, which offers each partition a round, takes about 5 s when idle).
+const HELD_BACK_FOR: Duration = Duration::from_secs(7);
+/// How soon after the replica's return every tombstone must be gone: hints bring it the deletes
+/// within a second, then the next sweep's rounds collect (about 5 s; more under CI's load).
+const COLLECTION_BOUND: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tombstones_are_collected_only_once_every_replica_has_them() {
+    if skip_without_own_server("tombstone collection test") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, tombstone_collection())
+        .await
+        .expect("the tombstone collection test exceeded its time bound");
+}
+
+async fn tombstone_collection() {
+    let mut cluster = Cluster::start_with(3, &["--tombstone-grace", "0.3", "--tombstone-interval", "0.1"]);
+    let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
+    let table = crate::harness::unique_name("tombstones");
+    create_table(&client(&endpoints[0]), &table).await;
+    for index in 0..COLLECTED_ITEMS {
+        let put = client(&endpoints[index % 3])
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(item([("pk", s(&format!("t-{index}"))), ("v", n(index))])));
+        put.send().await.unwrap_or_else(|error| panic!("put {index}: {error:?}"));
+    }
+    cluster.nodes[2].take().expect("node 3").kill_hard();
+    for index in 0..COLLECTED_ITEMS / 2 {
+        let delete = client(&endpoints[index % 2]).delete_item().table_name(&table).key("pk", s(&format!("t-{index}")));
+        delete.send().await.unwrap_or_else(|error| panic!("delete {index} with node 3 down: {error:?}"));
+    }
+    let removed = |statuses: &[serde_json::Value], field: &str| -> u64 {
+        statuses.iter().map(|status| status["tombstones"][field].as_u64().unwrap_or(0)).sum()
+    };
+    // With node 3 down, rounds start and are abandoned; nothing is removed.
+    tokio::time::sleep(HELD_BACK_FOR).await;
+    let statuses = vec![cluster_status(&endpoints[0]).await, cluster_status(&endpoints[1]).await];
+    assert_eq!(removed(&statuses, "removed"), 0, "tombstones removed while a replica was down: {statuses:?}");
+    assert!(removed(&statuses, "rounds_abandoned") > 0, "no round was tried: {statuses:?}");
+
+    cluster.start_node(2);
+    let restarted = Instant::now();
+    let expected = (COLLECTED_ITEMS / 2 * 3) as u64;
+    let took = loop {
+        let mut statuses = Vec::new();
+        for endpoint in &endpoints {
+            statuses.push(cluster_status(endpoint).await);
+        }
+        let total = removed(&statuses, "removed");
+        if total == expected {
+            break restarted.elapsed();
+        }
+        assert!(total < expected, "{total} tombstones removed, {expected} were written: {statuses:?}");
+        assert!(
+            restarted.elapsed() < COLLECTION_BOUND,
+            "{total} of {expected} tombstones removed {COLLECTION_BOUND:?} after node 3's return: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "tombstone collection test: none of {expected} tombstones removed in {HELD_BACK_FOR:?} with node 3 down; all \
+         removed {} ms after its return",
+        took.as_millis()
+    );
+    // Deleted items stay deleted, through every node, strictly and not; the rest are intact; a
+    // collected item can be written again.
+    for endpoint in &endpoints {
+        let client = client(endpoint);
+        let replica = replica_contents(&client, &table).await.expect("scan");
+        let keys: Vec<String> = (COLLECTED_ITEMS / 2..COLLECTED_ITEMS).map(|index| format!("t-{index}")).collect();
+        assert_eq!(replica.keys().cloned().collect::<std::collections::BTreeSet<_>>(), keys.into_iter().collect());
+        for index in [0, 7, COLLECTED_ITEMS / 2 - 1] {
+            let get = client.get_item().table_name(&table).key("pk", s(&format!("t-{index}"))).consistent_read(true);
+            assert!(get.send().await.expect("get").item().is_none(), "deleted item {index} came back");
+        }
+    }
+    let put = client(&endpoints[2]).put_item().table_name(&table).set_item(Some(item([("pk", s("t-3")), ("v", n(3))])));
+    put.send().await.expect("put a collected item again");
+    let get = client(&endpoints[0]).get_item().table_name(&table).key("pk", s("t-3")).consistent_read(true);
+    assert!(get.send().await.expect("get").item().is_some(), "the item written again is missing");
+}
