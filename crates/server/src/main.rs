@@ -92,8 +92,9 @@ struct ServeArgs {
     /// stores at most; more are dropped, and anti-entropy repairs what they would have.
     #[arg(long, env = "ONGGI_HINTS_MAX", default_value_t = onggi_node::cluster::HINTS_MAX_DEFAULT)]
     hints_max: u64,
-    /// Seconds a deleted item's tombstone is kept at least; it is then removed once every replica
-    /// of its partition has it (a replica that is down holds collection back).
+    /// Seconds a deleted item's tombstone is kept at least (15 or more: longer than any operation
+    /// runs, plus the clocks' disagreement); it is then removed once every replica of its
+    /// partition has it (a replica that is down holds collection back).
     #[arg(long, env = "ONGGI_TOMBSTONE_GRACE", default_value_t = onggi_node::cluster::TOMBSTONE_GRACE_DEFAULT.as_secs_f64())]
     tombstone_grace: f64,
     /// Seconds between two tombstone-collection rounds over one partition.
@@ -238,6 +239,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if !(args.ttl_interval.is_finite() && args.ttl_interval > 0.0) {
         return Err(format!("--ttl-interval must be a positive number of seconds, not {}", args.ttl_interval));
     }
+    let tombstone_grace =
+        Duration::try_from_secs_f64(args.tombstone_grace).map_err(|_| "--tombstone-grace: not a duration")?;
+    if tombstone_grace < onggi_node::cluster::TOMBSTONE_GRACE_MIN {
+        return Err(format!(
+            "--tombstone-grace {} is below {} seconds: a tombstone must outlive every operation begun before its \
+             delete, and the clocks' disagreement",
+            args.tombstone_grace,
+            onggi_node::cluster::TOMBSTONE_GRACE_MIN.as_secs()
+        ));
+    }
     let members = parse_members(&args.members)?;
     if !members.is_empty() || !args.seeds.is_empty() {
         let node_id = args.node_id.ok_or("--members and --seeds need --node-id")?;
@@ -260,7 +271,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         node.start_cluster(config).await?;
         node.set_hint_limit(args.hints_max);
         node.set_tombstone_collection(
-            Duration::try_from_secs_f64(args.tombstone_grace).map_err(|_| "--tombstone-grace: not a duration")?,
+            tombstone_grace,
             Duration::try_from_secs_f64(args.tombstone_interval).map_err(|_| "--tombstone-interval: not a duration")?,
         );
     }

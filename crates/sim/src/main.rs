@@ -24,12 +24,15 @@ fn main() -> ExitCode {
     let quiet = args.iter().any(|arg| arg == "--quiet");
     let mut failures = 0;
     let (mut operations, mut faults, mut converge) = (0, 0, Vec::new());
+    let (mut tombstones_removed, mut commits_dropped) = (0, 0);
     for seed in from..from.saturating_add(count) {
         let config = Config::from_seed(seed);
         let report = run(&config);
         operations += report.ok + report.failed + report.indeterminate;
         faults += report.partitions + report.crashes + report.pauses;
         converge.extend(report.converged_after_ms);
+        tombstones_removed += report.tombstones_removed;
+        commits_dropped += report.commits_dropped;
         if count == 1 {
             println!("{config:?}");
         }
@@ -49,7 +52,8 @@ fn main() -> ExitCode {
     let max = converge.last().copied().unwrap_or(0);
     println!(
         "seeds {from}..{}: {operations} client operations, {faults} partitions/crashes/pauses; replicas converged \
-         after healing in {median} ms median, {max} ms max (simulated)",
+         after healing in {median} ms median, {max} ms max (simulated); {tombstones_removed} tombstones collected, \
+         {commits_dropped} old commits dropped",
         from.saturating_add(count)
     );
     if failures > 0 {

@@ -47,6 +47,7 @@ use onggi_core::paxos::{
     Version,
 };
 use onggi_core::rng::Rng;
+use onggi_core::tombstones::{self, AdoptToken, Floors, LiveDigest, Next, Prepared, Round};
 
 use crate::linearizability::{self, Event as HistoryEvent, Op, Output};
 
@@ -99,6 +100,14 @@ const MERKLE_REQUEST_TIMEOUT_MS: u64 = 120;
 /// Comparisons one node runs at once: repair ticks start none while this many are running, so a
 /// node whose peers do not answer accumulates no state.
 const MERKLE_COMPARISONS_MAX: usize = 4;
+/// How far behind its node's clock a tombstone-collection round puts its floor, beyond the
+/// longest an operation runs and the clocks' disagreement (see [`World::collection_grace_ms`]).
+const COLLECTION_GRACE_MARGIN_MS: u64 = 100;
+/// A node starts a collection round on one in this many repair ticks.
+const COLLECTION_TICKS: u64 = 3;
+/// A round not over after this long is abandoned (its messages lost, a replica down) and the
+/// next may start.
+const COLLECTION_ROUND_MS: u64 = 500;
 
 const _: () = assert!(MERKLE_DEPTH <= merkle::DEPTH_MAX);
 const _: () = assert!(MERKLE_HASHES_PER_MESSAGE >= 1 && MERKLE_HASHES_PER_MESSAGE <= merkle::HASHES_PER_MESSAGE_MAX);
@@ -184,6 +193,10 @@ pub enum Sabotage {
     /// promising: a coordinator's lease then does not stop other writes in between, and its
     /// next write is built on a value that may no longer be current.
     BlindLeases,
+    /// Tombstone collection ignores the replicas' digests: a replica that still holds an old
+    /// version of an item the others deleted adopts the floor all the same, and the others remove
+    /// their tombstones.
+    CollectUnagreed,
 }
 
 impl Config {
@@ -275,6 +288,15 @@ pub struct Report {
     pub versions_synced: u64,
     /// Writes that started at the accept, on a lease of the coordinator's previous write.
     pub leases_used: u64,
+    /// Tombstone-collection rounds started, and of those, rounds whose floor every replica
+    /// adopted.
+    pub collection_rounds: u64,
+    /// See [`Report::collection_rounds`].
+    pub collection_rounds_adopted: u64,
+    /// Tombstones removed, over all replicas.
+    pub tombstones_removed: u64,
+    /// Commits dropped because their version was at or below the receiver's adopted floor.
+    pub commits_dropped: u64,
     /// Everything that went wrong; empty for a passing seed.
     pub violations: Vec<String>,
 }
@@ -285,8 +307,9 @@ impl Report {
         format!(
             "seed {}: {} ok, {} failed, {} indeterminate ({} contention, {} deadline, {} client timeout); {} messages \
              ({} dropped); {} partitions, {} crashes, {} pauses; {} Merkle comparisons ({} abandoned, {} found \
-             differences), {} versions transferred ({} repaired); {} writes on leases; layout change {}; converged {} \
-             ms after healing; {} violations",
+             differences), {} versions transferred ({} repaired); {} writes on leases; {} collection rounds ({} \
+             adopted), {} tombstones removed, {} old commits dropped; layout change {}; converged {} ms after \
+             healing; {} violations",
             self.seed,
             self.ok,
             self.failed,
@@ -305,6 +328,10 @@ impl Report {
             self.versions_transferred,
             self.versions_repaired,
             self.leases_used,
+            self.collection_rounds,
+            self.collection_rounds_adopted,
+            self.tombstones_removed,
+            self.commits_dropped,
             match self.reconfiguration {
                 None => "none".to_string(),
                 Some(kind) => format!(
@@ -423,6 +450,9 @@ enum Message {
         partition: PartitionId,
         versions: Vec<(Key, Version<Stored>)>,
         clean: bool,
+        /// The sender's tombstone-collection floors there: a new replica takes them over, so
+        /// that the new layout's quorums refuse what the old one's promised to refuse.
+        floors: Floors,
     },
     Accepted {
         op: OpRef,
@@ -432,6 +462,36 @@ enum Message {
     Commit {
         key: Key,
         version: Version<Stored>,
+    },
+    /// Tombstone collection (`onggi_core::tombstones`), initiator to every replica of
+    /// `partition`: promise `floor` partition-wide and answer.
+    CollectPrepare {
+        round: u64,
+        partition: PartitionId,
+        floor: Timestamp,
+        epoch: u64,
+    },
+    CollectPrepared {
+        round: u64,
+        prepared: Prepared,
+    },
+    /// Adopt `floor` if nothing moved since the answer `token` names.
+    CollectAdopt {
+        round: u64,
+        partition: PartitionId,
+        floor: Timestamp,
+        epoch: u64,
+        token: AdoptToken,
+    },
+    CollectAdopted {
+        round: u64,
+        adopted: bool,
+    },
+    /// Every replica adopted `floor`: remove the tombstones at or below it.
+    CollectNow {
+        partition: PartitionId,
+        floor: Timestamp,
+        epoch: u64,
     },
     /// Anti-entropy, initiator to responder: request number `step` of the comparison
     /// `comparison` (an id of the initiator's) of the trees of `partition`. The responder keeps
@@ -545,6 +605,20 @@ struct SimNode {
     sources: BTreeMap<PartitionId, BTreeSet<NodeId>>,
     /// What this node knows of who has caught up: per moved partition, new replicas that did.
     synced: BTreeMap<PartitionId, BTreeSet<NodeId>>,
+    /// Tombstone collection's floors per partition, persisted as soon as they change
+    /// (`durable_floors`).
+    floors: BTreeMap<PartitionId, Floors>,
+    durable_floors: BTreeMap<PartitionId, Floors>,
+    /// Commits at or below the promise floor applied per partition in this life (volatile).
+    old_commits: BTreeMap<PartitionId, u64>,
+    /// Drawn at each start: tells an adopt token of this life from one of an earlier life.
+    life: u64,
+    /// The collection round this node runs, if any: its id, partition and epoch.
+    collecting: Option<(u64, PartitionId, u64, Round)>,
+    /// When that round started (simulated ms).
+    collecting_since: u64,
+    /// The next round id (never reset, like comparison ids).
+    next_round: u64,
 }
 
 /// A Merkle comparison this node started with one other replica of a partition.
@@ -561,9 +635,11 @@ impl SimNode {
     /// Persists every change so far (a group commit covers earlier unsynced writes too).
     fn sync(&mut self) {
         for key in std::mem::take(&mut self.dirty) {
-            if let Some(state) = self.store.get(&key) {
-                self.durable.insert(key, state.clone());
-            }
+            match self.store.get(&key) {
+                Some(state) => self.durable.insert(key, state.clone()),
+                // Removed (a collected tombstone).
+                None => self.durable.remove(&key),
+            };
         }
     }
 
@@ -706,6 +782,13 @@ impl World {
                     durable_epoch: 0,
                     sources: BTreeMap::new(),
                     synced: BTreeMap::new(),
+                    floors: BTreeMap::new(),
+                    durable_floors: BTreeMap::new(),
+                    old_commits: BTreeMap::new(),
+                    life: 0,
+                    collecting: None,
+                    collecting_since: 0,
+                    next_round: 0,
                 }
             })
             .collect();
@@ -1008,6 +1091,12 @@ impl World {
                 if !self.admits(node, epoch, reply_to, op) {
                     return;
                 }
+                let floors = self.floors_of(node, key);
+                if floors.refuses(ballot) {
+                    let promise = Promise::Refused(floors.refusal());
+                    self.send(me, reply_to, Message::Promise { op, ballot, promise });
+                    return;
+                }
                 let (promise, changed) = self.nodes[node].acceptor(key).prepare(ballot);
                 if changed {
                     self.persist(node, key);
@@ -1019,6 +1108,12 @@ impl World {
                     return;
                 }
                 let ballot = proposal.ballot;
+                let floors = self.floors_of(node, key);
+                if floors.refuses(ballot) {
+                    let answer = Acceptance::Refused(floors.refusal());
+                    self.send(me, reply_to, Message::Accepted { op, ballot, answer });
+                    return;
+                }
                 let (answer, changed) = if self.config.sabotage == Some(Sabotage::BlindLeases) {
                     match self.nodes[node].acceptor(key).accept(proposal) {
                         (Acceptance::Accepted, changed) => (Acceptance::AcceptedPromising(next), changed),
@@ -1086,10 +1181,244 @@ impl World {
                 self.maybe_finish_change(node);
             }
             Message::SyncRequest { partition, epoch } => self.on_sync_request(node, reply_to, partition, epoch),
-            Message::SyncState { partition, versions, clean } => {
-                self.on_sync_state(node, from, partition, versions, clean);
+            Message::SyncState { partition, versions, clean, floors } => {
+                self.on_sync_state(node, from, partition, versions, clean, floors);
+            }
+            Message::CollectPrepare { round, partition, floor, epoch } => {
+                if let Some(prepared) = self.collect_prepare(node, partition, floor, epoch) {
+                    self.send(me, reply_to, Message::CollectPrepared { round, prepared });
+                }
+            }
+            Message::CollectAdopt { round, partition, floor, epoch, token } => {
+                if let Some(adopted) = self.collect_adopt(node, partition, floor, epoch, token) {
+                    self.send(me, reply_to, Message::CollectAdopted { round, adopted });
+                }
+            }
+            Message::CollectNow { partition, floor, epoch } => self.collect_now(node, partition, floor, epoch),
+            Message::CollectPrepared { round, mut prepared } => {
+                if self.config.sabotage == Some(Sabotage::CollectUnagreed) {
+                    prepared.digest = 0;
+                }
+                self.on_collection_answer(node, from, round, |round, id| round.on_prepared(id, prepared));
+            }
+            Message::CollectAdopted { round, adopted } => {
+                self.on_collection_answer(node, from, round, |round, id| round.on_adopted(id, adopted));
             }
             Message::Answer { .. } => {}
+        }
+    }
+
+    // ----- tombstone collection (see `onggi_core::tombstones`) -----
+
+    /// A round's floor lies this far behind its initiator's clock. An operation that made an
+    /// attempt before a delete may still be retrying until its deadline; were the delete's
+    /// tombstone (whose lineage names the attempt) gone by then, the retry could apply the
+    /// attempt again. So a tombstone waits out the longest operation (its deadline and a last
+    /// round) plus the most two clocks disagree (the initiator's floor against the coordinator's
+    /// deadline) — what `onggi serve --tombstone-grace` must respect too.
+    fn collection_grace_ms(&self) -> u64 {
+        OPERATION_DEADLINE_MS + ROUND_TIMEOUT_MS + 2 * self.config.faults.clock_skew_ms + COLLECTION_GRACE_MARGIN_MS
+    }
+
+    fn floors_of(&self, node: usize, key: Key) -> Floors {
+        self.nodes[node].floors.get(&self.partition_of(key)).copied().unwrap_or_default()
+    }
+
+    /// Whether `node` takes part in a round of `epoch` over `partition`: it is in that epoch, the
+    /// epoch has one replica set (no change running), and the node is in it.
+    fn collects_in(&self, node: usize, partition: PartitionId, epoch: u64) -> Option<Vec<NodeId>> {
+        if self.nodes[node].epoch != epoch || epoch == 1 {
+            return None;
+        }
+        let sets = self.layout_sets(epoch, partition);
+        let set = sets.into_iter().next()?;
+        set.contains(&self.nodes[node].id).then_some(set)
+    }
+
+    fn persist_floors(&mut self, node: usize, partition: PartitionId, floors: Floors) {
+        let state = &mut self.nodes[node];
+        state.floors.insert(partition, floors);
+        state.durable_floors.insert(partition, floors);
+        // The node persists floors with an fsync, which covers every commit written before.
+        state.sync();
+    }
+
+    /// A repair tick: sometimes start a round over a partition this node replicates (any of its
+    /// replicas may start one here — rounds over one partition may overlap; the node lets only
+    /// the first replica start them).
+    fn maybe_start_collection(&mut self, node: usize) {
+        let running = self.nodes[node].collecting.is_some();
+        if running && self.now < self.nodes[node].collecting_since + COLLECTION_ROUND_MS {
+            return;
+        }
+        if !self.rng.chance(1, COLLECTION_TICKS) {
+            return;
+        }
+        let epoch = self.nodes[node].epoch;
+        // A partition where this node holds a tombstone old enough, as a node's initiator looks
+        // for; else (half the time) any partition holding keys here, so rounds also run where
+        // there is nothing to collect.
+        let floor = tombstones::floor_at(self.physical_ms(node), self.collection_grace_ms());
+        let mut candidates: Vec<PartitionId> = self.nodes[node]
+            .store
+            .iter()
+            .filter(|(_, state)| {
+                state.committed.as_ref().is_some_and(|c| c.value.value.is_none() && c.ballot.time <= floor)
+            })
+            .map(|(&key, _)| self.partition_of(key))
+            .filter(|partition| self.nodes[node].trees.contains_key(partition))
+            .collect();
+        if candidates.is_empty() || self.rng.chance(1, 2) {
+            candidates = self.partitions_holding_keys(node);
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let partition = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let Some(replicas) = self.collects_in(node, partition, epoch) else { return };
+        let round = self.nodes[node].next_round;
+        self.nodes[node].next_round += 1;
+        self.nodes[node].collecting = Some((round, partition, epoch, Round::new(floor, replicas.clone())));
+        self.nodes[node].collecting_since = self.now;
+        self.report.collection_rounds += 1;
+        for replica in replicas {
+            let to = Endpoint::Node(self.index_of(replica));
+            self.send(Endpoint::Node(node), to, Message::CollectPrepare { round, partition, floor, epoch });
+        }
+    }
+
+    /// A replica's answer to round `round` of `node`'s: fed to the round if it is the one running.
+    fn on_collection_answer(
+        &mut self,
+        node: usize,
+        from: Endpoint,
+        round: u64,
+        feed: impl FnOnce(&mut Round, NodeId) -> Next,
+    ) {
+        let Endpoint::Node(replica) = from else { return };
+        let id = self.nodes[replica].id;
+        let Some((current, _, _, collecting)) = self.nodes[node].collecting.as_mut() else { return };
+        if *current != round {
+            return;
+        }
+        let next = feed(collecting, id);
+        self.collection_step(node, next);
+    }
+
+    fn collection_step(&mut self, node: usize, next: Next) {
+        let Some((round, partition, epoch, collecting)) = self.nodes[node].collecting.as_ref() else { return };
+        let (round, partition, epoch, floor) = (*round, *partition, *epoch, collecting.floor());
+        match next {
+            Next::Wait => {}
+            Next::Abandon(_) => self.nodes[node].collecting = None,
+            Next::Adopt(tokens) => {
+                for (replica, token) in tokens {
+                    let to = Endpoint::Node(self.index_of(replica));
+                    self.send(
+                        Endpoint::Node(node),
+                        to,
+                        Message::CollectAdopt { round, partition, floor, epoch, token },
+                    );
+                }
+            }
+            Next::Collect => {
+                self.nodes[node].collecting = None;
+                self.report.collection_rounds_adopted += 1;
+                for replica in self.layout_sets(epoch, partition).remove(0) {
+                    let to = Endpoint::Node(self.index_of(replica));
+                    self.send(Endpoint::Node(node), to, Message::CollectNow { partition, floor, epoch });
+                }
+            }
+        }
+    }
+
+    /// A replica's prepare: raise the promise floor (persisted), then answer what it holds.
+    fn collect_prepare(
+        &mut self,
+        node: usize,
+        partition: PartitionId,
+        floor: Timestamp,
+        epoch: u64,
+    ) -> Option<Prepared> {
+        self.collects_in(node, partition, epoch)?;
+        let mut floors = self.nodes[node].floors.get(&partition).copied().unwrap_or_default();
+        floors.promised = floors.promised.max(floor);
+        self.persist_floors(node, partition, floors);
+        let mut pending = false;
+        let mut live: Vec<([u8; 16], Ballot, bool)> = Vec::new();
+        for (&key, state) in &self.nodes[node].store {
+            if self.partition_of(key) != partition {
+                continue;
+            }
+            pending |= state.accepted.as_ref().is_some_and(|accepted| accepted.ballot.time <= floor);
+            if let Some(committed) = &state.committed {
+                live.push((tree_key(key), committed.ballot, committed.value.value.is_none()));
+            }
+        }
+        // In storage order, as a node's scan reads them.
+        live.sort();
+        let mut digest = LiveDigest::new(floor);
+        for (key, version, tombstone) in &live {
+            digest.add(key, *version, *tombstone);
+        }
+        let state = &self.nodes[node];
+        let token =
+            AdoptToken { life: state.life, old_commits: state.old_commits.get(&partition).copied().unwrap_or(0) };
+        Some(Prepared { pending, digest: digest.finish(), token })
+    }
+
+    fn collect_adopt(
+        &mut self,
+        node: usize,
+        partition: PartitionId,
+        floor: Timestamp,
+        epoch: u64,
+        token: AdoptToken,
+    ) -> Option<bool> {
+        self.collects_in(node, partition, epoch)?;
+        let state = &self.nodes[node];
+        let floors = state.floors.get(&partition).copied().unwrap_or_default();
+        let unmoved = token.life == state.life
+            && token.old_commits == state.old_commits.get(&partition).copied().unwrap_or(0)
+            && floors.promised >= floor;
+        if unmoved {
+            let adopted = Floors { adopted: floors.adopted.max(floor), ..floors };
+            self.persist_floors(node, partition, adopted);
+        }
+        Some(unmoved)
+    }
+
+    /// Removes the partition's tombstones at or below `floor` (not synced: a crash may bring
+    /// some back, for a later round), and their entries in the partition's Merkle tree.
+    fn collect_now(&mut self, node: usize, partition: PartitionId, floor: Timestamp, epoch: u64) {
+        if self.collects_in(node, partition, epoch).is_none() {
+            return;
+        }
+        let floors = self.nodes[node].floors.get(&partition).copied().unwrap_or_default();
+        let doomed: Vec<(Key, Ballot)> = self.nodes[node]
+            .store
+            .iter()
+            .filter(|(key, _)| self.partition_of(**key) == partition)
+            .filter_map(|(&key, state)| {
+                let committed = state.committed.as_ref()?;
+                let consensus = Some((state.promised, state.accepted.is_some()));
+                (committed.value.value.is_none()
+                    && tombstones::collectable(committed.ballot, floor, &floors, consensus))
+                .then_some((key, committed.ballot))
+            })
+            .collect();
+        for (key, ballot) in doomed {
+            let state = &mut self.nodes[node];
+            state.store.remove(&key);
+            state.dirty.insert(key);
+            self.report.tombstones_removed += 1;
+            if let Some(tree) = self.nodes[node].trees.get_mut(&partition)
+                && let Err(error) = tree.remove(&tree_key(key), &stamp(ballot))
+            {
+                self.report.violations.push(format!(
+                    "node {node}'s Merkle tree of {partition:?} could not drop collected key {key}: {error}"
+                ));
+            }
         }
     }
 
@@ -1107,6 +1436,14 @@ impl World {
     /// node's commit path does not wait for one). Returns whether the version was newer.
     fn commit(&mut self, node: usize, key: Key, version: Version<Stored>) -> bool {
         let partition = self.layout.partition_of_token(key_token(key));
+        let floors = self.nodes[node].floors.get(&partition).copied().unwrap_or_default();
+        if floors.drops(version.ballot) {
+            self.report.commits_dropped += 1;
+            return false;
+        }
+        if version.ballot.time <= floors.promised {
+            *self.nodes[node].old_commits.entry(partition).or_default() += 1;
+        }
         let ever = self.ever_holds(self.nodes[node].id, partition);
         let SimNode { store, dirty, trees, .. } = &mut self.nodes[node];
         let Some(tree) = trees.get_mut(&partition) else {
@@ -1318,7 +1655,8 @@ impl World {
             self.finish_in_background(node, key);
         }
         let clean = unfinished.is_empty();
-        self.send(Endpoint::Node(node), reply_to, Message::SyncState { partition, versions, clean });
+        let floors = self.nodes[node].floors.get(&partition).copied().unwrap_or_default();
+        self.send(Endpoint::Node(node), reply_to, Message::SyncState { partition, versions, clean, floors });
     }
 
     /// A new replica's side: merges the versions, and counts the sender once it answered clean;
@@ -1330,6 +1668,7 @@ impl World {
         partition: PartitionId,
         versions: Vec<(Key, Version<Stored>)>,
         clean: bool,
+        floors: Floors,
     ) {
         let Endpoint::Node(sender) = from else { return };
         let id = self.nodes[node].id;
@@ -1344,6 +1683,14 @@ impl World {
         if !clean {
             return;
         }
+        // An answer that counts carries floors every version it sent respects: promised by every
+        // old replica before the change (no quorum of the old layout accepts below them), and
+        // adopted over data this node now has. Taking them over, persisted before this node
+        // counts as caught up, makes every quorum of the new layout refuse the same old ballots.
+        let mut mine = self.nodes[node].floors.get(&partition).copied().unwrap_or_default();
+        mine.promised = mine.promised.max(floors.promised);
+        mine.adopted = mine.adopted.max(floors.adopted);
+        self.persist_floors(node, partition, mine);
         let sender = self.nodes[sender].id;
         let old = self.layout.replicas(partition).to_vec();
         let sources = self.nodes[node].sources.entry(partition).or_default();
@@ -1619,10 +1966,16 @@ impl World {
         for key in stale {
             self.finish_in_background(node, key);
         }
+        self.maybe_start_collection(node);
         if self.config.sabotage == Some(Sabotage::NoAntiEntropy) {
             return;
         }
         self.start_comparison(node);
+    }
+
+    /// The partitions `node` replicates whose tree holds entries here.
+    fn partitions_holding_keys(&self, node: usize) -> Vec<PartitionId> {
+        self.nodes[node].trees.iter().filter(|(_, tree)| !tree.is_empty()).map(|(&partition, _)| partition).collect()
     }
 
     /// Starts a Merkle comparison of one partition this node replicates, picked at random, with
@@ -1634,12 +1987,7 @@ impl World {
         if self.nodes[node].comparisons.len() >= MERKLE_COMPARISONS_MAX {
             return;
         }
-        let held: Vec<PartitionId> = self.nodes[node]
-            .trees
-            .iter()
-            .filter(|(_, tree)| !tree.is_empty())
-            .map(|(&partition, _)| partition)
-            .collect();
+        let held = self.partitions_holding_keys(node);
         if held.is_empty() {
             return;
         }
@@ -1846,6 +2194,9 @@ impl World {
         state.sources.clear();
         state.synced.clear();
         state.comparisons.clear();
+        state.floors = state.durable_floors.clone();
+        state.old_commits.clear();
+        state.collecting = None;
         // The clock survives only as far as physical time carries it: a restarted node's HLC
         // starts from its wall clock (ballots stay unique by node id and persisted promises).
         state.clock = Clock::new();
@@ -1861,6 +2212,8 @@ impl World {
         state.up = true;
         state.incarnation += 1;
         let incarnation = state.incarnation;
+        let life = self.rng.next_u64();
+        self.nodes[node].life = life;
         let delay = self.rng.below(REPAIR_INTERVAL_MS);
         self.schedule(delay, Event::Repair { node, incarnation });
     }

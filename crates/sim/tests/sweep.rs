@@ -181,3 +181,18 @@ fn leases_without_promises_are_caught() {
     eprintln!("{used} writes on leases in the 40 honest runs");
     assert!(used > 0);
 }
+
+/// A tombstone may go only once every replica agrees on what lies below the round's floor: a
+/// round that ignores a replica still holding an old version of a deleted item leaves that
+/// replica apart for good (it drops the repairs below its floor) or lets the version come back.
+#[test]
+fn collecting_tombstones_without_agreement_is_caught() {
+    let sabotaged = |seed: u64| {
+        let mut config = Config::from_seed(seed);
+        config.sabotage = Some(Sabotage::CollectUnagreed);
+        config
+    };
+    let caught = (300..600).filter(|&seed| !run(&sabotaged(seed)).violations.is_empty()).count();
+    eprintln!("collection without agreement caught in {caught} of 300 runs");
+    assert!(caught > 0);
+}

@@ -187,7 +187,14 @@ impl Node {
             None => self.inner.catalog.tables().iter().map(|table| table.schema.id.clone()).collect(),
             Some(_) => Vec::new(),
         };
-        Ok(CatchUpReply { records, more, clean, tables })
+        // Read after the partition was found clean, with this node in the change's epoch, where
+        // tombstone collection has stopped: the floors every version sent respects.
+        let floors = self
+            .table_floors(&cluster, &request.table_id)?
+            .partition(partition)
+            .map(|part| part.floors())
+            .unwrap_or_default();
+        Ok(CatchUpReply { records, more, clean, tables, floors })
     }
 
     /// Whether `partition` of `table` holds no unfinished proposal here; if it does, they are
@@ -239,6 +246,7 @@ impl Node {
     ) -> Result<bool, String> {
         let mut after = None;
         let mut clean = true;
+        let mut floors = onggi_core::tombstones::Floors::default();
         loop {
             let request =
                 CatchUp { epoch, table_id: table.schema.id.clone(), partition: partition.0, after: after.clone() };
@@ -263,6 +271,7 @@ impl Node {
             }
             if after.is_none() {
                 clean = reply.clean;
+                floors = reply.floors;
                 let catalog = &self.inner.catalog;
                 if let Some(unknown) =
                     reply.tables.iter().find(|id| catalog.get_by_id(id).is_none() && !catalog.was_deleted(id))
@@ -271,6 +280,12 @@ impl Node {
                 }
             }
             if !reply.more {
+                if clean {
+                    // An answer that counts: take over the old replica's collection floors, so
+                    // that quorums of the new layout refuse what the old one promised to refuse
+                    // and nothing it collected comes back here (see `tombstones.rs`).
+                    self.raise_floors(cluster, &table.schema.id, partition, floors).await?;
+                }
                 return Ok(clean);
             }
             after = reply.records.last().map(|(key, _)| key.clone());

@@ -66,7 +66,10 @@ mod topology;
 
 pub use hints::HINTS_MAX_DEFAULT;
 pub use status::render_status;
-pub use tombstones::{GRACE_DEFAULT as TOMBSTONE_GRACE_DEFAULT, INTERVAL_DEFAULT as TOMBSTONE_INTERVAL_DEFAULT};
+pub use tombstones::{
+    GRACE_DEFAULT as TOMBSTONE_GRACE_DEFAULT, GRACE_MIN as TOMBSTONE_GRACE_MIN,
+    INTERVAL_DEFAULT as TOMBSTONE_INTERVAL_DEFAULT,
+};
 pub mod wire;
 
 use std::collections::BTreeMap;

@@ -17,8 +17,22 @@
 //!   [`PHASE_TIMEOUT`]; a replica that does not answer ends the round (collection waits for every
 //!   replica to be back). A collect removes at most [`COLLECT_MAX`] tombstones a round; more are
 //!   left for the next.
-//! - A partition given away (`catch_up.rs`) has its floors reset, so a node that replicates it
-//!   again later starts from zero. Floors of a deleted table are removed at the next start.
+//! - **Layout changes.** Rounds stop while the layout changes (replicas refuse a phase of
+//!   another epoch, or while changing). A new replica of a moved partition takes over the floors
+//!   of every old replica whose answer counts towards its catching up (the answer carries them,
+//!   `wire::CatchUpReply::floors`): the old replicas promised not to accept below them, and the
+//!   new layout's quorums — every one of which holds a caught-up replica — must refuse the same
+//!   ballots, or a version below an old replica's adopted floor could be chosen without it and
+//!   then be dropped by it for good (the simulator found exactly that). A partition given away
+//!   (`catch_up.rs`) has its floors reset, so a node that replicates it again later starts from
+//!   the floors it takes over then. Floors of a deleted table are removed at the next start.
+//! - **The grace.** A round's floor lies `grace` behind its initiator's clock, and `grace` must
+//!   exceed the longest an operation runs ([`super::OPERATION_DEADLINE`] and a last round) plus
+//!   the most two nodes' clocks disagree: an operation that made an attempt before a delete and
+//!   is still retrying after the tombstone went could no longer tell from the item (its
+//!   tombstone carried the lineage naming the attempt) that the attempt was applied, and would
+//!   apply it again (the simulator found that too, with a grace of 300 ms). The command line
+//!   refuses a grace below [`GRACE_MIN`]; the default tolerates clocks 49 s apart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +60,10 @@ const COLLECT_MAX: usize = 4_096;
 /// Default age a tombstone reaches before a round may collect it (the floor's distance behind the
 /// present): far above any operation's retries, so live rounds never meet the promise floor.
 pub const GRACE_DEFAULT: Duration = Duration::from_secs(60);
+/// The least grace `onggi serve` accepts: the operation deadline, a last round, and 4 s of
+/// clock disagreement between nodes.
+pub const GRACE_MIN: Duration = Duration::from_secs(15);
+const _: () = assert!(GRACE_MIN.as_secs() >= super::OPERATION_DEADLINE.as_secs() + super::ROUND_TIMEOUT.as_secs() + 4);
 /// Default time between two rounds over one partition.
 pub const INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// The state tree's key prefix of floors.
@@ -219,6 +237,28 @@ impl Node {
         let mut batch = WriteBatch::new();
         batch.put(&cluster.state_tree, floors_key(table_id, partition), floors.encode());
         self.commit_batch(batch, Durability::Sync, || {}).await.map_err(|error| error.message)
+    }
+
+    /// Raises a partition's floors to at least `to`, durably (a new replica taking over an old
+    /// one's while catching up).
+    pub(super) async fn raise_floors(
+        &self,
+        cluster: &Cluster,
+        table_id: &str,
+        partition: PartitionId,
+        to: Floors,
+    ) -> Result<(), String> {
+        let floors = self.table_floors(cluster, table_id)?;
+        let Some(part) = floors.partition(partition) else { return Ok(()) };
+        let _gate = part.gate.write().await;
+        let current = part.floors();
+        let raised = Floors { promised: current.promised.max(to.promised), adopted: current.adopted.max(to.adopted) };
+        if raised == current {
+            return Ok(());
+        }
+        self.persist_floors(cluster, table_id, partition.0, raised).await?;
+        *lock(&part.floors) = raised;
+        Ok(())
     }
 
     /// Forgets a partition's floors (it was given away), durably.

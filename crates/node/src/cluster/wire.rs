@@ -17,7 +17,7 @@ use onggi_core::layout::NodeId;
 use onggi_core::merkle::{self, Digest, Refusal, Shape};
 use onggi_core::paxos::{Acceptance, Ballot, Knowledge, Lineage, Lineaged, Promise, Version};
 use onggi_core::record::Record;
-use onggi_core::tombstones::{AdoptToken, Prepared};
+use onggi_core::tombstones::{AdoptToken, Floors, Prepared};
 use std::ops::Bound;
 
 use onggi_model::{Item, codec};
@@ -26,7 +26,7 @@ use onggi_storage::Direction;
 use crate::reads::{Page, Piece, Range, RangeInput, RawEntries, StrictEntries};
 
 /// The payload format version this build writes and reads.
-pub const WIRE_FORMAT_VERSION: u8 = 3;
+pub const WIRE_FORMAT_VERSION: u8 = 4;
 
 /// Transport tags: what a payload is.
 pub mod tag {
@@ -967,6 +967,9 @@ pub struct CatchUpReply {
     /// On the first page: the ids of every table the old replica knows (the new one catches up
     /// only once it knows them all: a table missing here would go uncopied).
     pub tables: Vec<String>,
+    /// The old replica's tombstone-collection floors of the partition: a new replica takes them
+    /// over from answers that count (see `super::tombstones`).
+    pub floors: Floors,
 }
 
 /// Encodes a [`CatchUp`]: `[version][epoch u64][table id u16 len][partition u32][after: 0 | 1 +
@@ -1002,7 +1005,7 @@ pub fn decode_catch_up(bytes: &[u8]) -> Result<CatchUp, WireError> {
 }
 
 /// Encodes a [`CatchUpReply`]: `[version][records][more u8][clean u8][tables: u32 count, each
-/// u16 len + id]`.
+/// u16 len + id][floors: promised u64, adopted u64]`.
 pub fn encode_catch_up_reply(reply: &CatchUpReply) -> Vec<u8> {
     let mut out = Writer::new();
     write_records(&mut out, &reply.records);
@@ -1012,6 +1015,8 @@ pub fn encode_catch_up_reply(reply: &CatchUpReply) -> Vec<u8> {
     for table in &reply.tables {
         out.bytes16(table.as_bytes());
     }
+    out.u64(reply.floors.promised.0);
+    out.u64(reply.floors.adopted.0);
     out.0
 }
 
@@ -1022,8 +1027,9 @@ pub fn decode_catch_up_reply(bytes: &[u8]) -> Result<CatchUpReply, WireError> {
     let more = input.u8()? == 1;
     let clean = input.u8()? == 1;
     let tables = (0..input.count(2)?).map(|_| input.table_id()).collect::<Result<Vec<_>, _>>()?;
+    let floors = Floors { promised: Timestamp(input.u64()?), adopted: Timestamp(input.u64()?) };
     input.finish()?;
-    Ok(CatchUpReply { records, more, clean, tables })
+    Ok(CatchUpReply { records, more, clean, tables, floors })
 }
 
 #[cfg(test)]
@@ -1077,6 +1083,18 @@ mod tests {
             }
         }
         assert_eq!(decode_table_deleted(&encode_table_deleted("abc")), Ok("abc".into()));
+    }
+
+    #[test]
+    fn catch_up_replies_carry_the_floors() {
+        let floors = Floors { promised: Timestamp(90), adopted: Timestamp(70) };
+        let records = vec![(vec![1, 2, 3], vec![4, 5])];
+        let reply = CatchUpReply { records, more: true, clean: true, tables: vec!["t-1".into()], floors };
+        let bytes = encode_catch_up_reply(&reply);
+        assert_eq!(decode_catch_up_reply(&bytes), Ok(reply));
+        for cut in 0..bytes.len() {
+            assert!(decode_catch_up_reply(&bytes[..cut]).is_err());
+        }
     }
 
     #[test]

@@ -615,9 +615,12 @@ async fn hinted_handoff() {
 
 /// Items written, then half of them deleted, in the tombstone-collection test.
 const COLLECTED_ITEMS: usize = 60;
-/// How long the test gives rounds to run while a replica is down (an anti-entropy sweep of a
-/// table, which offers each partition a round, takes about 5 s when idle).
-const HELD_BACK_FOR: Duration = Duration::from_secs(7);
+/// The tombstones' grace in the test: the least `onggi serve` accepts.
+const GRACE_SECONDS: u64 = 15;
+/// How long the test gives rounds to run while a replica is down: past the grace, then more
+/// than an anti-entropy sweep of the table, which offers each partition a round (about 5 s when
+/// idle).
+const HELD_BACK_FOR: Duration = Duration::from_secs(GRACE_SECONDS + 8);
 /// How soon after the replica's return every tombstone must be gone: hints bring it the deletes
 /// within a second, then the next sweep's rounds collect (about 5 s; more under CI's load).
 const COLLECTION_BOUND: Duration = Duration::from_secs(30);
@@ -633,7 +636,8 @@ async fn tombstones_are_collected_only_once_every_replica_has_them() {
 }
 
 async fn tombstone_collection() {
-    let mut cluster = Cluster::start_with(3, &["--tombstone-grace", "0.3", "--tombstone-interval", "0.1"]);
+    let grace = GRACE_SECONDS.to_string();
+    let mut cluster = Cluster::start_with(3, &["--tombstone-grace", &grace, "--tombstone-interval", "0.1"]);
     let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
     let table = crate::harness::unique_name("tombstones");
     create_table(&client(&endpoints[0]), &table).await;
