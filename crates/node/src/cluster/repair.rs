@@ -561,7 +561,7 @@ impl Node {
         if let Some(peer) = self.pick_peer(cluster, partition) {
             self.compare(cluster, table, partition, peer, &mut work).await;
         }
-        self.offer_collection_round(cluster, table, partition).await;
+        self.offer_collection_round(cluster, table, partition);
         work
     }
 

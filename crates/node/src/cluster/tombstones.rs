@@ -13,7 +13,8 @@
 //! - **The initiator** of a partition is its first replica in the layout, so one node runs its
 //!   rounds; anti-entropy's walk offers it a round on each visit, and it runs one at most every
 //!   `interval`, when it holds a tombstone at or below the floor (or the last round left some
-//!   behind), while the layout is not changing. Every phase goes to every replica with a
+//!   behind), while the layout is not changing — in a background task, one round at a time. (A
+//!   tombstone only another replica holds reaches the initiator through anti-entropy first.) Every phase goes to every replica with a
 //!   [`PHASE_TIMEOUT`]; a replica that does not answer ends the round (collection waits for every
 //!   replica to be back). A collect removes at most [`COLLECT_MAX`] tombstones a round; more are
 //!   left for the next.
@@ -116,6 +117,8 @@ pub(crate) struct Collector {
     /// When this node last started a round over a (table id, partition), and whether that round
     /// left tombstones behind.
     rounds: Mutex<HashMap<(String, u32), (Instant, bool)>>,
+    /// Set while a round (or its check) runs: one at a time per node.
+    running: std::sync::atomic::AtomicBool,
     pub(crate) stats: CollectionStats,
 }
 
@@ -160,6 +163,7 @@ impl Collector {
             grace_ms: AtomicU64::new(GRACE_DEFAULT.as_millis() as u64),
             interval_ms: AtomicU64::new(INTERVAL_DEFAULT.as_millis() as u64),
             rounds: Mutex::new(HashMap::new()),
+            running: std::sync::atomic::AtomicBool::new(false),
             stats: CollectionStats::default(),
         }
     }
@@ -450,14 +454,36 @@ impl Node {
 
     // ----- initiator -----
 
-    /// Runs a round over `partition` of `table` if this node is its initiator and one is due
-    /// (see the module docs). Called by anti-entropy's walk on each visit.
-    pub(super) async fn offer_collection_round(
+    /// Offers `partition` of `table` a round (anti-entropy's walk does, on each visit): started
+    /// in the background when none is running here, so a replica that does not answer (a round
+    /// waits up to [`PHASE_TIMEOUT`] per phase for it) never slows the walk.
+    pub(super) fn offer_collection_round(
         &self,
         cluster: &Arc<Cluster>,
         table: &Arc<TableHandle>,
         partition: PartitionId,
     ) {
+        if cluster.collector.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        /// Clears the running flag however the task ends.
+        struct Running(Arc<Cluster>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.collector.running.store(false, Ordering::Release);
+            }
+        }
+        let running = Running(cluster.clone());
+        let (node, table) = (self.clone(), table.clone());
+        tokio::spawn(async move {
+            node.collection_round_if_due(&running.0, &table, partition).await;
+            drop(running);
+        });
+    }
+
+    /// Runs a round over `partition` of `table` if this node is its initiator and one is due
+    /// (see the module docs).
+    async fn collection_round_if_due(&self, cluster: &Arc<Cluster>, table: &Arc<TableHandle>, partition: PartitionId) {
         let (replicas, epoch) = {
             let layout = cluster.layout();
             if layout.changing() {
@@ -628,7 +654,7 @@ mod tests {
             let cluster = node.cluster().unwrap().clone();
             let table = node.inner.catalog.get("repairs").unwrap();
             for partition in cluster.layout().partitions_of(cluster.me).collect::<Vec<_>>() {
-                node.offer_collection_round(&cluster, &table, partition).await;
+                node.collection_round_if_due(&cluster, &table, partition).await;
             }
         }
     }
