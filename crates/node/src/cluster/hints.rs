@@ -548,7 +548,7 @@ async fn deliver(node: Weak<Inner>) {
         tokio::time::sleep(DELIVERY_INTERVAL).await;
         let Some(inner) = node.upgrade() else { return };
         let node = Node { inner };
-        let Some(cluster) = node.cluster().cloned() else { return };
+        let Some(cluster) = node.cluster().cloned() else { continue };
         node.deliver_hints_once(&cluster, &mut cursors).await;
     }
 }

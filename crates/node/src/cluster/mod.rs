@@ -369,13 +369,13 @@ impl Node {
         let incarnation = self.inner.random_below(1 << 32);
         self.inner.node_id.store(ballot_node(config.node_id, incarnation), std::sync::atomic::Ordering::Relaxed);
         self.inner.cluster.set(Arc::new(cluster)).map_err(|_| "the cluster was already started".to_string())?;
-        if self.cluster().is_some() {
-            self.spawn_repair();
-            self.spawn_catalog_sync();
-            self.spawn_hint_delivery();
-            self.spawn_topology_gossip();
-            self.spawn_catch_up();
-        }
+        // Even for a cluster of one (which works as a single node until a second member joins):
+        // each task idles while the node has no peers.
+        self.spawn_repair();
+        self.spawn_catalog_sync();
+        self.spawn_hint_delivery();
+        self.spawn_topology_gossip();
+        self.spawn_catch_up();
         tracing::info!(node = config.node_id, members, replication, "joined the cluster");
         Ok(())
     }

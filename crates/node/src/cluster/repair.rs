@@ -491,9 +491,11 @@ async fn walk(node: Weak<Inner>) {
         let started = Instant::now();
         let (tables, partitions) = {
             let Some(node) = upgrade() else { return };
-            let Some(cluster) = node.cluster() else { return };
-            let partitions: Vec<PartitionId> = cluster.layout().held_by(cluster.me);
-            (node.inner.catalog.names(), partitions)
+            match node.cluster() {
+                Some(cluster) => (node.inner.catalog.names(), cluster.layout().held_by(cluster.me)),
+                // A cluster of one, until a member joins.
+                None => (Vec::new(), Vec::new()),
+            }
         };
         if tables.is_empty() || partitions.is_empty() {
             tokio::time::sleep(IDLE_PAUSE).await;
@@ -504,7 +506,7 @@ async fn walk(node: Weak<Inner>) {
                 let visit_started = Instant::now();
                 let visit = {
                     let Some(node) = upgrade() else { return };
-                    let Some(cluster) = node.cluster().cloned() else { return };
+                    let Some(cluster) = node.cluster().cloned() else { break };
                     let Some(table) = node.inner.catalog.get(name) else { break };
                     // A task of its own, so that a bug that panics ends one visit, not the walk.
                     tokio::spawn(async move { node.visit(&cluster, &table, partition).await })
@@ -519,7 +521,7 @@ async fn walk(node: Weak<Inner>) {
             }
         }
         let Some(node) = upgrade() else { return };
-        let Some(cluster) = node.cluster() else { return };
+        let Some(cluster) = node.cluster() else { continue };
         cluster.repair.stats.sweeps.fetch_add(1, Ordering::Relaxed);
         let counts = cluster.repair.stats.snapshot();
         tracing::debug!(

@@ -178,7 +178,8 @@ impl Topology {
         replication: usize,
         members: &[(u64, SocketAddr)],
     ) -> Result<Topology, String> {
-        let replication = replication.min(members.len());
+        // N is kept even while the cluster has fewer members (a cluster of one has one replica
+        // per partition): each partition gains replicas as members join, up to N.
         Topology::from_record(TopologyRecord {
             epoch: 0,
             partitions,

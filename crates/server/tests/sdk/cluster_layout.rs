@@ -301,3 +301,98 @@ async fn join_and_decommission() {
     assert_eq!(scanned as usize, expected.len() + 1, "a scan through node 4 (the counter included)");
     drop(cluster);
 }
+
+/// Items a single node holds before it grows into a cluster.
+const ITEMS_ALONE: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_node_grows_into_a_three_node_cluster() {
+    if skip_without_own_server("growth test") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, grow()).await.expect("the growth test exceeded its time bound");
+}
+
+/// A node started as a cluster of one (`--members` naming itself) serves alone, then two nodes
+/// join it one after the other: every partition ends with three replicas, each holding every
+/// item, and the cluster keeps serving strict reads with the first node killed.
+async fn grow() {
+    let mut cluster = Cluster::start(1);
+    let table = crate::harness::unique_name("grow");
+    let alone = client(&cluster.endpoint(0));
+    alone
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute_definition("pk", ScalarAttributeType::S))
+        .key_schema(key_element("pk", KeyType::Hash))
+        .send()
+        .await
+        .expect("create the table");
+    wait_active(&alone, &table).await;
+    for i in 0..ITEMS_ALONE {
+        let put = alone.put_item().table_name(&table).set_item(Some(item([("pk", s(&format!("g-{i}"))), ("v", n(i))])));
+        put.send().await.expect("put on the single node");
+    }
+    for i in 0..ITEMS_ALONE / 10 {
+        alone.delete_item().table_name(&table).key("pk", s(&format!("g-{i}"))).send().await.expect("delete");
+    }
+    for id in 2..=3u64 {
+        let (index, address) = cluster.start_seeded_node();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let join = onggi_cluster(&[
+            "join",
+            "--endpoint",
+            &cluster.endpoint(0),
+            "--node-id",
+            &id.to_string(),
+            "--address",
+            &address,
+        ]);
+        join.unwrap_or_else(|error| panic!("join of node {id}: {error}; logs:\n{}", cluster.logs()));
+        let endpoints: Vec<String> = (0..=index).map(|i| cluster.endpoint(i)).collect();
+        let took = wait_for_epoch(&endpoints, 2 * (id - 1))
+            .await
+            .unwrap_or_else(|error| panic!("join of node {id} did not finish: {error}; logs:\n{}", cluster.logs()));
+        println!("growth test: node {id} joined in {} ms", took.as_millis());
+    }
+    // Three replicas of every partition: every node holds them all.
+    for i in 0..3 {
+        let status = status(&cluster.endpoint(i)).expect("status");
+        assert_eq!(status["replication"], 3, "node {}: {status}", i + 1);
+        for member in status["members"].as_array().expect("members") {
+            assert_eq!(member["partitions"], 256, "node {}'s view: {status}", i + 1);
+        }
+    }
+    let expected: std::collections::BTreeSet<String> =
+        (ITEMS_ALONE / 10..ITEMS_ALONE).map(|i| format!("g-{i}")).collect();
+    let read_all = |endpoint: String, table: String| async move {
+        let client = client(&endpoint);
+        let mut keys = std::collections::BTreeSet::new();
+        let mut start = None;
+        loop {
+            let page = client
+                .scan()
+                .table_name(&table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap_or_else(|error| panic!("scan through {endpoint}: {error:?}"));
+            keys.extend(page.items().iter().filter_map(|item| item.get("pk")?.as_s().ok().cloned()));
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return keys,
+            }
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(read_all(cluster.endpoint(i), table.clone()).await, expected, "through node {}", i + 1);
+    }
+    // Each new node holds its own replica of every item: with the first node gone, the other
+    // two still form a majority of every partition.
+    cluster.nodes[0].take().expect("node 1").kill_hard();
+    for i in 1..3 {
+        assert_eq!(read_all(cluster.endpoint(i), table.clone()).await, expected, "node 1 down, through node {}", i + 1);
+    }
+}
