@@ -1278,7 +1278,12 @@ impl Node {
         } else {
             piece.partitions.clone()
         };
-        match partitions.iter().find(|&&p| !layout.replicas(onggi_core::layout::PartitionId(p)).contains(&me)) {
+        // A replica of either layout while one changes: a new replica still catching up may hold
+        // less than the old ones, which is why a strict read asks a majority of each set (what
+        // it lacks is seen elsewhere and read through consensus), and eventually consistent
+        // pieces only go to the current layout's replicas.
+        let holds = |p: u32| layout.sets(onggi_core::layout::PartitionId(p)).iter().any(|set| set.contains(&me));
+        match partitions.iter().find(|&&p| !holds(p)) {
             Some(partition) => Err(DynamoError::internal(format!("partition {partition} is not replicated here"))),
             None => Ok(()),
         }

@@ -134,9 +134,10 @@ pub(crate) struct Cluster {
     /// The layout epoch, its layouts and the members' addresses (`topology.rs`), replaced whole
     /// when this node adopts a newer one (`Node::update_topology`).
     topology: std::sync::RwLock<Arc<Topology>>,
-    /// Members known (old and new layouts'), kept beside the topology for the per-request check
-    /// of whether this node is on a cluster at all.
-    members: std::sync::atomic::AtomicUsize,
+    /// Other members known (old and new layouts'), kept beside the topology for the per-request
+    /// check of whether this node works with peers at all (a cluster of one does not; a node
+    /// started with seeds does, from the start).
+    others: std::sync::atomic::AtomicUsize,
     /// Serializes adoptions of newer topologies (each is persisted before it is used).
     adopting: tokio::sync::Mutex<()>,
     /// Held (read) by a replica from its epoch check until its action is persisted, and (write)
@@ -244,11 +245,15 @@ impl Handler for PeerHandler {
             }
             wire::tag::MERKLE => node.answer_merkle(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::RANGE_SYNC => node.answer_range_sync(&payload).await.map(Bytes::from).map_err(HandlerError::new),
-            wire::tag::RANGE_READ => node.answer_range_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
-            wire::tag::INDEX_READ => node.answer_index_read(&payload).await.map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::RANGE_READ => {
+                node.answer_range_read(&payload, from.addr).await.map(Bytes::from).map_err(HandlerError::new)
+            }
+            wire::tag::INDEX_READ => {
+                node.answer_index_read(&payload, from.addr).await.map(Bytes::from).map_err(HandlerError::new)
+            }
             wire::tag::TABLE_COUNTS => node.answer_table_counts(&payload).map(Bytes::from).map_err(HandlerError::new),
             wire::tag::STRICT_READ => {
-                node.answer_strict_read(&payload).await.map(Bytes::from).map_err(HandlerError::new)
+                node.answer_strict_read(&payload, from.addr).await.map(Bytes::from).map_err(HandlerError::new)
             }
             wire::tag::TOMBSTONES => node.answer_collection(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::CATALOG_SYNC => {
@@ -344,11 +349,12 @@ impl Node {
         };
         let replication = topology.replica_count();
         let members = topology.addresses().count();
+        let others = topology.addresses().filter(|(id, _)| id.0 != config.node_id).count();
         let hints = hints::Hints::open(&self.inner.engine).await?;
         let cluster = Cluster {
             me: NodeId(config.node_id),
             topology: std::sync::RwLock::new(Arc::new(topology)),
-            members: std::sync::atomic::AtomicUsize::new(members),
+            others: std::sync::atomic::AtomicUsize::new(others),
             adopting: tokio::sync::Mutex::new(()),
             epoch_gate: tokio::sync::RwLock::new(()),
             adopted_at: std::sync::atomic::AtomicU64::new(u64::MAX),
@@ -376,13 +382,23 @@ impl Node {
         self.spawn_hint_delivery();
         self.spawn_topology_gossip();
         self.spawn_catch_up();
+        if config.members.is_empty() {
+            // A node started with seeds learns the tables before it serves a request (catalog
+            // sync would bring them within a second or two).
+            for &seed in &config.seeds {
+                match self.pull_catalog(seed).await {
+                    Ok(_) => break,
+                    Err(error) => tracing::debug!(%error, %seed, "no catalog from this seed"),
+                }
+            }
+        }
         tracing::info!(node = config.node_id, members, replication, "joined the cluster");
         Ok(())
     }
 
     /// The cluster, when this node is part of one with other members.
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.inner.cluster.get().filter(|cluster| cluster.members.load(std::sync::atomic::Ordering::Relaxed) > 1)
+        self.inner.cluster.get().filter(|cluster| cluster.others.load(std::sync::atomic::Ordering::Relaxed) > 0)
     }
 
     pub(crate) fn consensus_tree(&self, cluster: &Cluster, table: &TableHandle) -> Result<Tree, DynamoError> {

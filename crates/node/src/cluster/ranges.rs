@@ -19,6 +19,7 @@
 //! A replica that does not answer is skipped for the rest of the page; a partition without a
 //! reachable replica (a majority, for a consistent read) fails the page with a retryable error.
 
+use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,8 +279,9 @@ impl Node {
     }
 
     /// Answers a peer's [`wire::tag::INDEX_READ`].
-    pub(super) async fn answer_index_read(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+    pub(super) async fn answer_index_read(&self, payload: &[u8], sender: SocketAddr) -> Result<Vec<u8>, String> {
         let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
+        self.learn_table_from(&piece.table_id, sender).await;
         let node = self.clone();
         let raw = tokio::task::spawn_blocking(move || node.read_index_piece(&piece))
             .await
@@ -288,9 +290,20 @@ impl Node {
         Ok(wire::encode_raw_entries(&raw))
     }
 
+    /// A piece may name a table this node has not learned yet (it joined a moment ago, or missed
+    /// the creation): ask the sender's catalog first, as catalog sync would within a second.
+    async fn learn_table_from(&self, table_id: &str, sender: SocketAddr) {
+        if self.inner.catalog.get_by_id(table_id).is_none()
+            && let Err(error) = self.pull_catalog(sender).await
+        {
+            tracing::debug!(%error, %sender, "the catalog of a reader's sender was not compared");
+        }
+    }
+
     /// Answers a peer's [`wire::tag::STRICT_READ`].
-    pub(super) async fn answer_strict_read(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+    pub(super) async fn answer_strict_read(&self, payload: &[u8], sender: SocketAddr) -> Result<Vec<u8>, String> {
         let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
+        self.learn_table_from(&piece.table_id, sender).await;
         let node = self.clone();
         let strict = tokio::task::spawn_blocking(move || node.read_strict_piece(&piece))
             .await
@@ -300,8 +313,9 @@ impl Node {
     }
 
     /// Answers a peer's [`wire::tag::RANGE_READ`].
-    pub(super) async fn answer_range_read(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+    pub(super) async fn answer_range_read(&self, payload: &[u8], sender: SocketAddr) -> Result<Vec<u8>, String> {
         let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
+        self.learn_table_from(&piece.table_id, sender).await;
         let node = self.clone();
         // A piece reads up to 1 MB from storage: off the async workers.
         let page = tokio::task::spawn_blocking(move || node.read_piece(&piece))

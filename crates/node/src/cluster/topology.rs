@@ -450,7 +450,8 @@ impl Node {
             // or below the clock's time now.
             cluster.adopted_at.store(self.inner.version().time.0, std::sync::atomic::Ordering::Relaxed);
         }
-        cluster.members.store(topology.addresses().count(), std::sync::atomic::Ordering::Relaxed);
+        let others = topology.addresses().filter(|(id, _)| *id != cluster.me).count();
+        cluster.others.store(others, std::sync::atomic::Ordering::Relaxed);
         *cluster.topology.write().unwrap_or_else(std::sync::PoisonError::into_inner) = topology.clone();
         Ok(Some(topology))
     }

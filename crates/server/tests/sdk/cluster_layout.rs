@@ -337,33 +337,6 @@ async fn grow() {
     for i in 0..ITEMS_ALONE / 10 {
         alone.delete_item().table_name(&table).key("pk", s(&format!("g-{i}"))).send().await.expect("delete");
     }
-    for id in 2..=3u64 {
-        let (index, address) = cluster.start_seeded_node();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let join = onggi_cluster(&[
-            "join",
-            "--endpoint",
-            &cluster.endpoint(0),
-            "--node-id",
-            &id.to_string(),
-            "--address",
-            &address,
-        ]);
-        join.unwrap_or_else(|error| panic!("join of node {id}: {error}; logs:\n{}", cluster.logs()));
-        let endpoints: Vec<String> = (0..=index).map(|i| cluster.endpoint(i)).collect();
-        let took = wait_for_epoch(&endpoints, 2 * (id - 1))
-            .await
-            .unwrap_or_else(|error| panic!("join of node {id} did not finish: {error}; logs:\n{}", cluster.logs()));
-        println!("growth test: node {id} joined in {} ms", took.as_millis());
-    }
-    // Three replicas of every partition: every node holds them all.
-    for i in 0..3 {
-        let status = status(&cluster.endpoint(i)).expect("status");
-        assert_eq!(status["replication"], 3, "node {}: {status}", i + 1);
-        for member in status["members"].as_array().expect("members") {
-            assert_eq!(member["partitions"], 256, "node {}'s view: {status}", i + 1);
-        }
-    }
     let expected: std::collections::BTreeSet<String> =
         (ITEMS_ALONE / 10..ITEMS_ALONE).map(|i| format!("g-{i}")).collect();
     let read_all = |endpoint: String, table: String| async move {
@@ -386,6 +359,51 @@ async fn grow() {
             }
         }
     };
+    for id in 2..=3u64 {
+        let (index, address) = cluster.start_seeded_node();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let join = onggi_cluster(&[
+            "join",
+            "--endpoint",
+            &cluster.endpoint(0),
+            "--node-id",
+            &id.to_string(),
+            "--address",
+            &address,
+        ]);
+        join.unwrap_or_else(|error| panic!("join of node {id}: {error}; logs:\n{}", cluster.logs()));
+        let endpoints: Vec<String> = (0..=index).map(|i| cluster.endpoint(i)).collect();
+        // Strict scans while the change runs (through the new node too, whose replicas are
+        // still catching up): each returns exactly the items.
+        let started = Instant::now();
+        let mut scans = 0;
+        while started.elapsed() < CHANGE_BOUND
+            && endpoints
+                .iter()
+                .any(|endpoint| status(endpoint).ok().and_then(|s| s["layout_epoch"].as_u64()) != Some(2 * (id - 1)))
+        {
+            let endpoint = endpoints[scans % endpoints.len()].clone();
+            assert_eq!(
+                read_all(endpoint.clone(), table.clone()).await,
+                expected,
+                "during the join of node {id}, through {endpoint}"
+            );
+            scans += 1;
+        }
+        wait_for_epoch(&endpoints, 2 * (id - 1))
+            .await
+            .unwrap_or_else(|error| panic!("join of node {id} did not finish: {error}; logs:\n{}", cluster.logs()));
+        let took = started.elapsed().as_millis();
+        println!("growth test: node {id} joined in {took} ms; {scans} strict scans during the change");
+    }
+    // Three replicas of every partition: every node holds them all.
+    for i in 0..3 {
+        let status = status(&cluster.endpoint(i)).expect("status");
+        assert_eq!(status["replication"], 3, "node {}: {status}", i + 1);
+        for member in status["members"].as_array().expect("members") {
+            assert_eq!(member["partitions"], 256, "node {}'s view: {status}", i + 1);
+        }
+    }
     for i in 0..3 {
         assert_eq!(read_all(cluster.endpoint(i), table.clone()).await, expected, "through node {}", i + 1);
     }
