@@ -280,48 +280,40 @@ impl Node {
 
     /// Answers a peer's [`wire::tag::INDEX_READ`].
     pub(super) async fn answer_index_read(&self, payload: &[u8], sender: SocketAddr) -> Result<Vec<u8>, String> {
-        let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
-        self.learn_table_from(&piece.table_id, sender).await;
-        let node = self.clone();
-        let raw = tokio::task::spawn_blocking(move || node.read_index_piece(&piece))
-            .await
-            .map_err(|error| error.to_string())?
-            .map_err(|error| error.message)?;
-        Ok(wire::encode_raw_entries(&raw))
-    }
-
-    /// A piece may name a table this node has not learned yet (it joined a moment ago, or missed
-    /// the creation): ask the sender's catalog first, as catalog sync would within a second.
-    async fn learn_table_from(&self, table_id: &str, sender: SocketAddr) {
-        if self.inner.catalog.get_by_id(table_id).is_none()
-            && let Err(error) = self.pull_catalog(sender).await
-        {
-            tracing::debug!(%error, %sender, "the catalog of a reader's sender was not compared");
-        }
+        self.answer_piece(payload, sender, Node::read_index_piece, wire::encode_raw_entries).await
     }
 
     /// Answers a peer's [`wire::tag::STRICT_READ`].
     pub(super) async fn answer_strict_read(&self, payload: &[u8], sender: SocketAddr) -> Result<Vec<u8>, String> {
-        let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
-        self.learn_table_from(&piece.table_id, sender).await;
-        let node = self.clone();
-        let strict = tokio::task::spawn_blocking(move || node.read_strict_piece(&piece))
-            .await
-            .map_err(|error| error.to_string())?
-            .map_err(|error| error.message)?;
-        Ok(wire::encode_strict_entries(&strict))
+        self.answer_piece(payload, sender, Node::read_strict_piece, wire::encode_strict_entries).await
     }
 
     /// Answers a peer's [`wire::tag::RANGE_READ`].
     pub(super) async fn answer_range_read(&self, payload: &[u8], sender: SocketAddr) -> Result<Vec<u8>, String> {
+        self.answer_piece(payload, sender, Node::read_piece, wire::encode_page).await
+    }
+
+    /// A peer's piece: decoded, its table learned from the sender if this node does not know it
+    /// yet (it joined a moment ago, or missed the creation: catalog sync would bring it within a
+    /// second), read by `read` off the async workers (up to 1 MB from storage), and encoded.
+    async fn answer_piece<T: Send + 'static>(
+        &self,
+        payload: &[u8],
+        sender: SocketAddr,
+        read: fn(&Node, &Piece) -> Result<T, DynamoError>,
+        encode: fn(&T) -> Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
         let piece = wire::decode_piece(payload).map_err(|error| error.to_string())?;
-        self.learn_table_from(&piece.table_id, sender).await;
+        if self.inner.catalog.get_by_id(&piece.table_id).is_none()
+            && let Err(error) = self.pull_catalog(sender).await
+        {
+            tracing::debug!(%error, %sender, "the catalog of a reader's sender was not compared");
+        }
         let node = self.clone();
-        // A piece reads up to 1 MB from storage: off the async workers.
-        let page = tokio::task::spawn_blocking(move || node.read_piece(&piece))
+        let answer = tokio::task::spawn_blocking(move || read(&node, &piece))
             .await
             .map_err(|error| error.to_string())?
             .map_err(|error| error.message)?;
-        Ok(wire::encode_page(&page))
+        Ok(encode(&answer))
     }
 }

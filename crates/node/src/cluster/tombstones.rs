@@ -143,6 +143,23 @@ fn floors_key(table_id: &str, partition: u32) -> Vec<u8> {
     format!("{FLOORS_PREFIX}{table_id}/{partition}").into_bytes()
 }
 
+/// Feeds a phase's answers to the round; returns what comes next, or why the round stops (a
+/// replica that did not answer, answered nonsense, or made the round abandon).
+fn feed(
+    replies: Vec<(NodeId, Result<CollectionReply, String>)>,
+    mut on_reply: impl FnMut(NodeId, CollectionReply) -> Result<Next, String>,
+) -> Result<Next, String> {
+    let mut next = Next::Wait;
+    for (node, reply) in replies {
+        let reply = reply.map_err(|error| format!("node {} did not answer: {error}", node.0))?;
+        next = on_reply(node, reply)?;
+        if let Next::Abandon(why) = &next {
+            return Err(format!("{why:?}"));
+        }
+    }
+    Ok(next)
+}
+
 /// A stored record's version and whether it is a tombstone, from format 2's header when it can
 /// (`[2][flags][time u64][node u64]`, flag bit 0 = tombstone), else by decoding it.
 fn record_header(bytes: &[u8]) -> Result<(Ballot, bool), String> {
@@ -542,34 +559,19 @@ impl Node {
             |phase| Collection { table_id: table.schema.id.clone(), partition: partition.0, epoch, floor, phase };
         let prepared =
             self.collection_phase_everywhere(cluster, &replicas, |_| request(CollectionPhase::Prepare)).await;
-        let mut next = Next::Wait;
-        for (node, reply) in prepared {
-            next = match reply {
-                Ok(CollectionReply::Prepared(answer)) => round.on_prepared(node, answer),
-                Ok(other) => return Err(format!("node {} answered a prepare with {other:?}", node.0)),
-                Err(error) => return Err(format!("node {} did not prepare: {error}", node.0)),
-            };
-            if let Next::Abandon(why) = next {
-                return Err(format!("{why:?}"));
-            }
-        }
-        let Next::Adopt(tokens) = std::mem::replace(&mut next, Next::Wait) else {
-            return Err("the prepare did not complete".into());
-        };
+        let next = feed(prepared, |node, reply| match reply {
+            CollectionReply::Prepared(answer) => Ok(round.on_prepared(node, answer)),
+            other => Err(format!("node {} answered a prepare with {other:?}", node.0)),
+        })?;
+        let Next::Adopt(tokens) = next else { return Err("the prepare did not complete".into()) };
         let tokens: HashMap<NodeId, AdoptToken> = tokens.into_iter().collect();
         let adopted = self
             .collection_phase_everywhere(cluster, &replicas, |node| request(CollectionPhase::Adopt(tokens[&node])))
             .await;
-        for (node, reply) in adopted {
-            next = match reply {
-                Ok(CollectionReply::Adopted(adopted)) => round.on_adopted(node, adopted),
-                Ok(other) => return Err(format!("node {} answered an adopt with {other:?}", node.0)),
-                Err(error) => return Err(format!("node {} did not adopt: {error}", node.0)),
-            };
-            if let Next::Abandon(why) = next {
-                return Err(format!("{why:?}"));
-            }
-        }
+        let next = feed(adopted, |node, reply| match reply {
+            CollectionReply::Adopted(adopted) => Ok(round.on_adopted(node, adopted)),
+            other => Err(format!("node {} answered an adopt with {other:?}", node.0)),
+        })?;
         if next != Next::Collect {
             return Err("the adopt did not complete".into());
         }
