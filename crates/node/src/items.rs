@@ -242,10 +242,10 @@ impl Node {
         Ok(record.item)
     }
 
-    /// Writes `new` (or, for `None`, removes the record) as the version of `key` that replaces `old`, with the index
-    /// entries that change, in one atomic durable batch; then accounts for it and releases the
-    /// item's lock. Both happen in the storage completion, so they happen exactly when the write
-    /// is durable even if the caller stops waiting (a cancelled request).
+    /// Writes `new` (or, for `None`, removes the record) as the version of `key` that replaces
+    /// `old`, with the index entries that change, in one atomic durable batch; then accounts for
+    /// it and releases the item's lock. Both happen in the storage completion, so they happen
+    /// exactly when the write is durable even if the caller stops waiting (a cancelled request).
     pub(crate) async fn write_current(
         &self,
         table: &Arc<TableHandle>,
