@@ -6,7 +6,9 @@
 //! for its counts ([`wire::tag::TABLE_COUNTS`]) and reports the sum divided by the replication
 //! factor (every item is stored N times). Once replicas have converged the figure is exact; while
 //! one lags, or when a member does not answer within [`COUNTS_TIMEOUT`], it is an estimate — as
-//! DynamoDB's own counts are, which it refreshes about every six hours.
+//! DynamoDB's own counts are, which it refreshes about every six hours. The answering node first
+//! waits (a moment, bounded) for the commits it sent to other replicas, so a client that writes
+//! and then describes through one node sees its writes counted.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -21,6 +23,8 @@ use crate::catalog::TableHandle;
 
 /// How long the node answering DescribeTable waits for the other members' counts.
 const COUNTS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long it waits, first, for the commits it sent to be acknowledged.
+const COMMITS_SETTLE_MAX: Duration = Duration::from_millis(500);
 
 /// This node's counts for `table`.
 fn local_counts(table: &TableHandle) -> TableCounts {
@@ -56,7 +60,19 @@ impl Node {
             return;
         }
         let cluster = cluster.clone();
-        let replication = cluster.layout().record().replication.max(1) as u64;
+        // The writes this node coordinated a moment ago reach their other replicas first (or
+        // become hints), so a client that writes and then describes through one node counts
+        // its own writes, as on one node; bounded, since a replica may be down.
+        let deadline = tokio::time::Instant::now() + COMMITS_SETTLE_MAX;
+        loop {
+            let settled = cluster.commits_settled.notified();
+            if cluster.commits_in_flight.load(Ordering::Acquire) == 0
+                || tokio::time::timeout_at(deadline, settled).await.is_err()
+            {
+                break;
+            }
+        }
+        let replication = cluster.layout().replica_count().max(1) as u64;
         let payload = Bytes::from(wire::encode_table_deleted(&table.schema.id));
         let mut asks = tokio::task::JoinSet::new();
         for peer in cluster.peers() {

@@ -162,6 +162,10 @@ pub(crate) struct Cluster {
     leases: leases::Leases,
     /// Tombstone collection's floors, rounds and counters (`tombstones.rs`).
     collector: tombstones::Collector,
+    /// Commits this node sent to other replicas and has not yet seen acknowledged or kept as
+    /// hints, and a signal when that count falls to zero (DescribeTable's counts wait for it).
+    commits_in_flight: std::sync::atomic::AtomicUsize,
+    commits_settled: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -366,6 +370,8 @@ impl Node {
             hints,
             leases: leases::Leases::default(),
             collector: tombstones::Collector::new(self.inner.random_below(u64::MAX)),
+            commits_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            commits_settled: tokio::sync::Notify::new(),
         };
         match self.forget_floors_of_deleted_tables(&cluster) {
             Ok(0) => {}
@@ -902,8 +908,12 @@ impl Node {
             for &replica in replicas.iter().filter(|&&replica| replica != cluster.me) {
                 let (node, cluster, payload, chosen) = (self.clone(), cluster.clone(), payload.clone(), chosen.clone());
                 let (table_id, key) = (table_id.to_string(), key.to_vec());
+                cluster.commits_in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 tokio::spawn(async move {
                     node.commit_or_hint(&cluster, replica, &table_id, &key, payload, &chosen).await;
+                    if cluster.commits_in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                        cluster.commits_settled.notify_waiters();
+                    }
                 });
             }
         }
