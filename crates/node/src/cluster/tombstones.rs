@@ -667,6 +667,16 @@ mod tests {
         (read(&stats.rounds), read(&stats.rounds_abandoned), read(&stats.removed), read(&stats.commits_dropped))
     }
 
+    /// Three nodes whose tombstones may go as soon as a round runs (the tests run rounds
+    /// themselves, one operation at a time, so no operation outlives a zero grace).
+    async fn three_collecting_nodes() -> (Vec<Node>, Vec<std::net::SocketAddr>) {
+        let (nodes, addresses) = three_nodes().await;
+        for node in &nodes {
+            node.set_tombstone_collection(Duration::ZERO, Duration::ZERO);
+        }
+        (nodes, addresses)
+    }
+
     async fn get(node: &Node, pk: &str, sk: u64) -> bool {
         let key = serde_json::json!({"TableName": "repairs", "Key": {"pk": {"S": pk}, "sk": {"N": sk.to_string()}},
                                      "ConsistentRead": true});
@@ -676,10 +686,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tombstones_go_once_every_replica_has_them_and_old_versions_stay_gone() {
-        let (nodes, addresses) = three_nodes().await;
-        for node in &nodes {
-            node.set_tombstone_collection(Duration::ZERO, Duration::ZERO);
-        }
+        let (nodes, addresses) = three_collecting_nodes().await;
         for sk in 0..20 {
             put(&nodes[0], "p", sk, "first").await;
         }
@@ -742,10 +749,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_replica_that_missed_the_delete_holds_collection_back_until_repaired() {
-        let (nodes, addresses) = three_nodes().await;
-        for node in &nodes {
-            node.set_tombstone_collection(Duration::ZERO, Duration::ZERO);
-        }
+        let (nodes, addresses) = three_collecting_nodes().await;
         for sk in 0..6 {
             put(&nodes[0], "q", sk, "first").await;
         }
