@@ -267,10 +267,10 @@ pub struct TableSchema {
     /// The table's tags.
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
-    /// Which change of the table this description is: on a cluster, the hybrid-logical-clock
-    /// time of the last CreateTable, UpdateTable, UpdateTimeToLive or tagging that changed it (0
-    /// in descriptions written before revisions), so members keep the newest description whatever
-    /// order they hear of changes in.
+    /// Which change of the table this description is: the hybrid-logical-clock time of the last
+    /// CreateTable, UpdateTable, UpdateTimeToLive or tagging that changed it, always above the
+    /// revision of the change before (0 in descriptions written before revisions), so cluster
+    /// members keep the newest description whatever order they hear of changes in.
     #[serde(default)]
     pub revision: u64,
 }

@@ -112,7 +112,7 @@ impl Node {
             expressions.names = request.get("ExpressionAttributeNames").and_then(Json::as_object);
             expressions.attributes_to_get = request.get("AttributesToGet");
             let prepared = Prepared::from(expressions.resolve()?);
-            let table = self.table(name).map_err(|_| batch_table_not_found())?;
+            let table = self.table(name).await.map_err(|_| batch_table_not_found())?;
             prepared.check_against(&table.schema)?;
             let mut seen = HashSet::new();
             let mut keys = Vec::new();
@@ -133,7 +133,7 @@ impl Node {
         let mut returned_bytes = 0usize;
         let mut capacities = Vec::new();
         for plan in plans {
-            let table = self.table(&plan.table).map_err(|_| batch_table_not_found())?;
+            let table = self.table(&plan.table).await.map_err(|_| batch_table_not_found())?;
             let mut items = Vec::new();
             let mut unprocessed = Vec::new();
             let mut units = 0.0;
@@ -188,7 +188,7 @@ impl Node {
         }
         let mut plans: Vec<(String, Vec<(Json, WritePlan)>)> = Vec::new();
         for (name, requests) in tables {
-            let table = self.table(name).map_err(|_| batch_table_not_found())?;
+            let table = self.table(name).await.map_err(|_| batch_table_not_found())?;
             let mut seen = HashSet::new();
             let mut writes = Vec::new();
             for raw in requests.as_array().into_iter().flatten() {

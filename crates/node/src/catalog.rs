@@ -28,6 +28,41 @@ const DELETED_KEY_PREFIX: &str = "deleted/";
 /// Most deletions remembered; the oldest are forgotten first.
 pub const DELETED_TABLES_REMEMBERED: usize = 10_000;
 
+/// The catalog's name for the system table of table descriptions (`crate::registry`): a name no
+/// DynamoDB table can have (`:` is not allowed in table names), so no request can reach it.
+pub const REGISTRY_TABLE_NAME: &str = "onggi:tables";
+/// The registry's table id: not a UUID, so no user table ever has it.
+pub const REGISTRY_TABLE_ID: &str = "onggi-tables";
+/// The registry's partition key attribute: the table name.
+pub const REGISTRY_KEY: &str = "name";
+
+/// The registry's description: built in, the same on every node, never stored in the catalog
+/// tree, never changed.
+fn registry_schema() -> TableSchema {
+    use onggi_model::table::{BillingMode, KeyAttribute, KeySchema, KeyType};
+    TableSchema {
+        format_version: TABLE_SCHEMA_FORMAT_VERSION,
+        name: REGISTRY_TABLE_NAME.to_string(),
+        id: REGISTRY_TABLE_ID.to_string(),
+        key: KeySchema {
+            partition: KeyAttribute { name: REGISTRY_KEY.to_string(), value_type: KeyType::S },
+            sort: None,
+        },
+        attribute_definitions: vec![(REGISTRY_KEY.to_string(), KeyType::S)],
+        billing_mode: BillingMode::PayPerRequest,
+        read_capacity_units: 0,
+        write_capacity_units: 0,
+        local_indexes: Vec::new(),
+        global_indexes: Vec::new(),
+        created_ms: 0,
+        pay_per_request_since_ms: None,
+        deletion_protection: true,
+        ttl_attribute: None,
+        tags: BTreeMap::new(),
+        revision: 0,
+    }
+}
+
 /// Live statistics of one table (one table id): shared by every handle of that table, so that a
 /// write that started before an UpdateTable still counts after it.
 #[derive(Debug, Default)]
@@ -183,6 +218,15 @@ impl Catalog {
             newest_timestamp = newest_timestamp.max(newest);
             tables.insert(handle.schema.name.clone(), Arc::new(handle));
         }
+        // The registry sits among the tables so that everything replicating tables — consensus,
+        // hints, anti-entropy, layout changes — replicates it too; `get`, `names` and `user_tables`
+        // leave it out.
+        let registry = registry_schema();
+        let tree = engine.open_tree(&items_tree_name(&registry)).map_err(|error| error.to_string())?;
+        let handle = TableHandle { schema: registry, tree, stats: Arc::default(), indexes: Vec::new() };
+        newest_timestamp =
+            newest_timestamp.max(recount(&*engine, &handle.tree, &handle.stats, REGISTRY_TABLE_NAME, 0)?);
+        tables.insert(REGISTRY_TABLE_NAME.to_string(), Arc::new(handle));
         // The item encoding version is recorded per record; this assertion keeps the two in step.
         debug_assert_eq!(ITEM_FORMAT_VERSION, 1);
         Ok(Catalog {
@@ -195,12 +239,26 @@ impl Catalog {
         })
     }
 
-    /// The table named `name`, if it exists.
+    /// The user table named `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<Arc<TableHandle>> {
+        if name == REGISTRY_TABLE_NAME {
+            return None;
+        }
         self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
-    /// The table whose unique id is `id`, if it exists (how cluster messages name tables). A scan
+    /// The registry of table descriptions (a system table; see `crate::registry`).
+    pub fn registry(&self) -> Arc<TableHandle> {
+        self.tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(REGISTRY_TABLE_NAME)
+            .cloned()
+            .expect("the registry is loaded with the catalog and never removed")
+    }
+
+    /// The table whose unique id is `id`, if it exists, the registry included (how cluster
+    /// messages name tables). A scan
     /// of the handles under the read lock, without allocating: a node holds at most a few thousand
     /// tables.
     pub fn get_by_id(&self, id: &str) -> Option<Arc<TableHandle>> {
@@ -208,13 +266,15 @@ impl Catalog {
         tables.values().find(|table| table.schema.id == id).cloned()
     }
 
-    /// Every table name, sorted.
+    /// Every user table's name, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
+        let tables = self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tables.keys().filter(|name| *name != REGISTRY_TABLE_NAME).cloned().collect()
     }
 
     /// Durably records a new or changed schema and publishes it. The caller holds `changes`.
     pub async fn store(&self, schema: TableSchema) -> Result<Arc<TableHandle>, StorageError> {
+        assert_ne!(schema.id, REGISTRY_TABLE_ID, "the registry's description is built in");
         let tree = self.engine.open_tree(&items_tree_name(&schema))?;
         let previous = self.get(&schema.name).filter(|previous| previous.schema.id == schema.id);
         let indexes = open_indexes(&*self.engine, &schema, previous.as_deref())?;
@@ -242,15 +302,21 @@ impl Catalog {
         self.deleted.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(id)
     }
 
-    /// Every table's handle.
+    /// Every table's handle, the registry included: what the cluster replicates.
     pub fn tables(&self) -> Vec<Arc<TableHandle>> {
         self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Every user table's handle (the registry left out).
+    pub fn user_tables(&self) -> Vec<Arc<TableHandle>> {
+        let tables = self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tables.iter().filter(|(name, _)| *name != REGISTRY_TABLE_NAME).map(|(_, table)| table.clone()).collect()
     }
 
     /// Durably removes a table and its data, remembering the deletion (`time`: the clock's time
     /// now). The caller holds `changes`.
     pub async fn remove(&self, name: &str, time: u64) -> Result<Option<Arc<TableHandle>>, StorageError> {
-        let Some(handle) = self.get(name) else { return Ok(None) };
+        let Some(handle) = self.get(name) else { return Ok(None) }; // never the registry
         let mut batch = WriteBatch::new();
         batch.delete(&self.catalog_tree, format!("{TABLE_KEY_PREFIX}{name}").into_bytes());
         batch.put(

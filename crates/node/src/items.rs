@@ -223,8 +223,23 @@ impl Node {
         Ok(Some(answer))
     }
 
-    pub(crate) fn table(&self, name: &str) -> Result<Arc<TableHandle>, DynamoError> {
-        self.inner.catalog.get(name).ok_or_else(table_not_found)
+    /// The table named `name`. On a cluster, a table this node has not heard of yet (an
+    /// announcement it missed, or that has not arrived) is looked up in the registry.
+    pub(crate) async fn table(&self, name: &str) -> Result<Arc<TableHandle>, DynamoError> {
+        if let Some(table) = self.inner.catalog.get(name) {
+            return Ok(table);
+        }
+        self.learn_table(name).await.ok_or_else(table_not_found)
+    }
+
+    /// Learns the table named `name` from the registry if this node has not heard of it (see
+    /// [`Node::table`]), for requests that look their table up later without waiting.
+    pub(crate) async fn learn_unknown_table(&self, name: Option<&str>) {
+        if let Some(name) = name
+            && self.inner.catalog.get(name).is_none()
+        {
+            self.learn_table(name).await;
+        }
     }
 
     /// Whether `table` is still the catalog's description of its table.
@@ -301,7 +316,7 @@ impl Node {
         )?;
         let prepared = expressions::for_put(&input)?;
         loop {
-            let table = self.table(name)?;
+            let table = self.table(name).await?;
             prepared.check_against(&table.schema)?;
             let item = item_from_json(raw_item)?;
             let key = Self::checked_put_key(&table, &item)?;
@@ -351,7 +366,7 @@ impl Node {
         let options = WriteOptions { return_values: ReturnValues::None, return_old_on_failure: false, report };
         let prepared = expressions::Prepared::unconditional();
         loop {
-            let table = self.table(name)?;
+            let table = self.table(name).await?;
             let key = Self::checked_put_key(&table, &item)?;
             if let Some(output) = self.put_once(&table, key, item.clone(), &prepared, &options).await? {
                 return Ok(output.consumed_capacity);
@@ -369,7 +384,7 @@ impl Node {
         let options = WriteOptions { return_values: ReturnValues::None, return_old_on_failure: false, report };
         let prepared = expressions::Prepared::unconditional();
         loop {
-            let table = self.table(name)?;
+            let table = self.table(name).await?;
             let ItemKey { partition, sort } = table.schema.key_from_key_map(key)?;
             let storage_key = item_key(&partition, sort.as_ref());
             if let Some(output) =
@@ -385,7 +400,7 @@ impl Node {
         let raw_key = required_key(input.key.as_ref())?;
         let report = CapacityReport::parse(input.return_consumed_capacity.as_deref())?;
         let prepared = expressions::for_get(&input)?;
-        let table = self.table(name)?;
+        let table = self.table(name).await?;
         prepared.check_against(&table.schema)?;
         let (_, key) = Self::key_of(&table, raw_key)?;
         let consistent = input.consistent_read.unwrap_or(false);
@@ -407,7 +422,7 @@ impl Node {
             if !consistent {
                 return self.read_one_replica(&cluster, table, key).await;
             }
-            let table = self.table(&table.schema.name)?;
+            let table = self.table(&table.schema.name).await?;
             let keep = |_: Option<&Item>| Ok((Effect::Keep, ()));
             return self
                 .execute_replicated(&cluster, &table, key.to_vec(), true, WriteOrigin::Client, keep)
@@ -439,7 +454,7 @@ impl Node {
             input.return_item_collection_metrics.as_deref(),
         )?;
         loop {
-            let table = self.table(name)?;
+            let table = self.table(name).await?;
             let prepared = expressions::for_update(&input, &table.schema)?;
             prepared.check_against(&table.schema)?;
             let (key_item, key) = Self::key_of(&table, raw_key)?;
@@ -500,7 +515,7 @@ impl Node {
         )?;
         let prepared = expressions::for_delete(&input)?;
         loop {
-            let table = self.table(name)?;
+            let table = self.table(name).await?;
             prepared.check_against(&table.schema)?;
             let (_, key) = Self::key_of(&table, raw_key)?;
             if let Some(output) = self.delete_once(&table, key, &prepared, &options, WriteOrigin::Client).await? {

@@ -28,6 +28,7 @@ mod indexing;
 mod items;
 mod meta;
 mod reads;
+mod registry;
 mod tables;
 
 use std::path::PathBuf;

@@ -23,6 +23,7 @@ use serde_json::{Value as Json, json};
 use crate::catalog::TableHandle;
 use crate::describe::ACCOUNT_ID;
 use crate::items::{Effect, WriteOrigin};
+use crate::registry::Change;
 use crate::tables::{storage_error, table_not_found};
 use crate::{Node, wall_clock_ms};
 
@@ -143,29 +144,26 @@ impl Node {
                 "Names of key attributes and attributes projected into an index must be between 1 and 255 characters, inclusive",
             ));
         }
-        let catalog = &self.inner.catalog;
-        let change = catalog.changes.lock().await;
-        let table = catalog.get(name).ok_or_else(table_not_found)?;
-        let mut schema = table.schema.clone();
-        match (&schema.ttl_attribute, enabled) {
-            (Some(current), _) if current != attribute => {
-                return Err(validation("TimeToLive is active on a different AttributeName"));
+        self.change_table(name, |current| {
+            let mut schema = current.ok_or_else(table_not_found)?.clone();
+            match (&schema.ttl_attribute, enabled) {
+                (Some(current), _) if current != attribute => {
+                    return Err(validation("TimeToLive is active on a different AttributeName"));
+                }
+                (Some(_), true) => return Err(validation("TimeToLive is already enabled")),
+                (None, false) => return Err(validation("TimeToLive is already disabled")),
+                _ => {}
             }
-            (Some(_), true) => return Err(validation("TimeToLive is already enabled")),
-            (None, false) => return Err(validation("TimeToLive is already disabled")),
-            _ => {}
-        }
-        schema.ttl_attribute = enabled.then(|| attribute.to_string());
-        schema.revision = self.inner.version().time.0;
-        let handle = catalog.store(schema).await.map_err(storage_error)?;
-        drop(change);
-        self.announce_table_schema(&handle.schema).await;
+            schema.ttl_attribute = enabled.then(|| attribute.to_string());
+            Ok((Change::Store(Box::new(schema)), ()))
+        })
+        .await?;
         Ok(json!({"TimeToLiveSpecification": {"Enabled": enabled, "AttributeName": attribute}}))
     }
 
     pub(crate) async fn describe_time_to_live_impl(&self, input: TableNameInput) -> Result<Json, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        let table = self.table(name)?;
+        let table = self.table(name).await?;
         Ok(json!({"TimeToLiveDescription": ttl_description(&table.schema)}))
     }
 
@@ -189,6 +187,7 @@ impl Node {
             return Err(not_found());
         }
         if operation == TagOperation::List {
+            self.learn_unknown_table(Some(name)).await;
             let table = self.inner.catalog.get(name).ok_or_else(not_found)?;
             let tags: Vec<Json> =
                 table.schema.tags.iter().map(|(key, value)| json!({"Key": key, "Value": value})).collect();
@@ -205,29 +204,26 @@ impl Node {
                 TagChange::Remove(keys.iter().filter_map(Json::as_str).map(str::to_string).collect())
             }
         };
-        let catalog = &self.inner.catalog;
-        let catalog_change = catalog.changes.lock().await;
-        let table = catalog.get(name).ok_or_else(not_found)?;
-        let mut schema = table.schema.clone();
-        match change {
-            TagChange::Add(tags) => {
-                for (key, value) in tags {
-                    schema.tags.insert(key, value);
+        self.change_table(name, |current| {
+            let mut schema = current.ok_or_else(not_found)?.clone();
+            match &change {
+                TagChange::Add(tags) => {
+                    for (key, value) in tags {
+                        schema.tags.insert(key.clone(), value.clone());
+                    }
+                    if schema.tags.len() > TAGS_MAX {
+                        return Err(DynamoError::new(ErrorKind::LimitExceeded, "Too many tags attached to resource"));
+                    }
                 }
-                if schema.tags.len() > TAGS_MAX {
-                    return Err(DynamoError::new(ErrorKind::LimitExceeded, "Too many tags attached to resource"));
+                TagChange::Remove(keys) => {
+                    for key in keys {
+                        schema.tags.remove(key);
+                    }
                 }
             }
-            TagChange::Remove(keys) => {
-                for key in keys {
-                    schema.tags.remove(&key);
-                }
-            }
-        }
-        schema.revision = self.inner.version().time.0;
-        let handle = catalog.store(schema).await.map_err(storage_error)?;
-        drop(catalog_change);
-        self.announce_table_schema(&handle.schema).await;
+            Ok((Change::Store(Box::new(schema)), ()))
+        })
+        .await?;
         Ok(json!({}))
     }
 

@@ -735,6 +735,7 @@ impl Node {
     }
 
     pub(crate) async fn query_impl(&self, input: QueryInput) -> Result<QueryOutput, DynamoError> {
+        self.learn_unknown_table(input.table_name.as_deref()).await;
         let plan = self.plan_query(&input)?;
         let page = self
             .read_planned(&plan, || RangeInput::Query(QueryInput { exclusive_start_key: None, ..input.clone() }))
@@ -743,6 +744,7 @@ impl Node {
     }
 
     pub(crate) async fn scan_impl(&self, input: ScanInput) -> Result<QueryOutput, DynamoError> {
+        self.learn_unknown_table(input.table_name.as_deref()).await;
         let plan = self.plan_scan(&input)?;
         let page = self
             .read_planned(&plan, || {
@@ -769,7 +771,7 @@ impl Node {
                 "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
             ));
         };
-        let table = self.table(request.name)?;
+        let table = self.inner.catalog.get(request.name).ok_or_else(crate::tables::table_not_found)?;
         let source = Source::resolve(&table, request.index_name)?;
         if request.consistent && source.is_global() {
             return Err(validation("Consistent reads are not supported on global secondary indexes"));
@@ -845,7 +847,7 @@ impl Node {
             }
         };
         let resolved = expressions.resolve()?;
-        let table = self.table(request.name)?;
+        let table = self.inner.catalog.get(request.name).ok_or_else(crate::tables::table_not_found)?;
         let source = Source::resolve(&table, request.index_name)?;
         if request.consistent && source.is_global() {
             return Err(validation("Consistent reads are not supported on global secondary indexes"));

@@ -17,6 +17,7 @@ use onggi_model::table::{
 use onggi_storage::StorageError;
 
 use crate::describe::describe;
+use crate::registry::{Change, Changed};
 use crate::{Node, wall_clock_ms};
 
 /// Most tables a node holds (DynamoDB's default account quota is 2,500).
@@ -42,14 +43,6 @@ enum IndexUpdate {
     Create(IndexDefinition),
     Delete(String),
     Update(String, ProvisionedThroughput),
-}
-
-/// What an UpdateTable did to the table's indexes.
-enum IndexChange {
-    /// Added this index, to be backfilled.
-    Created(String),
-    /// Removed the index whose entries are in this tree.
-    Deleted(String),
 }
 
 fn parse_index_updates(updates: &[serde_json::Value]) -> Result<Vec<IndexUpdate>, DynamoError> {
@@ -107,70 +100,6 @@ fn parse_index_updates(updates: &[serde_json::Value]) -> Result<Vec<IndexUpdate>
     Ok(parsed)
 }
 
-impl Node {
-    /// Applies a table's description as another member created or changed it (on a cluster):
-    /// creates the table, or replaces its description — starting this node's own backfill of a
-    /// global index it did not have (each node indexes its own replicas) and dropping the trees of
-    /// indexes that are gone. Indexes this node already has keep their local status, so a
-    /// description sent after the sender finished its own backfill does not mark this node's
-    /// index readable before this node's backfill is done.
-    pub(crate) async fn apply_peer_schema(
-        &self,
-        mut schema: onggi_model::table::TableSchema,
-    ) -> Result<(), DynamoError> {
-        let catalog = &self.inner.catalog;
-        let change = catalog.changes.lock().await;
-        if catalog.was_deleted(&schema.id) {
-            return Ok(()); // a late description of a table this node knows is gone
-        }
-        let existing = catalog.get(&schema.name);
-        if let Some(existing) = &existing
-            && existing.schema.id != schema.id
-        {
-            return Err(DynamoError::internal(format!("a different table named {} exists here", schema.name)));
-        }
-        if existing.as_ref().is_some_and(|existing| existing.schema.revision >= schema.revision) {
-            return Ok(()); // this node already has this change or a later one
-        }
-        let mut backfill = false;
-        if existing.is_none() {
-            // The table starts here empty, its indexes with it: every item this node will hold
-            // arrives through the commit path, which writes its index entries too.
-            for index in schema.local_indexes.iter_mut().chain(&mut schema.global_indexes) {
-                index.status = onggi_model::table::IndexStatus::Active;
-            }
-        }
-        if let Some(existing) = &existing {
-            for index in schema.local_indexes.iter_mut().chain(&mut schema.global_indexes) {
-                match existing.schema.indexes().find(|local| local.id == index.id) {
-                    Some(local) => index.status = local.status,
-                    None => {
-                        index.status = onggi_model::table::IndexStatus::Backfilling;
-                        backfill = true;
-                    }
-                }
-            }
-        }
-        let dropped: Vec<String> = existing
-            .iter()
-            .flat_map(|existing| existing.schema.indexes())
-            .filter(|local| !schema.indexes().any(|index| index.id == local.id))
-            .map(crate::catalog::index_tree_name)
-            .collect();
-        let created = existing.is_none();
-        let handle = catalog.store(schema).await.map_err(storage_error)?;
-        drop(change);
-        tracing::info!(table = %handle.schema.name, created, "table description applied from a peer");
-        for tree in dropped {
-            self.spawn_index_drop(tree);
-        }
-        if backfill {
-            self.spawn_backfill(handle);
-        }
-        Ok(())
-    }
-}
-
 pub(crate) fn table_not_found() -> DynamoError {
     DynamoError::resource_not_found("Cannot do operations on a non-existent table")
 }
@@ -197,21 +126,23 @@ impl Node {
             return Err(DynamoError::validation("onggi does not support DynamoDB Streams yet"));
         }
         let catalog = &self.inner.catalog;
-        let change = catalog.changes.lock().await;
-        if catalog.get(&schema.name).is_some() {
-            return Err(DynamoError::new(ErrorKind::ResourceInUse, "Cannot create preexisting table"));
-        }
-        if catalog.names().len() >= TABLES_MAX {
-            return Err(DynamoError::new(
-                ErrorKind::LimitExceeded,
-                format!("Subscriber limit exceeded: a node holds at most {TABLES_MAX} tables"),
-            ));
-        }
-        schema.revision = self.inner.version().time.0;
-        let handle = catalog.store(schema).await.map_err(storage_error)?;
+        let name = schema.name.clone();
+        let (changed, ()) = self
+            .change_table(&name, |current| {
+                if current.is_some() {
+                    return Err(DynamoError::new(ErrorKind::ResourceInUse, "Cannot create preexisting table"));
+                }
+                if catalog.names().len() >= TABLES_MAX {
+                    return Err(DynamoError::new(
+                        ErrorKind::LimitExceeded,
+                        format!("Subscriber limit exceeded: a node holds at most {TABLES_MAX} tables"),
+                    ));
+                }
+                Ok((Change::Store(Box::new(schema.clone())), ()))
+            })
+            .await?;
+        let handle = stored(changed)?;
         tracing::info!(table = %handle.schema.name, id = %handle.schema.id, "table created");
-        drop(change);
-        self.announce_table_schema(&handle.schema).await;
         Ok(TableDescriptionOutput { table_description: describe(&handle, "ACTIVE", self.region(context)) })
     }
 
@@ -221,7 +152,7 @@ impl Node {
         input: TableNameInput,
     ) -> Result<DescribeTableOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        let table = self.inner.catalog.get(name).ok_or_else(table_not_found)?;
+        let table = self.table(name).await?;
         let mut description = describe(&table, "ACTIVE", self.region(context));
         self.count_across_cluster(&table, &mut description).await;
         Ok(DescribeTableOutput { table: description })
@@ -290,10 +221,6 @@ impl Node {
         {
             return Err(DynamoError::validation("Nothing to update"));
         }
-        let catalog = &self.inner.catalog;
-        let change = catalog.changes.lock().await;
-        let table = catalog.get(name).ok_or_else(table_not_found)?;
-        let mut schema = table.schema.clone();
         let creates = index_updates.iter().any(|update| matches!(update, IndexUpdate::Create(_)));
         if creates && input.attribute_definitions.as_ref().is_none_or(|raw| raw.as_array().is_none_or(Vec::is_empty)) {
             return Err(DynamoError::validation("No Attribute Schema Defined"));
@@ -303,110 +230,14 @@ impl Node {
                 .map_err(|error| DynamoError::validation(format!("Unexpected value type in payload: {error}")))?,
             None => Vec::new(),
         };
-        let mut index_change = None;
-        for update in index_updates {
-            match update {
-                IndexUpdate::Create(definition) => {
-                    let (mut index, merged) = validate_new_global_index(&schema, &definition, &definitions)?;
-                    index.id = uuid::Uuid::new_v4().to_string();
-                    index.status = IndexStatus::Backfilling;
-                    schema.attribute_definitions = merged;
-                    index_change = Some(IndexChange::Created(index.name.clone()));
-                    schema.global_indexes.push(index);
-                }
-                IndexUpdate::Delete(index_name) => {
-                    let position = schema
-                        .global_indexes
-                        .iter()
-                        .position(|index| index.name == index_name)
-                        .ok_or_else(|| DynamoError::resource_not_found("Requested resource not found"))?;
-                    let removed = schema.global_indexes.remove(position);
-                    schema.prune_attribute_definitions();
-                    index_change = Some(IndexChange::Deleted(crate::catalog::index_tree_name(&removed)));
-                }
-                IndexUpdate::Update(index_name, throughput) => {
-                    let billing = schema.billing_mode;
-                    let index = schema
-                        .global_indexes
-                        .iter_mut()
-                        .find(|index| index.name == index_name)
-                        .ok_or_else(|| DynamoError::resource_not_found("Requested resource not found"))?;
-                    if billing == BillingMode::PayPerRequest {
-                        return Err(DynamoError::validation(format!(
-                            "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {index_name} when BillingMode is PAY_PER_REQUEST"
-                        )));
-                    }
-                    index.provisioned_throughput = Some(throughput);
-                }
-            }
-        }
-        let mode = requested_mode.unwrap_or(schema.billing_mode);
-        match mode {
-            BillingMode::PayPerRequest => {
-                if input.provisioned_throughput.is_some() {
-                    return Err(DynamoError::validation(
-                        "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
-                    ));
-                }
-                if schema.billing_mode != BillingMode::PayPerRequest {
-                    schema.pay_per_request_since_ms = Some(wall_clock_ms());
-                }
-                schema.read_capacity_units = 0;
-                schema.write_capacity_units = 0;
-                for index in &mut schema.global_indexes {
-                    index.provisioned_throughput = None;
-                }
-            }
-            BillingMode::Provisioned => {
-                let throughput = match input.provisioned_throughput {
-                    Some(throughput) => throughput,
-                    None if schema.billing_mode == BillingMode::Provisioned => {
-                        onggi_model::table::ProvisionedThroughput {
-                            read_capacity_units: Some(schema.read_capacity_units),
-                            write_capacity_units: Some(schema.write_capacity_units),
-                        }
-                    }
-                    None => return Err(DynamoError::validation("No provisioned throughput specified for the table")),
-                };
-                let (Some(read @ 1..), Some(write @ 1..)) =
-                    (throughput.read_capacity_units, throughput.write_capacity_units)
-                else {
-                    return Err(DynamoError::validation(
-                        "Table read and write throughput must be at least 1, and cannot be null",
-                    ));
-                };
-                if input.provisioned_throughput.is_some()
-                    && schema.billing_mode == BillingMode::Provisioned
-                    && read == schema.read_capacity_units
-                    && write == schema.write_capacity_units
-                    && requested_mode.is_none()
-                {
-                    return Err(DynamoError::validation("The requested throughput value equals the current value"));
-                }
-                schema.read_capacity_units = read;
-                schema.write_capacity_units = write;
-            }
-        }
-        schema.billing_mode = mode;
-        if let Some(protection) = input.deletion_protection_enabled {
-            schema.deletion_protection = protection;
-        }
-        schema.revision = self.inner.version().time.0;
-        let handle = catalog.store(schema).await.map_err(storage_error)?;
-        drop(change);
-        self.announce_table_schema(&handle.schema).await;
-        let status = if index_change.is_some() { "UPDATING" } else { "ACTIVE" };
-        match index_change {
-            Some(IndexChange::Created(index)) => {
-                tracing::info!(table = %name, %index, "index created; backfilling");
-                self.spawn_backfill(handle.clone());
-            }
-            Some(IndexChange::Deleted(tree)) => {
-                tracing::info!(table = %name, %tree, "index deleted");
-                self.spawn_index_drop(tree);
-            }
-            None => {}
-        }
+        let (changed, indexes_changed) = self
+            .change_table(name, |current| {
+                let schema = current.ok_or_else(table_not_found)?.clone();
+                updated_schema(schema, &index_updates, &definitions, requested_mode, &input)
+            })
+            .await?;
+        let handle = stored(changed)?;
+        let status = if indexes_changed { "UPDATING" } else { "ACTIVE" };
         Ok(TableDescriptionOutput { table_description: describe(&handle, status, self.region(context)) })
     }
 
@@ -416,20 +247,129 @@ impl Node {
         input: TableNameInput,
     ) -> Result<TableDescriptionOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
-        let catalog = &self.inner.catalog;
-        let change = catalog.changes.lock().await;
-        let table = catalog.get(name).ok_or_else(table_not_found)?;
-        if table.schema.deletion_protection {
-            return Err(DynamoError::validation(
-                "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first.",
-            ));
-        }
-        // Describe before removing, so the description carries the final statistics.
-        let description = describe(&table, "DELETING", self.region(context));
-        catalog.remove(name, self.inner.version().time.0).await.map_err(storage_error)?;
+        let (changed, ()) = self
+            .change_table(name, |current| {
+                let schema = current.ok_or_else(table_not_found)?;
+                if schema.deletion_protection {
+                    return Err(DynamoError::validation(
+                        "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first.",
+                    ));
+                }
+                Ok((Change::Delete, ()))
+            })
+            .await?;
+        let Changed::Deleted(table) = changed else {
+            return Err(DynamoError::internal("a deletion stored a description"));
+        };
         tracing::info!(table = %name, "table deleted");
-        drop(change);
-        self.announce_table_deleted(&table.schema).await;
-        Ok(TableDescriptionOutput { table_description: description })
+        // The handle keeps the final statistics.
+        Ok(TableDescriptionOutput { table_description: describe(&table, "DELETING", self.region(context)) })
     }
+}
+
+/// The handle of a change that stores a description.
+fn stored(changed: Changed) -> Result<std::sync::Arc<crate::catalog::TableHandle>, DynamoError> {
+    match changed {
+        Changed::Stored(handle) => Ok(handle),
+        Changed::Deleted(_) => Err(DynamoError::internal("a change of description deleted the table")),
+    }
+}
+
+/// UpdateTable's change of a table's description `schema` (a pure function of it, but for the
+/// new index ids and the billing switch's time): the new description, and whether an index was
+/// added or removed.
+fn updated_schema(
+    mut schema: onggi_model::table::TableSchema,
+    index_updates: &[IndexUpdate],
+    definitions: &[AttributeDefinition],
+    requested_mode: Option<BillingMode>,
+    input: &UpdateTableInput,
+) -> Result<(Change, bool), DynamoError> {
+    let mut indexes_changed = false;
+    for update in index_updates {
+        match update {
+            IndexUpdate::Create(definition) => {
+                let (mut index, merged) = validate_new_global_index(&schema, definition, definitions)?;
+                index.id = uuid::Uuid::new_v4().to_string();
+                index.status = IndexStatus::Backfilling;
+                schema.attribute_definitions = merged;
+                indexes_changed = true;
+                schema.global_indexes.push(index);
+            }
+            IndexUpdate::Delete(index_name) => {
+                let position = schema
+                    .global_indexes
+                    .iter()
+                    .position(|index| &index.name == index_name)
+                    .ok_or_else(|| DynamoError::resource_not_found("Requested resource not found"))?;
+                schema.global_indexes.remove(position);
+                schema.prune_attribute_definitions();
+                indexes_changed = true;
+            }
+            IndexUpdate::Update(index_name, throughput) => {
+                let billing = schema.billing_mode;
+                let index = schema
+                    .global_indexes
+                    .iter_mut()
+                    .find(|index| &index.name == index_name)
+                    .ok_or_else(|| DynamoError::resource_not_found("Requested resource not found"))?;
+                if billing == BillingMode::PayPerRequest {
+                    return Err(DynamoError::validation(format!(
+                        "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {index_name} when BillingMode is PAY_PER_REQUEST"
+                    )));
+                }
+                index.provisioned_throughput = Some(*throughput);
+            }
+        }
+    }
+    let mode = requested_mode.unwrap_or(schema.billing_mode);
+    match mode {
+        BillingMode::PayPerRequest => {
+            if input.provisioned_throughput.is_some() {
+                return Err(DynamoError::validation(
+                    "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
+                ));
+            }
+            if schema.billing_mode != BillingMode::PayPerRequest {
+                schema.pay_per_request_since_ms = Some(wall_clock_ms());
+            }
+            schema.read_capacity_units = 0;
+            schema.write_capacity_units = 0;
+            for index in &mut schema.global_indexes {
+                index.provisioned_throughput = None;
+            }
+        }
+        BillingMode::Provisioned => {
+            let throughput = match input.provisioned_throughput {
+                Some(throughput) => throughput,
+                None if schema.billing_mode == BillingMode::Provisioned => onggi_model::table::ProvisionedThroughput {
+                    read_capacity_units: Some(schema.read_capacity_units),
+                    write_capacity_units: Some(schema.write_capacity_units),
+                },
+                None => return Err(DynamoError::validation("No provisioned throughput specified for the table")),
+            };
+            let (Some(read @ 1..), Some(write @ 1..)) =
+                (throughput.read_capacity_units, throughput.write_capacity_units)
+            else {
+                return Err(DynamoError::validation(
+                    "Table read and write throughput must be at least 1, and cannot be null",
+                ));
+            };
+            if input.provisioned_throughput.is_some()
+                && schema.billing_mode == BillingMode::Provisioned
+                && read == schema.read_capacity_units
+                && write == schema.write_capacity_units
+                && requested_mode.is_none()
+            {
+                return Err(DynamoError::validation("The requested throughput value equals the current value"));
+            }
+            schema.read_capacity_units = read;
+            schema.write_capacity_units = write;
+        }
+    }
+    schema.billing_mode = mode;
+    if let Some(protection) = input.deletion_protection_enabled {
+        schema.deletion_protection = protection;
+    }
+    Ok((Change::Store(Box::new(schema)), indexes_changed))
 }

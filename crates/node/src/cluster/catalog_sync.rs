@@ -1,21 +1,19 @@
-//! Catalog anti-entropy: members converge on the same tables, whatever changes they missed.
+//! Catalog anti-entropy: members' catalogs converge on the registry's tables, whatever
+//! announcements they missed.
 //!
-//! The node that receives a CreateTable, UpdateTable, UpdateTimeToLive, tagging or DeleteTable
-//! applies it and tells every member at once (`Node::announce_table_schema`), but a member that
-//! is down or cut off at that moment misses the message. So, like items, the catalog heals in the
-//! background: about once a second each node sends one peer (in turn) a digest of its catalog —
-//! each table's id and revision, and the ids of the tables it knows were deleted — and the peer
-//! answers with what the digest lacks: descriptions of tables unknown to the sender or newer than
-//! its copy, and deletions of tables the sender still has. The sender applies them as it applies
-//! announcements: a description is kept only if its revision (the clock time of the change) is
-//! newer, and a deleted table's id is remembered (`Catalog::remove`), so a late or repeated
-//! description never brings it back. A node that returns thus learns the tables created,
-//! changed and deleted while it was away within a round of digests, before anti-entropy brings
-//! their items.
-//!
-//! This is eventual agreement, not consensus: two nodes creating a table of the same name at the
-//! same moment both succeed, and each keeps its own (logged, not repaired). Table metadata under
-//! per-item consensus is to come.
+//! Table changes are agreed in the registry (`crate::registry`, per-item consensus); each node's
+//! catalog is its cache of it. The node that made a change tells every member at once
+//! (`Node::announce_table_schema`), but a member that is down or cut off at that moment misses
+//! the message. So, like items, the catalogs heal in the background: about once a second each
+//! node sends one peer (in turn) a digest of its catalog — each table's id and revision, and the
+//! ids of the tables it knows were deleted — and the peer answers with what the digest lacks:
+//! descriptions of tables unknown to the sender or newer than its copy, and deletions of tables
+//! the sender still has. The sender applies them as it applies announcements: a description is
+//! kept only if its revision is newer, and a deleted table's id is remembered
+//! (`Catalog::remove`), so a late or repeated description never brings it back. A node that
+//! returns thus learns the tables created, changed and deleted while it was away within a round
+//! of digests, before anti-entropy brings their items (and a request naming a table the node has
+//! not heard of reads the registry at once: `Node::table`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
@@ -49,7 +47,11 @@ impl Node {
     fn catalog_digest(&self) -> Digest {
         let catalog = &self.inner.catalog;
         Digest {
-            tables: catalog.tables().iter().map(|table| (table.schema.id.clone(), table.schema.revision)).collect(),
+            tables: catalog
+                .user_tables()
+                .iter()
+                .map(|table| (table.schema.id.clone(), table.schema.revision))
+                .collect(),
             deleted: catalog.deleted().into_iter().collect(),
         }
     }
@@ -58,7 +60,7 @@ impl Node {
     fn catalog_missing(&self, theirs: &Digest) -> Missing {
         let catalog = &self.inner.catalog;
         let schemas = catalog
-            .tables()
+            .user_tables()
             .iter()
             .filter(|table| !theirs.deleted.contains(&table.schema.id))
             .filter(|table| {
@@ -81,13 +83,13 @@ impl Node {
         let mut applied = 0;
         for id in missing.deleted {
             match self.uninstall_table(&id).await {
-                Ok(()) => applied += 1,
+                Ok(_) => applied += 1,
                 Err(error) => tracing::warn!(%error, table = %id, "a deletion learned from a peer failed"),
             }
         }
         for schema in missing.schemas {
             let (name, id) = (schema.name.clone(), schema.id.clone());
-            match self.apply_peer_schema(schema).await {
+            match self.apply_schema(schema).await {
                 Ok(()) => applied += 1,
                 Err(error) => {
                     tracing::warn!(%error, table = %name, %id, "a table description from a peer was not applied")

@@ -244,7 +244,7 @@ impl Handler for PeerHandler {
             wire::tag::TABLE_CREATED => {
                 let schema: TableSchema = serde_json::from_slice(&payload)
                     .map_err(|error| HandlerError::new(format!("table schema: {error}")))?;
-                node.install_table(schema).await.map_err(|error| HandlerError::new(error.message.clone()))?;
+                node.apply_schema(schema).await.map_err(|error| HandlerError::new(error.message.clone()))?;
                 Ok(Bytes::new())
             }
             wire::tag::MERKLE => node.answer_merkle(&payload).await.map(Bytes::from).map_err(HandlerError::new),
@@ -981,19 +981,18 @@ impl Node {
         }
     }
 
-    async fn install_table(&self, schema: TableSchema) -> Result<(), DynamoError> {
-        self.apply_peer_schema(schema).await
-    }
-
-    async fn uninstall_table(&self, id: &str) -> Result<(), DynamoError> {
+    /// Removes the table with id `id` from this node's catalog, if it has it; returns its last
+    /// handle.
+    pub(crate) async fn uninstall_table(&self, id: &str) -> Result<Option<Arc<TableHandle>>, DynamoError> {
         let catalog = &self.inner.catalog;
         let _change = catalog.changes.lock().await;
-        let Some(table) = catalog.get_by_id(id) else {
-            return Ok(());
+        let Some(table) = catalog.get_by_id(id).filter(|table| table.schema.id != crate::catalog::REGISTRY_TABLE_ID)
+        else {
+            return Ok(None);
         };
-        catalog.remove(&table.schema.name, self.inner.version().time.0).await.map_err(storage_error)?;
-        tracing::info!(table = %table.schema.name, "table deleted by a peer");
-        Ok(())
+        let removed = catalog.remove(&table.schema.name, self.inner.version().time.0).await.map_err(storage_error)?;
+        tracing::info!(table = %table.schema.name, "table deleted");
+        Ok(removed)
     }
 }
 

@@ -492,7 +492,12 @@ async fn walk(node: Weak<Inner>) {
         let (tables, partitions) = {
             let Some(node) = upgrade() else { return };
             match node.cluster() {
-                Some(cluster) => (node.inner.catalog.names(), cluster.layout().held_by(cluster.me)),
+                Some(cluster) => {
+                    // Every replicated table, the registry of table descriptions included.
+                    let tables: Vec<String> =
+                        node.inner.catalog.tables().iter().map(|table| table.schema.id.clone()).collect();
+                    (tables, cluster.layout().held_by(cluster.me))
+                }
                 // A cluster of one, until a member joins.
                 None => (Vec::new(), Vec::new()),
             }
@@ -501,13 +506,13 @@ async fn walk(node: Weak<Inner>) {
             tokio::time::sleep(IDLE_PAUSE).await;
             continue;
         }
-        for name in &tables {
+        for id in &tables {
             for &partition in &partitions {
                 let visit_started = Instant::now();
                 let visit = {
                     let Some(node) = upgrade() else { return };
                     let Some(cluster) = node.cluster().cloned() else { break };
-                    let Some(table) = node.inner.catalog.get(name) else { break };
+                    let Some(table) = node.inner.catalog.get_by_id(id) else { break };
                     // A task of its own, so that a bug that panics ends one visit, not the walk.
                     tokio::spawn(async move { node.visit(&cluster, &table, partition).await })
                 };

@@ -413,4 +413,36 @@ async fn grow() {
     for i in 1..3 {
         assert_eq!(read_all(cluster.endpoint(i), table.clone()).await, expected, "node 1 down, through node {}", i + 1);
     }
+    // The table was created before the registry of table descriptions was replicated: its
+    // description is taken from the catalog by the first change, made through node 2, and a
+    // change through node 3 follows that one.
+    let (second, third) = (client(&cluster.endpoint(1)), client(&cluster.endpoint(2)));
+    let arn =
+        second.describe_table().table_name(&table).send().await.expect("describe").table.and_then(|t| t.table_arn);
+    let arn = arn.expect("ARN");
+    let tag = |key: &str| aws_sdk_dynamodb::types::Tag::builder().key(key).value("v").build().expect("tag");
+    second.tag_resource().resource_arn(&arn).tags(tag("first")).send().await.expect("tag through node 2");
+    third.tag_resource().resource_arn(&arn).tags(tag("second")).send().await.expect("tag through node 3");
+    for client in [&second, &third] {
+        let tags = client.list_tags_of_resource().resource_arn(&arn).send().await.expect("list tags");
+        let mut keys: Vec<&str> = tags.tags().iter().map(|tag| tag.key()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["first", "second"], "both changes of the table created alone");
+    }
+    let again = third
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute_definition("pk", ScalarAttributeType::S))
+        .key_schema(key_element("pk", KeyType::Hash))
+        .send()
+        .await;
+    assert!(
+        again
+            .as_ref()
+            .err()
+            .and_then(|error| error.as_service_error())
+            .is_some_and(|e| e.is_resource_in_use_exception()),
+        "the table created alone exists for the registry: {again:?}"
+    );
 }

@@ -168,3 +168,115 @@ async fn missed_changes() {
     assert_eq!(index.count(), 1, "the index has the item written through node 3");
     drop(cluster);
 }
+
+/// Rounds of the agreement test: each creates one table three times at once.
+const AGREEMENT_ROUNDS: usize = 6;
+/// Tags each node adds at once in the agreement test.
+const TAGS_PER_NODE: usize = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn table_changes_through_different_nodes_are_agreed() {
+    if skip_without_own_server("cluster table agreement test") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, agreement()).await.expect("the agreement test exceeded its time bound");
+}
+
+/// Table changes are read-modify-writes of the registry under per-item consensus: of three
+/// CreateTable of one name at once through three nodes exactly one wins, every node ends with
+/// the winner's table; tags added at once through every node all stay; a DeleteTable racing an
+/// UpdateTimeToLive leaves the table gone everywhere.
+async fn agreement() {
+    let cluster = Cluster::start(3);
+    let clients: Vec<Client> = (0..3).map(|i| client(&cluster.endpoint(i))).collect();
+    for round in 0..AGREEMENT_ROUNDS {
+        let name = crate::harness::unique_name("contested");
+        let mut attempts = tokio::task::JoinSet::new();
+        for (i, client) in clients.iter().enumerate() {
+            let request = client
+                .create_table()
+                .table_name(&name)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(attribute_definition("pk", ScalarAttributeType::S))
+                .key_schema(key_element("pk", KeyType::Hash))
+                .tags(Tag::builder().key("creator").value(format!("node-{}", i + 1)).build().expect("tag"));
+            attempts.spawn(async move { (i, request.send().await) });
+        }
+        let mut answers = attempts.join_all().await;
+        answers.sort_by_key(|(i, _)| *i);
+        let mut winners = Vec::new();
+        for (i, answer) in answers {
+            match answer {
+                Ok(answer) => winners.push((i, answer.table_description.and_then(|table| table.table_id))),
+                Err(error) => assert!(
+                    error.as_service_error().is_some_and(|error| error.is_resource_in_use_exception()),
+                    "round {round}: a losing CreateTable through node {} must get ResourceInUseException: {error:?}",
+                    i + 1
+                ),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one CreateTable wins, not {winners:?}");
+        let (winner, id) = winners.pop().expect("one winner");
+        for (i, client) in clients.iter().enumerate() {
+            let table = client.describe_table().table_name(&name).send().await.expect("describe").table.expect("table");
+            assert_eq!(table.table_id, id, "round {round}: node {} holds the winner's table", i + 1);
+            let tags = client
+                .list_tags_of_resource()
+                .resource_arn(table.table_arn.expect("ARN"))
+                .send()
+                .await
+                .expect("list tags");
+            let creator = tags.tags().iter().find(|tag| tag.key() == "creator").map(|tag| tag.value().to_string());
+            assert_eq!(creator, Some(format!("node-{}", winner + 1)), "round {round}: node {} tags", i + 1);
+        }
+    }
+
+    // Tags added at once through every node: each change reads the last, so none is lost.
+    let name = crate::harness::unique_name("tagged");
+    create(&clients[0], &name, false).await;
+    let arn =
+        clients[0].describe_table().table_name(&name).send().await.expect("describe").table.and_then(|t| t.table_arn);
+    let arn = arn.expect("ARN");
+    let mut tagging = tokio::task::JoinSet::new();
+    for (i, client) in clients.iter().enumerate() {
+        for j in 0..TAGS_PER_NODE {
+            let request = client
+                .tag_resource()
+                .resource_arn(arn.clone())
+                .tags(Tag::builder().key(format!("node-{}-{j}", i + 1)).value("x").build().expect("tag"));
+            tagging.spawn(async move { request.send().await.expect("tag") });
+        }
+    }
+    tagging.join_all().await;
+    for (i, client) in clients.iter().enumerate() {
+        let tags = client.list_tags_of_resource().resource_arn(&arn).send().await.expect("list tags");
+        assert_eq!(tags.tags().len(), 3 * TAGS_PER_NODE, "node {} holds every tag: {:?}", i + 1, tags.tags());
+    }
+
+    // A deletion racing a change: the table ends gone everywhere, whichever came first.
+    let ttl = clients[1].update_time_to_live().table_name(&name).time_to_live_specification(
+        TimeToLiveSpecification::builder().enabled(true).attribute_name("expires").build().expect("spec"),
+    );
+    let delete = clients[0].delete_table().table_name(&name);
+    let (deleted, ttl) = tokio::join!(delete.send(), ttl.send());
+    deleted.expect("the deletion succeeds");
+    if let Err(error) = ttl {
+        assert!(
+            error.as_service_error().is_some_and(|error| error.is_resource_not_found_exception()),
+            "a change after the deletion finds no table: {error:?}"
+        );
+    }
+    for (i, client) in clients.iter().enumerate() {
+        let answer = client.describe_table().table_name(&name).send().await;
+        assert!(
+            answer
+                .as_ref()
+                .err()
+                .and_then(|error| error.as_service_error())
+                .is_some_and(|e| e.is_resource_not_found_exception()),
+            "node {} no longer has the deleted table: {answer:?}",
+            i + 1
+        );
+    }
+    drop(cluster);
+}
