@@ -56,6 +56,7 @@
 mod catalog_sync;
 mod catch_up;
 mod counts;
+mod gossip;
 mod hints;
 mod leases;
 mod ranges;
@@ -166,6 +167,8 @@ pub(crate) struct Cluster {
     /// hints, and a signal when that count falls to zero (DescribeTable's counts wait for it).
     commits_in_flight: std::sync::atomic::AtomicUsize,
     commits_settled: tokio::sync::Notify,
+    /// Membership gossip and the failure detector (`gossip.rs`).
+    gossip: gossip::Gossip,
 }
 
 impl Cluster {
@@ -275,10 +278,14 @@ impl Handler for PeerHandler {
 
     fn message(&self, _from: PeerInfo, tag: u16, payload: Bytes) {
         let Some(inner) = self.node.upgrade() else { return };
+        let node = Node { inner };
+        if tag == wire::tag::GOSSIP {
+            node.receive_gossip(&payload);
+            return;
+        }
         if tag != wire::tag::COMMIT {
             return;
         }
-        let node = Node { inner };
         tokio::spawn(async move {
             match wire::decode_request(&payload) {
                 Ok((table_id, key, _, request @ Request::Commit(_))) => {
@@ -355,6 +362,24 @@ impl Node {
         let members = topology.addresses().count();
         let others = topology.addresses().filter(|(id, _)| id.0 != config.node_id).count();
         let hints = hints::Hints::open(&self.inner.engine).await?;
+        // Gossip goes to the layout's other members and the seeds until peers answer.
+        let mut gossip_seeds: Vec<String> = topology
+            .addresses()
+            .filter(|(id, _)| id.0 != config.node_id)
+            .map(|(_, address)| address.to_string())
+            .chain(config.seeds.iter().map(SocketAddr::to_string))
+            .collect();
+        gossip_seeds.sort_unstable();
+        gossip_seeds.dedup();
+        gossip_seeds.truncate(onggi_core::membership::SEEDS_MAX);
+        let gossip = gossip::Gossip::new(
+            NodeId(config.node_id),
+            topology.address(NodeId(config.node_id)).unwrap_or_else(|| transport.local_addr()),
+            &config.cluster_name,
+            crate::wall_clock_ms(),
+            gossip_seeds,
+            self.inner.random_below(u64::MAX),
+        )?;
         let cluster = Cluster {
             me: NodeId(config.node_id),
             topology: std::sync::RwLock::new(Arc::new(topology)),
@@ -372,6 +397,7 @@ impl Node {
             collector: tombstones::Collector::new(self.inner.random_below(u64::MAX)),
             commits_in_flight: std::sync::atomic::AtomicUsize::new(0),
             commits_settled: tokio::sync::Notify::new(),
+            gossip,
         };
         match self.forget_floors_of_deleted_tables(&cluster) {
             Ok(0) => {}
@@ -388,6 +414,7 @@ impl Node {
         self.spawn_hint_delivery();
         self.spawn_topology_gossip();
         self.spawn_catch_up();
+        self.spawn_gossip();
         if config.members.is_empty() {
             // A node started with seeds learns the tables before it serves a request (catalog
             // sync would bring them within a second or two).
@@ -671,7 +698,7 @@ impl Node {
         stale: &mut Option<(u64, NodeId)>,
         mut on_answer: impl FnMut(NodeId, Reply) -> Step<Value>,
     ) -> Step<Value> {
-        let (first, mut rest) = first_asked(quorums, cluster.me);
+        let (first, mut rest) = first_asked(quorums, cluster.me, |node| cluster.gossip.suspects(node));
         let payload = Bytes::from(wire::encode_request_in(table_id, key, epoch, &request));
         let request = Arc::new(request);
         let mut answers = tokio::task::JoinSet::new();
@@ -998,14 +1025,18 @@ impl Node {
 
 /// The replicas a round asks first, and the others: when the item has one replica set, a
 /// majority of it — this node if it is a replica, then the replicas after it in the set's order
-/// (the layout's preference list), wrapping around — so that the same coordinator asks the same
-/// replicas of an item every time; during a layout change (joint quorums), everyone at once.
-fn first_asked(quorums: &Quorums, me: NodeId) -> (Vec<NodeId>, Vec<NodeId>) {
+/// (the layout's preference list), wrapping around, passing over the replicas this node
+/// `suspects` (the failure detector's verdict, `gossip.rs`) while others remain — so that the same
+/// coordinator asks the same replicas of an item every time; during a layout change (joint
+/// quorums), everyone at once.
+fn first_asked(quorums: &Quorums, me: NodeId, suspects: impl Fn(NodeId) -> bool) -> (Vec<NodeId>, Vec<NodeId>) {
     let [set] = quorums.sets() else { return (quorums.members().to_vec(), Vec::new()) };
     let start = set.iter().position(|&node| node == me).unwrap_or(0);
-    let mut order = set[start..].iter().chain(&set[..start]).copied();
-    let first = order.by_ref().take(set.len() / 2 + 1).collect();
-    (first, order.collect())
+    let (mut order, suspected): (Vec<NodeId>, Vec<NodeId>) =
+        set[start..].iter().chain(&set[..start]).copied().partition(|&node| node == me || !suspects(node));
+    order.extend(suspected);
+    let rest = order.split_off(set.len() / 2 + 1);
+    (order, rest)
 }
 
 #[cfg(test)]
@@ -1016,18 +1047,38 @@ mod tests {
         ids.iter().copied().map(NodeId).collect()
     }
 
+    /// Suspects no one.
+    fn none(_: NodeId) -> bool {
+        false
+    }
+
+    #[test]
+    fn a_round_asks_the_replicas_it_hears_from_first() {
+        let three = Quorums::majority_of(nodes(&[4, 7, 9]));
+        let seven_down = |node: NodeId| node == NodeId(7);
+        assert_eq!(first_asked(&three, NodeId(4), seven_down), (nodes(&[4, 9]), nodes(&[7])));
+        let five = Quorums::majority_of(nodes(&[1, 2, 3, 4, 5]));
+        let some_down = |node: NodeId| [NodeId(5), NodeId(1)].contains(&node);
+        assert_eq!(first_asked(&five, NodeId(4), some_down), (nodes(&[4, 2, 3]), nodes(&[5, 1])));
+        // Too many suspected for a majority without them: the suspected complete it, in order.
+        let all_down = |_: NodeId| true;
+        assert_eq!(first_asked(&five, NodeId(4), all_down), (nodes(&[4, 5, 1]), nodes(&[2, 3])));
+        // This node never suspects itself.
+        assert_eq!(first_asked(&three, NodeId(9), all_down), (nodes(&[9, 4]), nodes(&[7])));
+    }
+
     #[test]
     fn a_round_asks_a_majority_starting_with_itself_first() {
         let three = Quorums::majority_of(nodes(&[4, 7, 9]));
-        assert_eq!(first_asked(&three, NodeId(4)), (nodes(&[4, 7]), nodes(&[9])));
-        assert_eq!(first_asked(&three, NodeId(9)), (nodes(&[9, 4]), nodes(&[7])));
+        assert_eq!(first_asked(&three, NodeId(4), none), (nodes(&[4, 7]), nodes(&[9])));
+        assert_eq!(first_asked(&three, NodeId(9), none), (nodes(&[9, 4]), nodes(&[7])));
         // A coordinator that is not a replica starts at the head of the preference list.
-        assert_eq!(first_asked(&three, NodeId(1)), (nodes(&[4, 7]), nodes(&[9])));
+        assert_eq!(first_asked(&three, NodeId(1), none), (nodes(&[4, 7]), nodes(&[9])));
         let five = Quorums::majority_of(nodes(&[1, 2, 3, 4, 5]));
-        assert_eq!(first_asked(&five, NodeId(4)), (nodes(&[4, 5, 1]), nodes(&[2, 3])));
-        assert_eq!(first_asked(&Quorums::majority_of(nodes(&[3])), NodeId(3)), (nodes(&[3]), vec![]));
+        assert_eq!(first_asked(&five, NodeId(4), none), (nodes(&[4, 5, 1]), nodes(&[2, 3])));
+        assert_eq!(first_asked(&Quorums::majority_of(nodes(&[3])), NodeId(3), none), (nodes(&[3]), vec![]));
         // During a layout change every replica of either set is asked at once.
         let joint = Quorums::joint(vec![nodes(&[1, 2, 3]), nodes(&[2, 3, 4])]);
-        assert_eq!(first_asked(&joint, NodeId(1)), (nodes(&[1, 2, 3, 4]), vec![]));
+        assert_eq!(first_asked(&joint, NodeId(1), none), (nodes(&[1, 2, 3, 4]), vec![]));
     }
 }

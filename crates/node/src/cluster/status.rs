@@ -3,6 +3,7 @@
 //! A node answers `GET /onggi/cluster/status` with JSON: itself, the layout (partitions,
 //! replication factor, version), every member with its cluster address, whether this node can
 //! reach it right now (a short status request over the transport), the partitions it holds, the
+//! failure detector's phi for it and whether it is suspected (`gossip.rs`), the
 //! items it stores itself (all tables), and the hinted handoff counters (hints queued now, stored, delivered, dropped, discarded, and the
 //! limit), the anti-entropy counters and tombstone collection's.
 
@@ -53,10 +54,15 @@ impl Node {
             };
             let draining =
                 layout.target().node(id).is_some_and(|member| member.state == onggi_core::layout::NodeState::Draining);
+            // The failure detector's view (gossip), beside the probe's: how surprising the
+            // member's silence is, and whether that makes it suspected.
+            let phi = cluster.gossip.phi(id).filter(|_| id != cluster.me).map(|phi| (phi * 100.0).round() / 100.0);
             members.push(json!({
                 "id": id.0,
                 "address": address.to_string(),
                 "state": state,
+                "phi": phi,
+                "suspected": id != cluster.me && cluster.gossip.suspects(id),
                 "draining": draining,
                 "partitions": layout.partitions_of(id).count(),
                 "partitions_after_change": layout.next().map(|next| next.partitions_of(id).count()),
@@ -163,21 +169,27 @@ pub fn render_status(status: &Json) -> String {
         None => out.push_str(&format!("no layout change in progress (epoch {})\n", text(&status["layout_epoch"]))),
     }
     out.push_str(&format!(
-        "{:>6}  {:<22} {:<12} {:>10} {:>8}\n",
-        "node", "cluster address", "state", "partitions", "after"
+        "{:>6}  {:<22} {:<12} {:>10} {:>8}  {}\n",
+        "node", "cluster address", "state", "partitions", "after", "failure detector"
     ));
     for member in status["members"].as_array().into_iter().flatten() {
         let state = match (text(&member["state"]), member["draining"].as_bool()) {
             (state, Some(true)) => format!("{state}, draining"),
             (state, _) => state,
         };
+        let detector = match (member["suspected"].as_bool(), member["phi"].as_f64()) {
+            (Some(true), Some(phi)) => format!("suspected (phi {phi:.1})"),
+            (_, Some(phi)) => format!("heard (phi {phi:.1})"),
+            _ => "-".to_string(),
+        };
         out.push_str(&format!(
-            "{:>6}  {:<22} {:<12} {:>10} {:>8}\n",
+            "{:>6}  {:<22} {:<12} {:>10} {:>8}  {}\n",
             text(&member["id"]),
             text(&member["address"]),
             state,
             text(&member["partitions"]),
             text(&member["partitions_after_change"]),
+            detector,
         ));
     }
     match status["hints"].as_object() {

@@ -14,6 +14,7 @@
 
 use onggi_core::hlc::Timestamp;
 use onggi_core::layout::NodeId;
+use onggi_core::membership::{self, Envelope, Member, Message, Status};
 use onggi_core::merkle::{self, Digest, Refusal, Shape};
 use onggi_core::paxos::{Acceptance, Ballot, Knowledge, Lineage, Lineaged, Promise, Version};
 use onggi_core::record::Record;
@@ -73,6 +74,9 @@ pub mod tag {
     /// A phase of a tombstone-collection round over one partition (`super::super::tombstones`):
     /// [`super::encode_collection`], answered by [`super::encode_collection_reply`].
     pub const TOMBSTONES: u16 = 15;
+    /// Membership gossip (`onggi_core::membership`: Syn, Ack, Ack2, Refuse), one-way both ways:
+    /// [`super::encode_gossip`].
+    pub const GOSSIP: u16 = 16;
 }
 
 /// A phase of a tombstone-collection round (see `onggi_core::tombstones`), sent by the round's
@@ -419,6 +423,121 @@ impl<'a> Reader<'a> {
     fn finish(self) -> Result<(), WireError> {
         if self.0.is_empty() { Ok(()) } else { Err(WireError("trailing bytes".into())) }
     }
+}
+
+/// Encodes a gossip message: `[version][cluster name: u16 length + UTF-8][protocol u32][from
+/// u64][from address: u16 length + UTF-8][kind u8]` then, for a Syn (1) `[complete u8][count
+/// u32][count × digest]`, an Ack (2) `[count u32][count × member][count u32][count × digest]`,
+/// an Ack2 (3) `[count u32][count × member]`, a Refuse (4) nothing. A digest is `[id u64][generation
+/// u64][heartbeat u64]`; a member `[id u64][address: u16 length + UTF-8][generation u64][heartbeat
+/// u64][status u8: 0 joining, 1 normal, 2 leaving, 3 left][layout version u64][protocol u32]`.
+pub fn encode_gossip(envelope: &Envelope) -> Vec<u8> {
+    fn digests(out: &mut Writer, digests: &[membership::Digest]) {
+        out.u32(digests.len() as u32);
+        for digest in digests {
+            out.u64(digest.id.0);
+            out.u64(digest.generation);
+            out.u64(digest.heartbeat);
+        }
+    }
+    fn members(out: &mut Writer, members: &[Member]) {
+        out.u32(members.len() as u32);
+        for member in members {
+            out.u64(member.id.0);
+            out.bytes16(member.address.as_bytes());
+            out.u64(member.generation);
+            out.u64(member.heartbeat);
+            out.u8(match member.status {
+                Status::Joining => 0,
+                Status::Normal => 1,
+                Status::Leaving => 2,
+                Status::Left => 3,
+            });
+            out.u64(member.layout_version);
+            out.u32(member.protocol_version);
+        }
+    }
+    let mut out = Writer::new();
+    out.bytes16(envelope.cluster_name.as_bytes());
+    out.u32(envelope.protocol_version);
+    out.u64(envelope.from.0);
+    out.bytes16(envelope.from_address.as_bytes());
+    match &envelope.message {
+        Message::Syn { digests: list, complete } => {
+            out.u8(1);
+            out.u8(u8::from(*complete));
+            digests(&mut out, list);
+        }
+        Message::Ack { records, requests } => {
+            out.u8(2);
+            members(&mut out, records);
+            digests(&mut out, requests);
+        }
+        Message::Ack2 { records } => {
+            out.u8(3);
+            members(&mut out, records);
+        }
+        Message::Refuse => out.u8(4),
+    }
+    out.0
+}
+
+/// Decodes a gossip message (see [`encode_gossip`]).
+pub fn decode_gossip(bytes: &[u8]) -> Result<Envelope, WireError> {
+    fn text(input: &mut Reader) -> Result<String, WireError> {
+        String::from_utf8(input.bytes16()?.to_vec()).map_err(|_| WireError("gossip text is not UTF-8".into()))
+    }
+    fn digests(input: &mut Reader) -> Result<Vec<membership::Digest>, WireError> {
+        let count = input.count(24)?;
+        (0..count)
+            .map(|_| {
+                Ok(membership::Digest { id: NodeId(input.u64()?), generation: input.u64()?, heartbeat: input.u64()? })
+            })
+            .collect()
+    }
+    fn members(input: &mut Reader) -> Result<Vec<Member>, WireError> {
+        let count = input.count(39)?;
+        (0..count)
+            .map(|_| {
+                Ok(Member {
+                    id: NodeId(input.u64()?),
+                    address: text(input)?,
+                    generation: input.u64()?,
+                    heartbeat: input.u64()?,
+                    status: match input.u8()? {
+                        0 => Status::Joining,
+                        1 => Status::Normal,
+                        2 => Status::Leaving,
+                        3 => Status::Left,
+                        other => return Err(WireError(format!("member status {other}"))),
+                    },
+                    layout_version: input.u64()?,
+                    protocol_version: input.u32()?,
+                })
+            })
+            .collect()
+    }
+    let mut input = Reader::start(bytes)?;
+    let cluster_name = text(&mut input)?;
+    let protocol_version = input.u32()?;
+    let from = NodeId(input.u64()?);
+    let from_address = text(&mut input)?;
+    let message = match input.u8()? {
+        1 => {
+            let complete = match input.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(WireError(format!("completeness flag {other}"))),
+            };
+            Message::Syn { digests: digests(&mut input)?, complete }
+        }
+        2 => Message::Ack { records: members(&mut input)?, requests: digests(&mut input)? },
+        3 => Message::Ack2 { records: members(&mut input)? },
+        4 => Message::Refuse,
+        other => return Err(WireError(format!("gossip message kind {other}"))),
+    };
+    input.finish()?;
+    Ok(Envelope { cluster_name, protocol_version, from, from_address, message })
 }
 
 /// Encodes a request about the item `key` of the table with id `table_id`, outside any layout
@@ -1204,6 +1323,44 @@ mod tests {
         let mut trailing = encode_range_sync_reply(&RangeSyncReply { records, truncated_after: None });
         trailing.push(0);
         assert!(decode_range_sync_reply(&trailing).is_err());
+    }
+
+    #[test]
+    fn gossip_messages_round_trip() {
+        let member = |id: u64, status: Status| Member {
+            id: NodeId(id),
+            address: format!("127.0.0.1:{}", 7000 + id),
+            generation: 1_700_000_000_000 + id,
+            heartbeat: 42 * id,
+            status,
+            layout_version: 3,
+            protocol_version: 1,
+        };
+        let digest = |id: u64| membership::Digest { id: NodeId(id), generation: id, heartbeat: 2 * id };
+        let messages = [
+            Message::Syn { digests: vec![digest(1), digest(2)], complete: true },
+            Message::Syn { digests: vec![], complete: false },
+            Message::Ack {
+                records: vec![member(1, Status::Normal), member(2, Status::Left)],
+                requests: vec![digest(3)],
+            },
+            Message::Ack2 { records: vec![member(4, Status::Joining), member(5, Status::Leaving)] },
+            Message::Refuse,
+        ];
+        for message in messages {
+            let envelope = Envelope {
+                cluster_name: "onggi".into(),
+                protocol_version: 1,
+                from: NodeId(9),
+                from_address: "127.0.0.1:7009".into(),
+                message,
+            };
+            let bytes = encode_gossip(&envelope);
+            assert_eq!(decode_gossip(&bytes).unwrap(), envelope);
+            for cut in 0..bytes.len() {
+                assert!(decode_gossip(&bytes[..cut]).is_err(), "a truncated message is refused");
+            }
+        }
     }
 
     #[test]

@@ -703,3 +703,102 @@ async fn tombstone_collection() {
     let get = client(&endpoints[0]).get_item().table_name(&table).key("pk", s("t-3")).consistent_read(true);
     assert!(get.send().await.expect("get").item().is_some(), "the item written again is missing");
 }
+
+/// How long a paused member may stay unsuspected: gossip every 500 ms, phi 8 after about 18
+/// intervals of silence, plus slack for a loaded machine.
+const SUSPICION_BOUND: Duration = Duration::from_secs(30);
+/// Strict writes timed in each phase of the failure-detector test.
+const TIMED_WRITES: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_member_is_suspected_then_heard_again() {
+    if skip_without_own_server("failure detector test") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, failure_detection())
+        .await
+        .expect("the failure detector test exceeded its time bound");
+}
+
+/// Whether `endpoint`'s node suspects member `id`, and its phi.
+async fn suspicion(endpoint: &str, id: u64) -> (bool, Option<f64>) {
+    let status = cluster_status(endpoint).await;
+    let members = status["members"].as_array().cloned().unwrap_or_default();
+    let member = members.iter().find(|member| member["id"] == id).cloned().unwrap_or_default();
+    (member["suspected"].as_bool().unwrap_or(false), member["phi"].as_f64())
+}
+
+/// Node 3 is frozen with SIGSTOP: node 1's failure detector (gossip, phi accrual) comes to
+/// suspect it, strict writes through node 1 keep succeeding, and once it is thawed node 1 hears
+/// from it again. The writes are timed in each phase (printed, not asserted: a suspected replica
+/// is no longer asked first, so rounds stop waiting for it).
+async fn failure_detection() {
+    let cluster = Cluster::start(3);
+    let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
+    let table = crate::harness::unique_name("detector");
+    let first = client(&endpoints[0]);
+    create_table(&first, &table).await;
+    let heard = Instant::now();
+    loop {
+        let (suspected, phi) = suspicion(&endpoints[0], 3).await;
+        if !suspected && phi.is_some() {
+            break;
+        }
+        assert!(heard.elapsed() < SUSPICION_BOUND, "node 1 never heard from node 3; logs:\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let timed_writes = |phase: &'static str| {
+        let (first, table) = (first.clone(), table.clone());
+        async move {
+            let started = Instant::now();
+            for i in 0..TIMED_WRITES {
+                let put =
+                    first.put_item().table_name(&table).set_item(Some(item([("pk", s(&format!("{phase}-{i}")))])));
+                put.send().await.unwrap_or_else(|error| panic!("strict write {phase}-{i}: {error:?}"));
+            }
+            started.elapsed() / TIMED_WRITES as u32
+        }
+    };
+    let healthy = timed_writes("healthy").await;
+
+    cluster.signal(2, "-STOP");
+    let paused = Instant::now();
+    let unsuspected = timed_writes("paused").await;
+    let (mut suspected, mut phi) = (false, None);
+    while !suspected && paused.elapsed() < SUSPICION_BOUND {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (suspected, phi) = suspicion(&endpoints[0], 3).await;
+    }
+    let suspected_after = paused.elapsed();
+    let with_suspicion = timed_writes("suspected").await;
+    cluster.signal(2, "-CONT");
+    assert!(suspected, "node 1 did not suspect the paused node 3 within {SUSPICION_BOUND:?} (phi {phi:?})");
+    let thawed = Instant::now();
+    loop {
+        let (suspected, _) = suspicion(&endpoints[0], 3).await;
+        if !suspected {
+            break;
+        }
+        assert!(thawed.elapsed() < SUSPICION_BOUND, "node 1 still suspects node 3 after it was thawed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "failure detector test: node 3 suspected {} ms after SIGSTOP (phi {:.1}), heard again {} ms after SIGCONT; \
+         mean strict write through node 1: {} µs healthy, {} µs paused but not yet suspected, {} µs suspected",
+        suspected_after.as_millis(),
+        phi.unwrap_or_default(),
+        thawed.elapsed().as_millis(),
+        healthy.as_micros(),
+        unsuspected.as_micros(),
+        with_suspicion.as_micros(),
+    );
+    // Every write is there, through node 3 too (strictly: a majority answers).
+    let third = client(&endpoints[2]);
+    for phase in ["healthy", "paused", "suspected"] {
+        for i in 0..TIMED_WRITES {
+            let key = s(&format!("{phase}-{i}"));
+            let answer = third.get_item().table_name(&table).key("pk", key).consistent_read(true).send().await;
+            assert!(answer.expect("strict read through node 3").item().is_some(), "{phase}-{i} kept");
+        }
+    }
+}
