@@ -102,6 +102,8 @@ const ROUND_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// too (see `Node::round`): far above a round trip between healthy nodes, far below
 /// [`ROUND_TIMEOUT`].
 const HEDGE_DELAY: Duration = Duration::from_millis(50);
+/// How long a replica that failed or lagged in a round is asked only after the others.
+const LAGGARD_AVOIDED_FOR: Duration = Duration::from_secs(1);
 /// How long a coordinator keeps trying before it gives up on an operation.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
 /// How much history of writers an item's value keeps (see `onggi_core::paxos::Lineage`): well
@@ -169,6 +171,9 @@ pub(crate) struct Cluster {
     commits_settled: tokio::sync::Notify,
     /// Membership gossip and the failure detector (`gossip.rs`).
     gossip: gossip::Gossip,
+    /// Replicas that failed, or were still silent when a round asked the others too, with when
+    /// to stop avoiding them (see [`Cluster::avoids`]).
+    laggards: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
 }
 
 impl Cluster {
@@ -201,6 +206,35 @@ impl Cluster {
     }
 
     /// This node's id.
+    /// Whether a round should ask `node` only after the item's other replicas: the failure
+    /// detector suspects it, or it failed or lagged in a round less than [`LAGGARD_AVOIDED_FOR`]
+    /// ago. Which replicas are asked first never matters for safety, only for latency: a paused
+    /// or cut-off replica costs one round [`HEDGE_DELAY`] per [`LAGGARD_AVOIDED_FOR`], not every
+    /// round until the detector convicts it.
+    fn avoids(&self, node: NodeId) -> bool {
+        let lagging = {
+            let mut laggards = self.laggards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match laggards.get(&node) {
+                Some(&until) if until > tokio::time::Instant::now() => true,
+                Some(_) => {
+                    laggards.remove(&node);
+                    false
+                }
+                None => false,
+            }
+        };
+        lagging || self.gossip.suspects(node)
+    }
+
+    /// Notes that `node` failed or lagged in a round (see [`Cluster::avoids`]).
+    fn avoid(&self, node: NodeId) {
+        if node == self.me {
+            return;
+        }
+        let until = tokio::time::Instant::now() + LAGGARD_AVOIDED_FOR;
+        self.laggards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(node, until);
+    }
+
     pub(crate) fn me(&self) -> NodeId {
         self.me
     }
@@ -398,6 +432,7 @@ impl Node {
             commits_in_flight: std::sync::atomic::AtomicUsize::new(0),
             commits_settled: tokio::sync::Notify::new(),
             gossip,
+            laggards: Mutex::new(BTreeMap::new()),
         };
         match self.forget_floors_of_deleted_tables(&cluster) {
             Ok(0) => {}
@@ -698,7 +733,10 @@ impl Node {
         stale: &mut Option<(u64, NodeId)>,
         mut on_answer: impl FnMut(NodeId, Reply) -> Step<Value>,
     ) -> Step<Value> {
-        let (first, mut rest) = first_asked(quorums, cluster.me, |node| cluster.gossip.suspects(node));
+        let (first, mut rest) = first_asked(quorums, cluster.me, |node| cluster.avoids(node));
+        // The replicas asked first that have not answered yet: those still silent when the
+        // hedge fires, and those that fail, are avoided by the next rounds for a while.
+        let mut awaited = first.clone();
         let payload = Bytes::from(wire::encode_request_in(table_id, key, epoch, &request));
         let request = Arc::new(request);
         let mut answers = tokio::task::JoinSet::new();
@@ -732,16 +770,28 @@ impl Node {
                         ask(&mut answers, std::mem::take(&mut rest));
                     }
                     Some(Ok((replica, Some(reply)))) => {
+                        awaited.retain(|&node| node != replica);
                         let step = on_answer(replica, reply);
                         if step != Step::Wait {
                             return step;
                         }
                     }
-                    Some(_) => ask(&mut answers, std::mem::take(&mut rest)),
+                    Some(failed) => {
+                        if let Ok((replica, None)) = failed {
+                            awaited.retain(|&node| node != replica);
+                            cluster.avoid(replica);
+                        }
+                        ask(&mut answers, std::mem::take(&mut rest))
+                    }
                     None if rest.is_empty() => return Step::Wait,
                     None => ask(&mut answers, std::mem::take(&mut rest)),
                 },
-                _ = &mut hedge, if !rest.is_empty() => ask(&mut answers, std::mem::take(&mut rest)),
+                _ = &mut hedge, if !rest.is_empty() => {
+                    for &replica in &awaited {
+                        cluster.avoid(replica);
+                    }
+                    ask(&mut answers, std::mem::take(&mut rest))
+                }
                 _ = &mut deadline => return Step::Wait,
             }
         }

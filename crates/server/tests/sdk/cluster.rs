@@ -730,8 +730,9 @@ async fn suspicion(endpoint: &str, id: u64) -> (bool, Option<f64>) {
 
 /// Node 3 is frozen with SIGSTOP: node 1's failure detector (gossip, phi accrual) comes to
 /// suspect it, strict writes through node 1 keep succeeding, and once it is thawed node 1 hears
-/// from it again. The writes are timed in each phase (printed, not asserted: a suspected replica
-/// is no longer asked first, so rounds stop waiting for it).
+/// from it again. The writes are timed in each phase (printed, not asserted: a replica that lagged
+/// in a round, or that the detector suspects, is asked only after the others, so rounds stop
+/// waiting for it).
 async fn failure_detection() {
     let cluster = Cluster::start(3);
     let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
