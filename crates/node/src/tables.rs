@@ -238,7 +238,9 @@ impl Node {
             .await?;
         let handle = stored(changed)?;
         let status = if indexes_changed { "UPDATING" } else { "ACTIVE" };
-        Ok(TableDescriptionOutput { table_description: describe(&handle, status, self.region(context)) })
+        let mut table_description = describe(&handle, status, self.region(context));
+        self.count_across_cluster(&handle, &mut table_description).await;
+        Ok(TableDescriptionOutput { table_description })
     }
 
     pub(crate) async fn delete_table_impl(
@@ -247,6 +249,16 @@ impl Node {
         input: TableNameInput,
     ) -> Result<TableDescriptionOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
+        // Described before the deletion: on a cluster larger than N the counts come from every
+        // member, and members forget the table once it is deleted.
+        let before = match self.inner.catalog.get(name) {
+            Some(table) => {
+                let mut description = describe(&table, "DELETING", self.region(context));
+                self.count_across_cluster(&table, &mut description).await;
+                Some((table.schema.id.clone(), description))
+            }
+            None => None,
+        };
         let (changed, ()) = self
             .change_table(name, |current| {
                 let schema = current.ok_or_else(table_not_found)?;
@@ -262,8 +274,12 @@ impl Node {
             return Err(DynamoError::internal("a deletion stored a description"));
         };
         tracing::info!(table = %name, "table deleted");
-        // The handle keeps the final statistics.
-        Ok(TableDescriptionOutput { table_description: describe(&table, "DELETING", self.region(context)) })
+        let table_description = match before {
+            Some((id, description)) if id == table.schema.id => description,
+            // The handle keeps the final statistics (of this node).
+            _ => describe(&table, "DELETING", self.region(context)),
+        };
+        Ok(TableDescriptionOutput { table_description })
     }
 }
 

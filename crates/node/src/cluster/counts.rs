@@ -23,8 +23,6 @@ use crate::catalog::TableHandle;
 
 /// How long the node answering DescribeTable waits for the other members' counts.
 const COUNTS_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long it waits, first, for the commits it sent to be acknowledged.
-const COMMITS_SETTLE_MAX: Duration = Duration::from_millis(500);
 
 /// This node's counts for `table`.
 fn local_counts(table: &TableHandle) -> TableCounts {
@@ -63,15 +61,7 @@ impl Node {
         // The writes this node coordinated a moment ago reach their other replicas first (or
         // become hints), so a client that writes and then describes through one node counts
         // its own writes, as on one node; bounded, since a replica may be down.
-        let deadline = tokio::time::Instant::now() + COMMITS_SETTLE_MAX;
-        loop {
-            let settled = cluster.commits_settled.notified();
-            if cluster.commits_in_flight.load(Ordering::Acquire) == 0
-                || tokio::time::timeout_at(deadline, settled).await.is_err()
-            {
-                break;
-            }
-        }
+        cluster.sent_commits.settle().await;
         let replication = cluster.layout().replica_count().max(1) as u64;
         let payload = Bytes::from(wire::encode_table_deleted(&table.schema.id));
         let mut asks = tokio::task::JoinSet::new();

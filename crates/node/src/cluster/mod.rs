@@ -166,14 +166,68 @@ pub(crate) struct Cluster {
     /// Tombstone collection's floors, rounds and counters (`tombstones.rs`).
     collector: tombstones::Collector,
     /// Commits this node sent to other replicas and has not yet seen acknowledged or kept as
-    /// hints, and a signal when that count falls to zero (DescribeTable's counts wait for it).
-    commits_in_flight: std::sync::atomic::AtomicUsize,
-    commits_settled: tokio::sync::Notify,
+    /// hints (what this node's reads from other replicas wait for).
+    sent_commits: SentCommits,
     /// Membership gossip and the failure detector (`gossip.rs`).
     gossip: gossip::Gossip,
     /// Replicas that failed, or were still silent when a round asked the others too, with when
     /// to stop avoiding them (see [`Cluster::avoids`]).
     laggards: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
+}
+
+/// The commits a coordinator sent to other replicas, in flight until acknowledged or kept as a
+/// hint: what lets a client read its own writes through one node. A write is acknowledged once a
+/// majority *accepted* it and this node applied it, while its commits to the other replicas are
+/// still on their way; an eventually consistent read served by another replica could miss it. So
+/// such reads (GetItem, BatchGetItem, the pieces of a Query or Scan, DescribeTable's counts)
+/// first wait, briefly, until every commit this node sent before the read began has landed.
+/// DynamoDB promises no more for eventually consistent reads, but clients (and test suites)
+/// written against it do read back what they just wrote, and nearly always see it.
+#[derive(Default)]
+pub(crate) struct SentCommits {
+    /// The next commit's number and the numbers of those in flight.
+    state: Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    landed: tokio::sync::Notify,
+}
+
+/// The longest a read waits for this node's commits in flight.
+pub(crate) const SENT_COMMITS_WAIT_MAX: Duration = Duration::from_millis(500);
+
+impl SentCommits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, std::collections::BTreeSet<u64>)> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes a commit sent; returns its number, for [`SentCommits::finish`].
+    fn start(&self) -> u64 {
+        let mut state = self.lock();
+        let number = state.0;
+        state.0 += 1;
+        state.1.insert(number);
+        number
+    }
+
+    /// Notes that commit `number` was acknowledged or kept as a hint.
+    fn finish(&self, number: u64) {
+        self.lock().1.remove(&number);
+        self.landed.notify_waiters();
+    }
+
+    /// Waits until every commit sent before this call has landed, or [`SENT_COMMITS_WAIT_MAX`]
+    /// passed (a replica may be down: its commits become hints only after a timeout).
+    pub(crate) async fn settle(&self) {
+        let mark = self.lock().0;
+        let deadline = tokio::time::Instant::now() + SENT_COMMITS_WAIT_MAX;
+        loop {
+            let landed = self.landed.notified();
+            if self.lock().1.first().is_none_or(|&oldest| oldest >= mark) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, landed).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl Cluster {
@@ -429,8 +483,7 @@ impl Node {
             hints,
             leases: leases::Leases::default(),
             collector: tombstones::Collector::new(self.inner.random_below(u64::MAX)),
-            commits_in_flight: std::sync::atomic::AtomicUsize::new(0),
-            commits_settled: tokio::sync::Notify::new(),
+            sent_commits: SentCommits::default(),
             gossip,
             laggards: Mutex::new(BTreeMap::new()),
         };
@@ -985,12 +1038,10 @@ impl Node {
             for &replica in replicas.iter().filter(|&&replica| replica != cluster.me) {
                 let (node, cluster, payload, chosen) = (self.clone(), cluster.clone(), payload.clone(), chosen.clone());
                 let (table_id, key) = (table_id.to_string(), key.to_vec());
-                cluster.commits_in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let sent = cluster.sent_commits.start();
                 tokio::spawn(async move {
                     node.commit_or_hint(&cluster, replica, &table_id, &key, payload, &chosen).await;
-                    if cluster.commits_in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-                        cluster.commits_settled.notify_waiters();
-                    }
+                    cluster.sent_commits.finish(sent);
                 });
             }
         }
@@ -1013,6 +1064,7 @@ impl Node {
         if replicas.contains(&cluster.me) {
             return self.read_current(table, key);
         }
+        cluster.sent_commits.settle().await;
         for replica in replicas {
             if let Some(Reply::Knowledge(Knowledge { committed, .. })) =
                 self.ask(cluster, replica, &table.schema.id, key, cluster.layout().epoch(), Request::Read).await

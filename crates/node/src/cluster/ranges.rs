@@ -264,6 +264,8 @@ impl Node {
     }
 
     async fn read_piece_remote(&self, cluster: &Cluster, reader: NodeId, piece: &Piece) -> Result<Page, String> {
+        // The client's own writes through this node first reach the reader (`SentCommits`).
+        cluster.sent_commits.settle().await;
         let reply = Node::send_piece(cluster, reader, wire::tag::RANGE_READ, piece).await?;
         wire::decode_page(&reply).map_err(|error| error.to_string())
     }
@@ -274,6 +276,7 @@ impl Node {
         reader: NodeId,
         piece: &Piece,
     ) -> Result<RawEntries, String> {
+        cluster.sent_commits.settle().await;
         let reply = Node::send_piece(cluster, reader, wire::tag::INDEX_READ, piece).await?;
         wire::decode_raw_entries(&reply).map_err(|error| error.to_string())
     }
