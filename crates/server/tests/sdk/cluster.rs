@@ -622,8 +622,11 @@ const GRACE_SECONDS: u64 = 15;
 /// idle).
 const HELD_BACK_FOR: Duration = Duration::from_secs(GRACE_SECONDS + 8);
 /// How soon after the replica's return every tombstone must be gone: hints bring it the deletes
-/// within a second, then the next sweep's rounds collect (about 5 s; more under CI's load).
-const COLLECTION_BOUND: Duration = Duration::from_secs(30);
+/// within a second, then the next sweep's rounds collect (6–7 s on a quiet machine). A bound
+/// against a hang, not a speed test: once, in a local run of the whole suite, collection was not
+/// over after 30 s (rounds time out after 500 ms, and the suite's other clusters load the two
+/// cores), so it leaves room.
+const COLLECTION_BOUND: Duration = Duration::from_secs(45);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tombstones_are_collected_only_once_every_replica_has_them() {
