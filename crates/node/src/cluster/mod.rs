@@ -31,27 +31,25 @@
 //!   trees, exchanges the versions of the ranges that differ through the replica's commit path,
 //!   and finishes proposals left accepted but not committed. A replica that missed commits and got
 //!   no hint for them (a hint dropped or lost, a coordinator that died before committing) thus
-//!   converges within a sweep or two (about 5 s per table).
+//!   converges within a sweep or two (1.3–5 s per table).
 //!
 //! - **Layout changes** (`topology.rs`, `catch_up.rs`): every node holds the layout epoch it is
 //!   in; while a change runs, an item's quorums are a majority of its old replicas and of its
 //!   new ones, new replicas copy the old ones' committed versions, and every node switches to the
 //!   new layout once a majority of each moved partition's new replicas has caught up.
+//! - **Table changes** (`crate::registry`) are read-modify-writes of the table name's item in the
+//!   registry, a system table under this same consensus; each node's catalog caches it, fed by
+//!   announcements and catalog anti-entropy (`catalog_sync.rs`).
+//! - **Membership gossip** (`gossip.rs`) runs the core's scuttlebutt gossip and phi-accrual
+//!   detector; its verdict, and replicas that lagged in a recent round, only decide whom a round
+//!   asks first.
 //!
 //! **What is not here yet** (each answers a clear error or is documented): one layout change at
-//! a time, and no cleanup of the data of partitions a node gave away; tables are created and
-//! changed by the node that receives the request, which sends the new description to every
-//! reachable member (see `Node::apply_peer_schema`); members that missed it learn it from their
-//! peers' catalogs within a second or two (`catalog_sync.rs`) — eventual agreement, not
-//! consensus, so concurrent changes of one table through two nodes may race; Query and Scan are
-//! eventually consistent (the receiving node's own replica when it holds every partition, else
-//! one replica per stretch of partitions, `ranges.rs`), and a read of a global secondary index
-//! merges one replica's share of every partition when no node holds them all (each replica
-//! indexes its own items; indexes partitioned by their own key come later); no read repair yet;
-//! hints
-//! are kept by the coordinator, not by a substitute replica that counts towards the quorum
-//! (Dynamo's sloppy quorum): strict mode's majorities are of the item's own replicas, and hints
-//! only make a replica catch up sooner.
+//! a time; a global secondary index is kept by each replica for its own items and read as one
+//! replica's share of every partition when no node holds them all (indexes partitioned by their
+//! own key come later); hints are kept by the coordinator, not by a substitute replica that
+//! counts towards the quorum (Dynamo's sloppy quorum): strict mode's majorities are of the item's
+//! own replicas, and hints only make a replica catch up sooner.
 
 mod catalog_sync;
 mod catch_up;
