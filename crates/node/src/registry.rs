@@ -232,6 +232,19 @@ impl Node {
         Ok(())
     }
 
+    /// Removes the table with id `id` from this node's catalog, if it has it; returns its last
+    /// handle.
+    pub(crate) async fn uninstall_table(&self, id: &str) -> Result<Option<Arc<TableHandle>>, DynamoError> {
+        let catalog = &self.inner.catalog;
+        let _change = catalog.changes.lock().await;
+        let Some(table) = catalog.get_by_id(id).filter(|table| table.schema.id != REGISTRY_TABLE_ID) else {
+            return Ok(None);
+        };
+        let removed = catalog.remove(&table.schema.name, self.inner.version().time.0).await.map_err(storage_error)?;
+        tracing::info!(table = %table.schema.name, "table deleted");
+        Ok(removed)
+    }
+
     /// Stores a table's new description, the caller holding the catalog's change lock: creates
     /// the table, or replaces its description. A new table's indexes start readable (the table is
     /// empty: every item arrives through the write path, which writes its entries too). On a

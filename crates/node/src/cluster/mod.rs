@@ -815,6 +815,7 @@ impl Node {
             tokio::select! {
                 answer = answers.join_next() => match answer {
                     Some(Ok((replica, Some(Reply::Stale(newer))))) => {
+                        awaited.retain(|&node| node != replica); // it answered: not a laggard
                         if stale.is_none_or(|(known, _)| newer > known) {
                             *stale = Some((newer, replica));
                         }
@@ -1106,20 +1107,6 @@ impl Node {
                 tracing::warn!(%error, %peer, table = %schema.name, "peer did not learn that the table was deleted");
             }
         }
-    }
-
-    /// Removes the table with id `id` from this node's catalog, if it has it; returns its last
-    /// handle.
-    pub(crate) async fn uninstall_table(&self, id: &str) -> Result<Option<Arc<TableHandle>>, DynamoError> {
-        let catalog = &self.inner.catalog;
-        let _change = catalog.changes.lock().await;
-        let Some(table) = catalog.get_by_id(id).filter(|table| table.schema.id != crate::catalog::REGISTRY_TABLE_ID)
-        else {
-            return Ok(None);
-        };
-        let removed = catalog.remove(&table.schema.name, self.inner.version().time.0).await.map_err(storage_error)?;
-        tracing::info!(table = %table.schema.name, "table deleted");
-        Ok(removed)
     }
 }
 
