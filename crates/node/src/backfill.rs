@@ -10,6 +10,10 @@
 //! A crash during the walk leaves the status `Backfilling`, and the walk starts over at the next
 //! start; entries already present are skipped, so it converges.
 //!
+//! On a cluster a global index is a view placed by its own key (`cluster/views.rs`): each
+//! replica queues the entries of the items it holds for the view's replicas instead, and marks
+//! the index active once all of them were delivered.
+//!
 //! **Drop.** A deleted index is first removed from the table's description; its tree is dropped
 //! only after every write that might still hold the old description has finished, which visiting
 //! every lock stripe once guarantees (writes hold their stripe until durable).
@@ -98,6 +102,8 @@ impl Node {
     async fn backfill(&self, name: &str, table_id: &str, index_id: &str) -> Result<usize, DynamoError> {
         let mut added = 0;
         let mut lower = Bound::Unbounded;
+        // On a cluster, the view entries queued and not delivered at once.
+        let mut undelivered = Vec::new();
         loop {
             let Some(table) = self.backfilling_table(name, table_id, index_id) else { return Ok(added) };
             let keys: Vec<Vec<u8>> = self
@@ -110,6 +116,31 @@ impl Node {
                 .collect::<Result<_, _>>()
                 .map_err(storage_error)?;
             let Some(last) = keys.last().cloned() else { break };
+            let global = table.indexes.iter().any(|index| index.schema.id == index_id && index.global);
+            if global && self.cluster().is_some() {
+                // A cluster keeps a global index as a view placed by its own key: this replica
+                // queues the entries of the items it holds, at their versions (`cluster/views.rs`).
+                let mut items = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let _guard = self.inner.locks.lock(&table, &key).await;
+                    // Under the lock, every commit from now on uses a description with the index.
+                    if self.backfilling_table(name, table_id, index_id).is_none() {
+                        return Ok(added);
+                    }
+                    let Some(bytes) = self.inner.engine.get(&table.tree, &key).map_err(storage_error)? else {
+                        continue;
+                    };
+                    let record = Record::decode(&bytes)
+                        .map_err(|error| DynamoError::internal(format!("stored record unreadable: {error}")))?;
+                    if let Some(item) = record.item {
+                        items.push((key, record.version, item));
+                    }
+                }
+                added += items.len();
+                undelivered.extend(self.backfill_view(&table, index_id, items).await.map_err(DynamoError::internal)?);
+                lower = Bound::Excluded(last);
+                continue;
+            }
             for key in keys {
                 let guard = self.inner.locks.lock(&table, &key).await;
                 // Under the lock, the description the writers use is the current one.
@@ -151,6 +182,9 @@ impl Node {
             }
             lower = Bound::Excluded(last);
             tokio::task::yield_now().await;
+        }
+        if !undelivered.is_empty() {
+            self.view_changes_delivered(undelivered).await.map_err(DynamoError::internal)?;
         }
         let engine = self.inner.engine.clone();
         tokio::task::spawn_blocking(move || engine.flush())

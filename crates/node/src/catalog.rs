@@ -35,6 +35,18 @@ pub const REGISTRY_TABLE_NAME: &str = "onggi:tables";
 pub const REGISTRY_TABLE_ID: &str = "onggi-tables";
 /// The registry's partition key attribute: the table name.
 pub const REGISTRY_KEY: &str = "name";
+/// Catalog names of system tables (the registry, global index views) start with this: no
+/// DynamoDB table name contains `:`.
+const SYSTEM_NAME_PREFIX: &str = "onggi:";
+
+/// The catalog's name for the view of the global index whose id is `index_id`.
+fn view_name(index_id: &str) -> String {
+    format!("{SYSTEM_NAME_PREFIX}index:{index_id}")
+}
+
+fn is_system(name: &str) -> bool {
+    name.starts_with(SYSTEM_NAME_PREFIX)
+}
 
 /// The registry's description: built in, the same on every node, never stored in the catalog
 /// tree, never changed.
@@ -105,12 +117,42 @@ pub struct TableHandle {
     pub stats: Arc<TableStats>,
     /// Its secondary indexes, local ones first, as in the schema.
     pub indexes: Vec<IndexHandle>,
+    /// Whether this is a global index's *view*: on a cluster, a global secondary index is kept
+    /// as a table of its own, placed by the index's key (see `crate::cluster::views`); its
+    /// handle shares the index's tree and statistics. Never reachable by a request's table name.
+    pub view: bool,
 }
 
 impl TableHandle {
-    /// Adjusts the statistics after a write replaced `old` by `new` (sizes in bytes).
+    /// Adjusts the statistics after a write replaced `old` by `new` (sizes in bytes; a view's
+    /// entries count DynamoDB's per-entry overhead, as an index's do).
     pub fn account(&self, old_size: Option<usize>, new_size: Option<usize>) {
-        self.stats.account(old_size, new_size);
+        let overhead = if self.view { INDEX_ENTRY_OVERHEAD_BYTES } else { 0 };
+        self.stats.account(old_size.map(|size| size + overhead), new_size.map(|size| size + overhead));
+    }
+
+    /// The views of this table's global indexes (see [`TableHandle::view`]): each a table whose
+    /// id is the index's id, whose tree and statistics are the index's.
+    fn views(&self) -> Vec<Arc<TableHandle>> {
+        self.indexes
+            .iter()
+            .filter(|index| index.global)
+            .map(|index| {
+                let mut schema = registry_schema();
+                schema.name = view_name(&index.schema.id);
+                schema.id = index.schema.id.clone();
+                schema.key = index.schema.key.clone();
+                schema.attribute_definitions = Vec::new();
+                schema.deletion_protection = false;
+                Arc::new(TableHandle {
+                    schema,
+                    tree: index.tree.clone(),
+                    stats: index.stats.clone(),
+                    indexes: Vec::new(),
+                    view: true,
+                })
+            })
+            .collect()
     }
 
     /// The index named `name`.
@@ -129,11 +171,13 @@ pub fn index_tree_name(index: &IndexSchema) -> String {
     format!("index.{}", index.id)
 }
 
-/// Every storage tree a table owns: its items, its indexes, and (on a cluster) its consensus state.
+/// Every storage tree a table owns: its items, its indexes, and (on a cluster) its consensus
+/// state and its global indexes' views' (see [`TableHandle::view`]).
 pub fn tree_names(schema: &TableSchema) -> Vec<String> {
     std::iter::once(items_tree_name(schema))
         .chain(schema.indexes().map(index_tree_name))
-        .chain(std::iter::once(crate::cluster::consensus_tree_name(schema)))
+        .chain(std::iter::once(crate::cluster::consensus_tree_name(&schema.id)))
+        .chain(schema.global_indexes.iter().map(|index| crate::cluster::consensus_tree_name(&index.id)))
         .collect()
 }
 
@@ -210,20 +254,26 @@ impl Catalog {
             }
             let tree = engine.open_tree(&items_tree_name(&schema)).map_err(|error| error.to_string())?;
             let indexes = open_indexes(&*engine, &schema, None).map_err(|error| error.to_string())?;
-            let handle = TableHandle { schema, tree, stats: Arc::default(), indexes };
+            let handle = TableHandle { schema, tree, stats: Arc::default(), indexes, view: false };
             let newest = recount(&*engine, &handle.tree, &handle.stats, &handle.schema.name, 0)?;
             for index in &handle.indexes {
-                recount(&*engine, &index.tree, &index.stats, &handle.schema.name, INDEX_ENTRY_OVERHEAD_BYTES)?;
+                // A view's entries carry the versions of the items they were made from.
+                let newest =
+                    recount(&*engine, &index.tree, &index.stats, &handle.schema.name, INDEX_ENTRY_OVERHEAD_BYTES)?;
+                newest_timestamp = newest_timestamp.max(newest);
             }
             newest_timestamp = newest_timestamp.max(newest);
+            for view in handle.views() {
+                tables.insert(view.schema.name.clone(), view);
+            }
             tables.insert(handle.schema.name.clone(), Arc::new(handle));
         }
-        // The registry sits among the tables so that everything replicating tables — consensus,
-        // hints, anti-entropy, layout changes — replicates it too; `get`, `names` and `user_tables`
-        // leave it out.
+        // The registry (like the views of global indexes) sits among the tables so that
+        // everything replicating tables — consensus, hints, anti-entropy, tombstone collection,
+        // layout changes — replicates it too; `get`, `names` and `user_tables` leave them out.
         let registry = registry_schema();
         let tree = engine.open_tree(&items_tree_name(&registry)).map_err(|error| error.to_string())?;
-        let handle = TableHandle { schema: registry, tree, stats: Arc::default(), indexes: Vec::new() };
+        let handle = TableHandle { schema: registry, tree, stats: Arc::default(), indexes: Vec::new(), view: false };
         newest_timestamp =
             newest_timestamp.max(recount(&*engine, &handle.tree, &handle.stats, REGISTRY_TABLE_NAME, 0)?);
         tables.insert(REGISTRY_TABLE_NAME.to_string(), Arc::new(handle));
@@ -241,7 +291,7 @@ impl Catalog {
 
     /// The user table named `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<Arc<TableHandle>> {
-        if name == REGISTRY_TABLE_NAME {
+        if is_system(name) {
             return None;
         }
         self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
@@ -257,8 +307,8 @@ impl Catalog {
             .expect("the registry is loaded with the catalog and never removed")
     }
 
-    /// The table whose unique id is `id`, if it exists, the registry included (how cluster
-    /// messages name tables). A scan
+    /// The table whose unique id is `id`, if it exists, the registry and the views of global
+    /// indexes included (how cluster messages name tables). A scan
     /// of the handles under the read lock, without allocating: a node holds at most a few thousand
     /// tables.
     pub fn get_by_id(&self, id: &str) -> Option<Arc<TableHandle>> {
@@ -269,7 +319,7 @@ impl Catalog {
     /// Every user table's name, sorted.
     pub fn names(&self) -> Vec<String> {
         let tables = self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        tables.keys().filter(|name| *name != REGISTRY_TABLE_NAME).cloned().collect()
+        tables.keys().filter(|name| !is_system(name)).cloned().collect()
     }
 
     /// Durably records a new or changed schema and publishes it. The caller holds `changes`.
@@ -287,7 +337,15 @@ impl Catalog {
             Some(previous) if previous.schema.id == schema.id => previous.stats.clone(),
             _ => Arc::default(),
         };
-        let handle = Arc::new(TableHandle { schema, tree, stats, indexes });
+        let handle = Arc::new(TableHandle { schema, tree, stats, indexes, view: false });
+        if let Some(previous) = tables.get(&handle.schema.name).cloned() {
+            for view in previous.views() {
+                tables.remove(&view.schema.name);
+            }
+        }
+        for view in handle.views() {
+            tables.insert(view.schema.name.clone(), view);
+        }
         tables.insert(handle.schema.name.clone(), handle.clone());
         Ok(handle)
     }
@@ -302,15 +360,16 @@ impl Catalog {
         self.deleted.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(id)
     }
 
-    /// Every table's handle, the registry included: what the cluster replicates.
+    /// Every table's handle, the registry and the views of global indexes included: what the
+    /// cluster replicates.
     pub fn tables(&self) -> Vec<Arc<TableHandle>> {
         self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
     }
 
-    /// Every user table's handle (the registry left out).
+    /// Every user table's handle (the registry and the views left out).
     pub fn user_tables(&self) -> Vec<Arc<TableHandle>> {
         let tables = self.tables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        tables.iter().filter(|(name, _)| *name != REGISTRY_TABLE_NAME).map(|(_, table)| table.clone()).collect()
+        tables.iter().filter(|(name, _)| !is_system(name)).map(|(_, table)| table.clone()).collect()
     }
 
     /// Durably removes a table and its data, remembering the deletion (`time`: the clock's time
@@ -343,7 +402,13 @@ impl Catalog {
             }
             deleted.insert(handle.schema.id.clone(), time);
         }
-        self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        {
+            let mut tables = self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for view in handle.views() {
+                tables.remove(&view.schema.name);
+            }
+            tables.remove(name);
+        }
         // The catalog no longer names the trees, so a crash from here on leaves only orphan trees,
         // which the next start removes.
         for tree in tree_names(&handle.schema) {

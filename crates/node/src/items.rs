@@ -274,7 +274,8 @@ impl Node {
         let new_size = new.as_ref().map(item_size_bytes);
         let version = self.inner.version();
         let mut batch = WriteBatch::new();
-        let index_deltas = indexing::index_changes(table, &key, old, new.as_ref(), version, &mut batch);
+        let index_deltas =
+            indexing::index_changes(table, &key, old, new.as_ref(), version, &mut batch, indexing::Globals::Local);
         if new.is_some() {
             let record = Record { version, item: new, expired: origin == WriteOrigin::Expiry, lineage: None };
             batch.put(&table.tree, key, record.encode());

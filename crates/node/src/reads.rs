@@ -384,18 +384,6 @@ pub(crate) struct Piece {
     pub(crate) range: Range,
     pub(crate) limit: Option<usize>,
     pub(crate) budget: usize,
-    /// For a global index read: the base partitions whose entries the replica returns (each
-    /// replica indexes the items it holds); empty otherwise.
-    pub(crate) partitions: Vec<u32>,
-}
-
-/// A replica's raw entries of a global secondary index for a coordinator that merges several
-/// replicas' (see `read_index_across`): in the read's order, unfiltered and unprojected.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct RawEntries {
-    pub(crate) entries: Vec<Item>,
-    /// Whether the replica stopped at the limit or the byte budget (more may follow).
-    pub(crate) more: bool,
 }
 
 /// A replica's share of a strongly consistent range read, for a coordinator that merges a
@@ -896,6 +884,13 @@ impl Node {
     async fn read_planned(&self, plan: &Plan<'_>, input: impl FnOnce() -> RangeInput) -> Result<Page, DynamoError> {
         let source = Source::resolve(&plan.table, plan.request.index_name)?;
         let request = &plan.request;
+        if source.is_global()
+            && let Some(cluster) = self.cluster()
+        {
+            // A global index is a view kept asynchronously (`cluster/views.rs`): this node's
+            // own writes reach it first.
+            cluster.settle_views().await;
+        }
         let cluster = match self.cluster() {
             Some(cluster) if request.consistent || !cluster.holds_everything() => cluster.clone(),
             _ => {
@@ -910,9 +905,6 @@ impl Node {
             }
         };
         let input = input();
-        if source.is_global() {
-            return self.read_index_across(&cluster, plan, &source, input).await;
-        }
         let mut page = Page::default();
         let mut range = plan.range.clone();
         loop {
@@ -922,7 +914,6 @@ impl Node {
                 range: range.clone(),
                 limit: request.limit.map(|limit| limit - page.scanned_count as usize),
                 budget: PAGE_BYTES_MAX - page.scanned_bytes,
-                partitions: Vec::new(),
             };
             let (part, next) = if request.consistent {
                 let (parts, piece, next) =
@@ -940,105 +931,6 @@ impl Node {
                 _ => return Ok(page),
             }
         }
-    }
-
-    /// Reads a page of a global secondary index on a cluster where no node holds every
-    /// partition. Each replica indexes the items it holds, so one replica of every base
-    /// partition is asked (this node for the partitions it holds), each for the entries of its
-    /// share of the partitions in the page's range, up to the page's `Limit` and 1 MB; the
-    /// entries are merged in index order, up to the first place a replica stopped short (past
-    /// it another replica may still have entries), and the page is made of them here — filter,
-    /// projection and counts — as one node would have made it. Eventually consistent, as global
-    /// secondary indexes are in DynamoDB.
-    async fn read_index_across(
-        &self,
-        cluster: &Arc<crate::cluster::Cluster>,
-        plan: &Plan<'_>,
-        source: &Source<'_>,
-        input: RangeInput,
-    ) -> Result<Page, DynamoError> {
-        let request = &plan.request;
-        let mut avoid = Vec::new();
-        let parts = loop {
-            let assignment = cluster.index_read_assignment(&avoid)?;
-            let mut reads = tokio::task::JoinSet::new();
-            let mut parts = Vec::new();
-            let mut failed = None;
-            for (reader, partitions) in assignment {
-                let piece = Piece {
-                    table_id: plan.table.schema.id.clone(),
-                    read: input.clone(),
-                    range: plan.range.clone(),
-                    limit: request.limit,
-                    budget: PAGE_BYTES_MAX,
-                    partitions,
-                };
-                if reader == cluster.me() {
-                    parts.push(self.read_raw_entries(source, &piece)?);
-                } else {
-                    let (node, cluster) = (self.clone(), cluster.clone());
-                    reads.spawn(async move { (reader, node.read_index_piece_remote(&cluster, reader, &piece).await) });
-                }
-            }
-            while let Some(answer) = reads.join_next().await {
-                match answer {
-                    Ok((_, Ok(entries))) => parts.push(entries),
-                    Ok((reader, Err(error))) => {
-                        tracing::debug!(%error, replica = reader.0, "global index read failed");
-                        failed = Some(reader);
-                    }
-                    Err(error) => return Err(DynamoError::internal(error.to_string())),
-                }
-            }
-            match failed {
-                None => break parts,
-                Some(reader) => avoid.push(reader),
-            }
-        };
-        // Entries come from peers whose catalogs may lag (an index dropped and created again
-        // under the same name): one without this index's key attributes fails the page.
-        let positions = source.position_attributes();
-        if parts
-            .iter()
-            .flat_map(|part| &part.entries)
-            .any(|entry| positions.iter().any(|name| !entry.contains_key(*name)))
-        {
-            return Err(DynamoError::internal("a replica answered with entries of another version of the index"));
-        }
-        let forward = plan.range.direction == Direction::Forward;
-        let in_order = |a: &Vec<u8>, b: &Vec<u8>| if forward { a.cmp(b) } else { b.cmp(a) };
-        // Past the first place a replica stopped short, another replica may still have entries.
-        let cutoff = parts
-            .iter()
-            .filter(|part| part.more)
-            .filter_map(|part| part.entries.last().map(|entry| source.storage_key(entry)))
-            .min_by(in_order);
-        let mut merged: Vec<(Vec<u8>, Item)> = parts
-            .into_iter()
-            .flat_map(|part| part.entries)
-            .map(|entry| (source.storage_key(&entry), entry))
-            .filter(|(key, _)| {
-                cutoff.as_ref().is_none_or(|cutoff| in_order(key, cutoff) != std::cmp::Ordering::Greater)
-            })
-            .collect();
-        merged.sort_by(|a, b| in_order(&a.0, &b.0));
-        let mut page = Page::default();
-        let total = merged.len();
-        for (position, (_, stored)) in merged.into_iter().enumerate() {
-            page.scanned_count += 1;
-            page.scanned_bytes += item_size_bytes(&stored);
-            let full_page = request.limit.is_some_and(|limit| page.scanned_count as usize >= limit)
-                || page.scanned_bytes >= PAGE_BYTES_MAX
-                || (cutoff.is_some() && position + 1 == total);
-            if full_page {
-                page.last_key = Some(source.last_key(&stored));
-            }
-            self.take_entry(source, &plan.shape, stored, None, request.consistent, &mut page)?;
-            if full_page {
-                break;
-            }
-        }
-        Ok(page)
     }
 
     /// Makes the page of one piece of a strongly consistent range read on a cluster
@@ -1216,44 +1108,6 @@ impl Node {
         Ok(strict)
     }
 
-    /// A replica's share of a global index read (see [`Node::read_index_across`]): the entries
-    /// in `piece`'s range whose base items lie in `piece.partitions`.
-    fn read_raw_entries(&self, source: &Source<'_>, piece: &Piece) -> Result<RawEntries, DynamoError> {
-        let cluster = self.cluster().ok_or_else(|| DynamoError::internal("not on a cluster"))?;
-        let layout = cluster.layout();
-        let mut wanted = vec![false; layout.partition_count() as usize];
-        for &partition in &piece.partitions {
-            if let Some(slot) = wanted.get_mut(partition as usize) {
-                *slot = true;
-            }
-        }
-        let base = &source.table.schema.key;
-        let entries = self
-            .inner
-            .engine
-            .range(source.tree(), piece.range.lower.clone(), piece.range.upper.clone(), piece.range.direction)
-            .map_err(storage_error)?;
-        let mut raw = RawEntries::default();
-        let mut bytes = 0;
-        for entry in entries {
-            let (_, value) = entry.map_err(storage_error)?;
-            let record = Record::decode(&value)
-                .map_err(|error| DynamoError::internal(format!("stored record unreadable: {error}")))?;
-            let Some(stored) = record.item else { continue };
-            let base_key = item_key(&stored[&base.partition.name], base.sort.as_ref().map(|sort| &stored[&sort.name]));
-            if !wanted[layout.partition_of_key(&base_key).index()] {
-                continue;
-            }
-            if piece.limit.is_some_and(|limit| raw.entries.len() >= limit) || bytes >= piece.budget {
-                raw.more = true;
-                break;
-            }
-            bytes += item_size_bytes(&stored);
-            raw.entries.push(stored);
-        }
-        Ok(raw)
-    }
-
     /// Refuses a piece that covers a partition this node does not replicate (now): it would
     /// answer from data it no longer keeps (or never had) as if the partition were empty. The
     /// coordinator then asks another replica.
@@ -1261,25 +1115,21 @@ impl Node {
         let Some(cluster) = self.cluster() else { return Ok(()) };
         let layout = cluster.layout();
         let me = cluster.me();
-        let partitions: Vec<u32> = if piece.partitions.is_empty() {
-            let first = match &piece.range.lower {
-                Bound::Unbounded => 0,
-                Bound::Included(key) | Bound::Excluded(key) => layout.partition_of_key(key).0,
-            };
-            let last = match &piece.range.upper {
-                Bound::Unbounded => layout.partition_count() - 1,
-                Bound::Included(key) => layout.partition_of_key(key).0,
-                Bound::Excluded(key) => {
-                    let partition = layout.partition_of_key(key);
-                    // A piece ends before the first key of the partition after its run.
-                    let starts_it = key.as_slice() == layout.partition_range(partition).0.to_be_bytes();
-                    if starts_it { partition.0.saturating_sub(1).max(first) } else { partition.0 }
-                }
-            };
-            (first..=last).collect()
-        } else {
-            piece.partitions.clone()
+        let first = match &piece.range.lower {
+            Bound::Unbounded => 0,
+            Bound::Included(key) | Bound::Excluded(key) => layout.partition_of_key(key).0,
         };
+        let last = match &piece.range.upper {
+            Bound::Unbounded => layout.partition_count() - 1,
+            Bound::Included(key) => layout.partition_of_key(key).0,
+            Bound::Excluded(key) => {
+                let partition = layout.partition_of_key(key);
+                // A piece ends before the first key of the partition after its run.
+                let starts_it = key.as_slice() == layout.partition_range(partition).0.to_be_bytes();
+                if starts_it { partition.0.saturating_sub(1).max(first) } else { partition.0 }
+            }
+        };
+        let partitions: Vec<u32> = (first..=last).collect();
         // A replica of either layout while one changes: a new replica still catching up may hold
         // less than the old ones, which is why a strict read asks a majority of each set (what
         // it lacks is seen elsewhere and read through consensus), and eventually consistent
@@ -1302,13 +1152,6 @@ impl Node {
             return Err(crate::tables::table_not_found());
         }
         Ok(plan)
-    }
-
-    /// Answers a peer's share of a global index read.
-    pub(crate) fn read_index_piece(&self, piece: &Piece) -> Result<RawEntries, DynamoError> {
-        let plan = self.plan_piece(piece)?;
-        let source = Source::resolve(&plan.table, plan.request.index_name)?;
-        self.read_raw_entries(&source, piece)
     }
 
     /// Answers a peer's share of a strongly consistent range read.

@@ -471,8 +471,16 @@ impl Node {
                 };
                 let record = Record::decode(&bytes).map_err(|error| error.to_string())?;
                 let mut batch = onggi_storage::WriteBatch::new();
-                let deltas =
-                    crate::indexing::index_changes(table, &key, record.item.as_ref(), None, record.version, &mut batch);
+                // Global indexes are views placed by their own keys, dropped as tables of their own.
+                let deltas = crate::indexing::index_changes(
+                    table,
+                    &key,
+                    record.item.as_ref(),
+                    None,
+                    record.version,
+                    &mut batch,
+                    crate::indexing::Globals::Skip,
+                );
                 batch.delete(&table.tree, key.clone());
                 batch.delete(&consensus, key);
                 let size = record.item.as_ref().map(onggi_model::value::item_size_bytes);

@@ -54,8 +54,14 @@ impl Node {
     /// cluster where this node does not hold every partition (see the module docs).
     pub(crate) async fn count_across_cluster(&self, table: &TableHandle, description: &mut TableDescription) {
         let Some(cluster) = self.cluster() else { return };
+        if table.indexes.iter().any(|index| index.global) {
+            // Global indexes are views kept asynchronously: this node's writes reach them first.
+            cluster.settle_views().await;
+        }
         if cluster.holds_everything() {
-            return;
+            let total = local_counts(table);
+            let indexes = total.indexes.iter().map(|(id, items, bytes)| (id.clone(), (*items, *bytes))).collect();
+            return describe_counts(table, description, &total, &indexes, 1);
         }
         let cluster = cluster.clone();
         // The writes this node coordinated a moment ago reach their other replicas first (or
@@ -86,16 +92,27 @@ impl Node {
                 }
             }
         }
-        let share = |sum: u64| (sum + replication / 2) / replication;
-        description.item_count = share(total.items);
-        description.table_size_bytes = share(total.bytes);
-        let described = description.local_secondary_indexes.iter_mut().chain(&mut description.global_secondary_indexes);
-        for index in described.flatten() {
-            let id = table.indexes.iter().find(|handle| handle.schema.name == index.index_name).map(|h| &h.schema.id);
-            if let Some((items, bytes)) = id.and_then(|id| indexes.get(id)) {
-                index.item_count = share(*items);
-                index.index_size_bytes = share(*bytes);
-            }
+        describe_counts(table, description, &total, &indexes, replication);
+    }
+}
+
+/// Puts counts summed over members that each store `replication` copies into `description`.
+fn describe_counts(
+    table: &TableHandle,
+    description: &mut TableDescription,
+    total: &TableCounts,
+    indexes: &BTreeMap<String, (u64, u64)>,
+    replication: u64,
+) {
+    let share = |sum: u64| (sum + replication / 2) / replication;
+    description.item_count = share(total.items);
+    description.table_size_bytes = share(total.bytes);
+    let described = description.local_secondary_indexes.iter_mut().chain(&mut description.global_secondary_indexes);
+    for index in described.flatten() {
+        let id = table.indexes.iter().find(|handle| handle.schema.name == index.index_name).map(|h| &h.schema.id);
+        if let Some((items, bytes)) = id.and_then(|id| indexes.get(id)) {
+            index.item_count = share(*items);
+            index.index_size_bytes = share(*bytes);
         }
     }
 }

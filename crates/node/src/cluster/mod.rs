@@ -44,10 +44,12 @@
 //!   detector; its verdict, and replicas that lagged in a recent round, only decide whom a round
 //!   asks first.
 //!
+//! - **Global secondary indexes** (`views.rs`) are views: tables of their own placed by the
+//!   index's key, fed by changes every replica of an item queues in its commit's batch.
+//!
 //! **What is not here yet** (each answers a clear error or is documented): one layout change at
-//! a time; a global secondary index is kept by each replica for its own items and read as one
-//! replica's share of every partition when no node holds them all (indexes partitioned by their
-//! own key come later); hints are kept by the coordinator, not by a substitute replica that
+//! a time; an index added to a table with items is active on each node once that node's backfill
+//! is done, not once every node's is; hints are kept by the coordinator, not by a substitute replica that
 //! counts towards the quorum (Dynamo's sloppy quorum): strict mode's majorities are of the item's
 //! own replicas, and hints only make a replica catch up sooner.
 
@@ -62,6 +64,7 @@ mod repair;
 mod status;
 mod tombstones;
 mod topology;
+mod views;
 
 pub use hints::HINTS_MAX_DEFAULT;
 pub use status::render_status;
@@ -109,6 +112,19 @@ const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
 const LINEAGE_WINDOW_MS: u64 = 60_000;
 /// Partitions of a cluster created by this build (fixed for the cluster's life).
 pub const PARTITIONS_DEFAULT: u32 = 256;
+
+/// How a replica handles a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CommitMode {
+    /// As usual.
+    Local,
+    /// Sent by a coordinator: answered once the commit's view changes were delivered (or
+    /// [`views::COMMIT_WAIT_MAX`] passed), so that the coordinator's reads of global indexes see it.
+    Remote,
+    /// A backfill's view entry: applied below the collection floor when nothing is stored for
+    /// its key (see `views.rs`).
+    Backfill,
+}
 
 /// How a node joins a cluster.
 #[derive(Clone, Debug)]
@@ -159,6 +175,8 @@ pub(crate) struct Cluster {
     repair: repair::Repair,
     /// Hinted handoff's store and counters.
     hints: hints::Hints,
+    /// Global index views' upkeep: the queue of changes and their delivery (`views.rs`).
+    views: views::Views,
     /// Leases of this node's last writes on items (see `leases.rs`).
     leases: leases::Leases,
     /// Tombstone collection's floors, rounds and counters (`tombstones.rs`).
@@ -290,6 +308,14 @@ impl Cluster {
     pub(crate) fn me(&self) -> NodeId {
         self.me
     }
+
+    /// Waits (each at most [`SENT_COMMITS_WAIT_MAX`]) until the view changes this node was
+    /// delivering and the commits it had sent have landed: before a read of a global index, so
+    /// that it sees this node's writes (`views.rs`).
+    pub(crate) async fn settle_views(&self) {
+        self.views.in_flight.settle().await;
+        self.sent_commits.settle().await;
+    }
 }
 
 /// The node part of the ballots (and version stamps) this process issues: the node id in the
@@ -302,8 +328,8 @@ pub fn ballot_node(node_id: u64, incarnation: u64) -> u64 {
 }
 
 /// The name of the storage tree holding a table's consensus state.
-pub fn consensus_tree_name(schema: &TableSchema) -> String {
-    format!("consensus.{}", schema.id)
+pub fn consensus_tree_name(table_id: &str) -> String {
+    format!("consensus.{table_id}")
 }
 
 /// Answers peers' requests on behalf of the node (held weakly: the node owns the transport).
@@ -341,8 +367,8 @@ impl Handler for PeerHandler {
             wire::tag::RANGE_READ => {
                 node.answer_range_read(&payload, from.addr).await.map(Bytes::from).map_err(HandlerError::new)
             }
-            wire::tag::INDEX_READ => {
-                node.answer_index_read(&payload, from.addr).await.map(Bytes::from).map_err(HandlerError::new)
+            wire::tag::VIEW_CHANGES => {
+                node.answer_view_changes(&payload, from.addr).await.map(|()| Bytes::new()).map_err(HandlerError::new)
             }
             wire::tag::TABLE_COUNTS => node.answer_table_counts(&payload).map(Bytes::from).map_err(HandlerError::new),
             wire::tag::STRICT_READ => {
@@ -448,6 +474,7 @@ impl Node {
         let members = topology.addresses().count();
         let others = topology.addresses().filter(|(id, _)| id.0 != config.node_id).count();
         let hints = hints::Hints::open(&self.inner.engine).await?;
+        let views = views::Views::open(&self.inner.engine).await?;
         // Gossip goes to the layout's other members and the seeds until peers answer.
         let mut gossip_seeds: Vec<String> = topology
             .addresses()
@@ -479,6 +506,7 @@ impl Node {
             coordinating: crate::items::LockStripes::new(),
             repair: repair::Repair::default(),
             hints,
+            views,
             leases: leases::Leases::default(),
             collector: tombstones::Collector::new(self.inner.random_below(u64::MAX)),
             sent_commits: SentCommits::default(),
@@ -498,6 +526,7 @@ impl Node {
         self.spawn_repair();
         self.spawn_catalog_sync();
         self.spawn_hint_delivery();
+        self.spawn_view_upkeep();
         self.spawn_topology_gossip();
         self.spawn_catch_up();
         self.spawn_gossip();
@@ -525,7 +554,7 @@ impl Node {
         if let Some(tree) = trees.get(&table.schema.id) {
             return Ok(tree.clone());
         }
-        let tree = self.inner.engine.open_tree(&consensus_tree_name(&table.schema)).map_err(storage_error)?;
+        let tree = self.inner.engine.open_tree(&consensus_tree_name(&table.schema.id)).map_err(storage_error)?;
         trees.insert(table.schema.id.clone(), tree.clone());
         Ok(tree)
     }
@@ -541,10 +570,25 @@ impl Node {
 
     /// Handles one consensus request for an item this node holds.
     async fn replica(&self, table_id: &str, key: Vec<u8>, request: Request) -> Result<Reply, DynamoError> {
+        self.replica_with(table_id, key, request, CommitMode::Local).await
+    }
+
+    /// [`Node::replica`], a commit handled as `mode` says.
+    async fn replica_with(
+        &self,
+        table_id: &str,
+        key: Vec<u8>,
+        request: Request,
+        mode: CommitMode,
+    ) -> Result<Reply, DynamoError> {
         let cluster = self.cluster().ok_or_else(|| DynamoError::internal("not part of a cluster"))?.clone();
         let table = self.table_by_id(table_id)?;
         let consensus = self.consensus_tree(&cluster, &table)?;
         let guard = self.inner.locks.lock(&table, &key).await;
+        // The description as it is under the lock (the lock stripe depends on the id only): an
+        // index backfill reads each item under its lock and counts on every later commit to
+        // keep the new index (`backfill.rs`).
+        let table = self.table_by_id(table_id)?;
         let partition = {
             let layout = cluster.layout();
             let partition = layout.partition_of_key(&key);
@@ -577,7 +621,10 @@ impl Node {
         let _commit_gate = match &request {
             Request::Commit(version) => {
                 let gate = part.commit_gate().await;
-                if part.floors().drops(version.ballot) {
+                // A backfill's entry of an old item is no ghost when the view has nothing there.
+                let admitted = mode == CommitMode::Backfill
+                    && self.inner.engine.get(&table.tree, &key).map_err(storage_error)?.is_none();
+                if part.floors().drops(version.ballot) && !admitted {
                     cluster.collector.stats.commits_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(Reply::Committed);
                 }
@@ -624,9 +671,26 @@ impl Node {
                 let old = acceptor.committed.as_ref().and_then(|committed| committed.value.item.clone());
                 let ballot = version.ballot;
                 if acceptor.commit(version.clone()) {
-                    self.write_committed(&table, &consensus, key, old, version, &acceptor, state_present, guard)
+                    let views = self
+                        .write_committed(
+                            &cluster,
+                            &table,
+                            &consensus,
+                            key,
+                            old,
+                            version,
+                            &acceptor,
+                            state_present,
+                            guard,
+                        )
                         .await?;
                     part.note_commit(ballot);
+                    if let Some(delivery) = views
+                        && mode == CommitMode::Remote
+                    {
+                        // The coordinator's reads of global indexes count on it (`views.rs`).
+                        let _ = tokio::time::timeout(views::COMMIT_WAIT_MAX, delivery).await;
+                    }
                 }
                 Ok(Reply::Committed)
             }
@@ -670,12 +734,15 @@ impl Node {
         self.commit_batch(batch, Durability::Sync, || {}).await
     }
 
-    /// Writes a chosen version as the item's record, with its index entries, and retires the
-    /// consensus state it makes redundant, in one batch (not waiting for an fsync: a commit lost
-    /// in a crash is recovered from the accepted proposal it would have retired, or from peers).
+    /// Writes a chosen version as the item's record, with its local index entries and its
+    /// global indexes' view changes (queued, `views.rs`), and retires the consensus state it
+    /// makes redundant, in one batch (not waiting for an fsync: a commit lost in a crash is
+    /// recovered from the accepted proposal it would have retired, or from peers). Returns the
+    /// delivery of the view changes, when there are some.
     #[allow(clippy::too_many_arguments)]
     async fn write_committed(
         &self,
+        cluster: &Arc<Cluster>,
         table: &Arc<TableHandle>,
         consensus: &Tree,
         key: Vec<u8>,
@@ -684,10 +751,19 @@ impl Node {
         acceptor: &Acceptor<Value>,
         state_present: bool,
         guard: tokio::sync::OwnedMutexGuard<()>,
-    ) -> Result<(), DynamoError> {
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, DynamoError> {
         let mut batch = WriteBatch::new();
-        let index_deltas =
-            indexing::index_changes(table, &key, old.as_ref(), version.value.item.as_ref(), version.ballot, &mut batch);
+        let mut changes = Vec::new();
+        let index_deltas = indexing::index_changes(
+            table,
+            &key,
+            old.as_ref(),
+            version.value.item.as_ref(),
+            version.ballot,
+            &mut batch,
+            indexing::Globals::Views(&mut changes),
+        );
+        let queued = cluster.views.queue(&mut batch, &key, changes, false);
         let redundant = acceptor.accepted.is_none() && acceptor.promised <= version.ballot;
         if redundant {
             if state_present {
@@ -708,7 +784,8 @@ impl Node {
             }
             drop(guard);
         })
-        .await
+        .await?;
+        Ok((!queued.is_empty()).then(|| self.deliver_soon(cluster, queued)))
     }
 
     async fn commit_batch(

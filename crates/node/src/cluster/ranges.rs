@@ -31,7 +31,7 @@ use onggi_model::{DynamoError, ErrorKind};
 
 use super::{Cluster, wire};
 use crate::Node;
-use crate::reads::{Page, Piece, RawEntries, StrictEntries};
+use crate::reads::{Page, Piece, StrictEntries};
 
 /// How long a replica may take to read one piece (up to 1 MB of items) and answer.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,29 +120,6 @@ impl Cluster {
             last = PartitionId(last.0 + 1);
         }
         Some((readers, last))
-    }
-
-    /// Who reads which base partitions for a global index read: one replica of every partition
-    /// (this node where it is one, else spread over the replicas), none of `avoid`.
-    pub(crate) fn index_read_assignment(&self, avoid: &[NodeId]) -> Result<Vec<(NodeId, Vec<u32>)>, DynamoError> {
-        let layout = self.layout();
-        let mut assignment: std::collections::BTreeMap<NodeId, Vec<u32>> = std::collections::BTreeMap::new();
-        for partition in 0..layout.partition_count() {
-            let replicas: Vec<NodeId> =
-                layout.replicas(PartitionId(partition)).iter().copied().filter(|node| !avoid.contains(node)).collect();
-            let reader = if replicas.contains(&self.me) {
-                self.me
-            } else {
-                *replicas.get(partition as usize % replicas.len().max(1)).ok_or_else(|| {
-                    DynamoError::new(
-                        ErrorKind::Throttling,
-                        format!("no replica of partition {partition} of the table answered; retry later"),
-                    )
-                })?
-            };
-            assignment.entry(reader).or_default().push(partition);
-        }
-        Ok(assignment.into_iter().collect())
     }
 }
 
@@ -268,22 +245,6 @@ impl Node {
         cluster.sent_commits.settle().await;
         let reply = Node::send_piece(cluster, reader, wire::tag::RANGE_READ, piece).await?;
         wire::decode_page(&reply).map_err(|error| error.to_string())
-    }
-
-    pub(crate) async fn read_index_piece_remote(
-        &self,
-        cluster: &Cluster,
-        reader: NodeId,
-        piece: &Piece,
-    ) -> Result<RawEntries, String> {
-        cluster.sent_commits.settle().await;
-        let reply = Node::send_piece(cluster, reader, wire::tag::INDEX_READ, piece).await?;
-        wire::decode_raw_entries(&reply).map_err(|error| error.to_string())
-    }
-
-    /// Answers a peer's [`wire::tag::INDEX_READ`].
-    pub(super) async fn answer_index_read(&self, payload: &[u8], sender: SocketAddr) -> Result<Vec<u8>, String> {
-        self.answer_piece(payload, sender, Node::read_index_piece, wire::encode_raw_entries).await
     }
 
     /// Answers a peer's [`wire::tag::STRICT_READ`].

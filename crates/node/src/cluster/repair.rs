@@ -650,7 +650,7 @@ impl Node {
 
     /// Compares `partition` of `table` with `peer` and exchanges the versions of the ranges that
     /// differ, counting the outcome.
-    async fn compare(
+    pub(super) async fn compare(
         &self,
         cluster: &Arc<Cluster>,
         table: &Arc<TableHandle>,
@@ -944,7 +944,7 @@ pub(super) mod tests {
     use onggi_model::table::CreateTableInput;
     use serde_json::json;
 
-    fn input<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    pub(in crate::cluster) fn input<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
         serde_json::from_value(value).unwrap()
     }
 
@@ -954,8 +954,21 @@ pub(super) mod tests {
 
     /// Three in-memory nodes on loopback, a cluster with N = 3, and a table with a sort key.
     pub(in crate::cluster) async fn three_nodes() -> (Vec<Node>, Vec<SocketAddr>) {
+        let (nodes, addresses) = cluster_of(3).await;
+        let create = json!({
+            "TableName": "repairs", "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"},
+                                     {"AttributeName": "sk", "AttributeType": "N"}],
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
+        });
+        nodes[0].create_table(&RequestContext::default(), input::<CreateTableInput>(create)).await.unwrap();
+        (nodes, addresses)
+    }
+
+    /// `count` in-memory nodes on loopback, a cluster with N = 3 (fewer when `count` is).
+    pub(in crate::cluster) async fn cluster_of(count: usize) -> (Vec<Node>, Vec<SocketAddr>) {
         let addresses: Vec<SocketAddr> =
-            (0..3).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
+            (0..count).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
         let members: Vec<(u64, SocketAddr)> = addresses.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect();
         let mut nodes = Vec::new();
         for (id, listen) in &members {
@@ -967,18 +980,11 @@ pub(super) mod tests {
                 listen: *listen,
                 members: members.clone(),
                 seeds: Vec::new(),
-                replication: 3,
+                replication: count.min(3),
             };
             node.start_cluster(config).await.unwrap();
             nodes.push(node);
         }
-        let create = json!({
-            "TableName": "repairs", "BillingMode": "PAY_PER_REQUEST",
-            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"},
-                                     {"AttributeName": "sk", "AttributeType": "N"}],
-            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
-        });
-        nodes[0].create_table(&RequestContext::default(), input::<CreateTableInput>(create)).await.unwrap();
         (nodes, addresses)
     }
 

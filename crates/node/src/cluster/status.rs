@@ -5,7 +5,8 @@
 //! reach it right now (a short status request over the transport), the partitions it holds, the
 //! failure detector's phi for it and whether it is suspected (`gossip.rs`), the
 //! items it stores itself (all tables), and the hinted handoff counters (hints queued now, stored, delivered, dropped, discarded, and the
-//! limit), the anti-entropy counters and tombstone collection's.
+//! limit), the anti-entropy counters, tombstone collection's, and the upkeep of global index
+//! views (changes queued here now, delivered, deferred, applied here; `views.rs`).
 
 use std::time::Duration;
 
@@ -95,8 +96,19 @@ impl Node {
             "repair": repair_json(cluster.repair.stats.snapshot()),
             "leases": leases_json(cluster.leases.counts()),
             "tombstones": tombstones_json(&cluster.collector.stats),
+            "views": views_json(&cluster.views.stats),
         })
     }
+}
+
+fn views_json(stats: &super::views::ViewStats) -> Json {
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    json!({
+        "queued": read(&stats.queued),
+        "delivered": read(&stats.delivered),
+        "deferred": read(&stats.deferred),
+        "applied": read(&stats.applied),
+    })
 }
 
 fn hints_json(counts: super::hints::HintCounts) -> Json {
@@ -215,6 +227,15 @@ pub fn render_status(status: &Json) -> String {
     if let Some(repair) = status["repair"].as_object() {
         let fields: Vec<String> = repair.iter().map(|(name, value)| format!("{name} {}", text(value))).collect();
         out.push_str(&format!("repair: {}\n", fields.join(", ")));
+    }
+    if let Some(views) = status["views"].as_object() {
+        out.push_str(&format!(
+            "global index changes queued here: {}; delivered {}, deferred {}; applied here as a view replica {}\n",
+            text(&views["queued"]),
+            text(&views["delivered"]),
+            text(&views["deferred"]),
+            text(&views["applied"]),
+        ));
     }
     if let Some(tombstones) = status["tombstones"].as_object() {
         out.push_str(&format!(

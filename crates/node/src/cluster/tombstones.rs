@@ -34,6 +34,11 @@
 //!   tombstone carried the lineage naming the attempt) that the attempt was applied, and would
 //!   apply it again (the simulator found that too, with a grace of 300 ms). The command line
 //!   refuses a grace below [`GRACE_MIN`]; the default tolerates clocks 49 s apart.
+//! - **Views of global indexes** (`views.rs`) are collected the same way with a grace of at
+//!   least [`VIEW_GRACE_MIN`]: their versions are not chosen on the view's replicas but copied
+//!   there by the item's replicas, and a copy that arrives at or below an adopted floor is
+//!   dropped; the longer grace leaves an hour for copies held up (no replica of the view
+//!   answering) to arrive.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +70,8 @@ pub const GRACE_DEFAULT: Duration = Duration::from_secs(60);
 /// clock disagreement between nodes.
 pub const GRACE_MIN: Duration = Duration::from_secs(15);
 const _: () = assert!(GRACE_MIN.as_secs() >= super::OPERATION_DEADLINE.as_secs() + super::ROUND_TIMEOUT.as_secs() + 4);
+/// The least grace of a round over a global index's view (see the module docs).
+pub(crate) const VIEW_GRACE_MIN: Duration = Duration::from_secs(3_600);
 /// Default time between two rounds over one partition.
 pub const INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// The state tree's key prefix of floors.
@@ -519,7 +526,11 @@ impl Node {
             Some((_, left_behind)) => *left_behind,
             None => false,
         };
-        let floor = floor_at(wall_clock_ms(), collector.grace_ms.load(Ordering::Relaxed));
+        let mut grace_ms = collector.grace_ms.load(Ordering::Relaxed);
+        if table.view {
+            grace_ms = grace_ms.max(VIEW_GRACE_MIN.as_millis() as u64);
+        }
+        let floor = floor_at(wall_clock_ms(), grace_ms);
         if !left_behind {
             match self.tombstones_at_or_below(cluster, table, partition, floor, 1).await {
                 Ok((keys, _)) if keys.is_empty() => {

@@ -523,7 +523,8 @@ impl Node {
                 // Not acknowledged: the sender keeps a hint and tries again.
                 return Err(format!("layout epoch {epoch} is not known here yet"));
             }
-            return self.replica(table_id, key, request).await.map_err(|error| error.message);
+            let mode = if sender.is_some() { super::CommitMode::Remote } else { super::CommitMode::Local };
+            return self.replica_with(table_id, key, request, mode).await.map_err(|error| error.message);
         }
         for _ in 0..2 {
             let gate = cluster.epoch_gate.read().await;

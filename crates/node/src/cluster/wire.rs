@@ -24,10 +24,11 @@ use std::ops::Bound;
 use onggi_model::{Item, codec};
 use onggi_storage::Direction;
 
-use crate::reads::{Page, Piece, Range, RangeInput, RawEntries, StrictEntries};
+use super::views::Delivery;
+use crate::reads::{Page, Piece, Range, RangeInput, StrictEntries};
 
 /// The payload format version this build writes and reads.
-pub const WIRE_FORMAT_VERSION: u8 = 4;
+pub const WIRE_FORMAT_VERSION: u8 = 5;
 
 /// Transport tags: what a payload is.
 pub mod tag {
@@ -62,9 +63,8 @@ pub mod tag {
     /// A new replica of a moved partition asks an old one for its committed versions there
     /// ([`super::CatchUp`], answered by a [`super::CatchUpReply`]). Bulk lane.
     pub const CATCH_UP: u16 = 11;
-    /// A replica's share of a global secondary index read: [`super::encode_piece`] (with its
-    /// base partitions), answered by [`super::encode_raw_entries`].
-    pub const INDEX_READ: u16 = 12;
+    // 12 was a replica's share of a global secondary index read, before global indexes were
+    // views placed by their own key (`super::super::views`).
     /// A replica's share of a strongly consistent Query or Scan: [`super::encode_piece`],
     /// answered by [`super::encode_strict_entries`].
     pub const STRICT_READ: u16 = 13;
@@ -77,6 +77,9 @@ pub mod tag {
     /// Membership gossip (`onggi_core::membership`: Syn, Ack, Ack2, Refuse), one-way both ways:
     /// [`super::encode_gossip`].
     pub const GOSSIP: u16 = 16;
+    /// Changes to a global index's view for one of its replicas (`super::super::views`):
+    /// [`super::encode_view_changes`], answered with an empty payload once applied.
+    pub const VIEW_CHANGES: u16 = 17;
 }
 
 /// A phase of a tombstone-collection round (see `onggi_core::tombstones`), sent by the round's
@@ -908,10 +911,6 @@ pub(crate) fn encode_piece(piece: &Piece) -> Vec<u8> {
         }
     }
     out.u64(piece.budget as u64);
-    out.u32(piece.partitions.len() as u32);
-    for partition in &piece.partitions {
-        out.u32(*partition);
-    }
     out.0
 }
 
@@ -942,37 +941,43 @@ pub(crate) fn decode_piece(bytes: &[u8]) -> Result<Piece, WireError> {
         other => return Err(WireError(format!("presence flag {other}"))),
     };
     let budget = usize::try_from(input.u64()?).map_err(|_| WireError("budget".into()))?;
-    let partitions = (0..input.count(4)?).map(|_| input.u32()).collect::<Result<Vec<_>, _>>()?;
     input.finish()?;
-    Ok(Piece { table_id, read, range: Range { lower, upper, direction }, limit, budget, partitions })
+    Ok(Piece { table_id, read, range: Range { lower, upper, direction }, limit, budget })
 }
 
-/// Encodes a replica's raw index entries: `[count u32][count × (u32 len + item codec)][more u8]`.
-pub(crate) fn encode_raw_entries(raw: &RawEntries) -> Vec<u8> {
+/// Encodes changes to the global index view `view_id` (`super::views`): `[version][view id: u16
+/// length + UTF-8][count u32][count × ([flags u8: bit 0 = backfill][entry key: u32 length]
+/// [record: u32 length])]`, answered with an empty payload once every change is applied.
+pub(crate) fn encode_view_changes(view_id: &str, changes: &[Delivery]) -> Vec<u8> {
     let mut out = Writer::new();
-    out.u32(raw.entries.len() as u32);
-    let mut bytes = Vec::new();
-    for entry in &raw.entries {
-        bytes.clear();
-        codec::encode_item(entry, &mut bytes);
-        out.bytes32(&bytes);
+    out.bytes16(view_id.as_bytes());
+    out.u32(changes.len() as u32);
+    for change in changes {
+        out.u8(u8::from(change.backfill));
+        out.bytes32(&change.entry_key);
+        out.bytes32(&change.record.encode());
     }
-    out.u8(u8::from(raw.more));
     out.0
 }
 
-/// Decodes [`encode_raw_entries`].
-pub(crate) fn decode_raw_entries(bytes: &[u8]) -> Result<RawEntries, WireError> {
+/// Decodes [`encode_view_changes`].
+pub(crate) fn decode_view_changes(bytes: &[u8]) -> Result<(String, Vec<Delivery>), WireError> {
     let mut input = Reader::start(bytes)?;
-    let decode = |bytes: &[u8]| codec::decode_item(bytes).map_err(|error| WireError(format!("item: {error}")));
-    let entries = (0..input.count(4)?).map(|_| decode(input.bytes32()?)).collect::<Result<Vec<_>, _>>()?;
-    let more = match input.u8()? {
-        0 => false,
-        1 => true,
-        other => return Err(WireError(format!("flag {other}"))),
-    };
+    let view_id = input.table_id()?;
+    let count = input.count(9)?;
+    let mut changes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let backfill = match input.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(WireError(format!("view change flags {other}"))),
+        };
+        let entry_key = input.bytes32()?.to_vec();
+        let record = Record::decode(input.bytes32()?).map_err(|error| WireError(error.to_string()))?;
+        changes.push(Delivery { entry_key, record, backfill });
+    }
     input.finish()?;
-    Ok(RawEntries { entries, more })
+    Ok((view_id, changes))
 }
 
 /// Encodes a replica's share of a strongly consistent read: `[count u32][count × (ballot, u32 len
@@ -1158,6 +1163,10 @@ mod tests {
 
     fn ballot(time: u64, node: u64) -> Ballot {
         Ballot { time: Timestamp(time), node: NodeId(node) }
+    }
+
+    fn record(item: Option<Item>) -> Record {
+        Record { version: ballot(3, 1), item, expired: false, lineage: None }
     }
 
     #[test]
@@ -1393,16 +1402,18 @@ mod tests {
             },
             limit: Some(5),
             budget: 1 << 20,
-            partitions: vec![3, 200],
         };
         let decoded = decode_piece(&encode_piece(&piece)).expect("decodes");
         assert_eq!(decoded.table_id, piece.table_id);
         assert_eq!((&decoded.range.lower, &decoded.range.upper), (&piece.range.lower, &piece.range.upper));
         assert_eq!(decoded.range.direction, Direction::Reverse);
         assert_eq!((decoded.limit, decoded.budget), (piece.limit, piece.budget));
-        assert_eq!(decoded.partitions, vec![3, 200]);
-        let raw = RawEntries { entries: vec![Item::new()], more: true };
-        assert_eq!(decode_raw_entries(&encode_raw_entries(&raw)), Ok(raw));
+        let changes = vec![
+            Delivery { entry_key: vec![1, 2], record: record(Some(Item::new())), backfill: true },
+            Delivery { entry_key: Vec::new(), record: record(None), backfill: false },
+        ];
+        assert_eq!(decode_view_changes(&encode_view_changes("v-1", &changes)), Ok(("v-1".to_string(), changes)));
+        assert!(decode_view_changes(&encode_view_changes("v-1", &[])[..3]).is_err());
         let strict = StrictEntries {
             entries: vec![(ballot(7, 2), Item::new()), (ballot(9, 1), Item::new())],
             pending: vec![b"key".to_vec(), Vec::new()],

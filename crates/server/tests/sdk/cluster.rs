@@ -360,11 +360,62 @@ async fn create_table(client: &Client, table: &str) {
         .expect("create the table");
 }
 
+/// The items of a global index `by_v` (keyed by `v`), as one node reads them (each node holds
+/// every partition on three nodes): (pk, v) of each entry.
+async fn index_contents(client: &Client, table: &str) -> Result<std::collections::BTreeSet<(String, String)>, String> {
+    let mut entries = std::collections::BTreeSet::new();
+    let mut start = None;
+    for _ in 0..10_000 {
+        let page = client
+            .scan()
+            .table_name(table)
+            .index_name("by_v")
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|error| format!("{error:?}"))?;
+        for item in page.items() {
+            let text = |name: &str| match item.get(name) {
+                Some(AttributeValue::S(text) | AttributeValue::N(text)) => text.clone(),
+                _ => String::new(),
+            };
+            entries.insert((text("pk"), text("v")));
+        }
+        match page.last_evaluated_key() {
+            Some(key) if !key.is_empty() => start = Some(key.clone()),
+            _ => return Ok(entries),
+        }
+    }
+    Err("the index scan did not end".into())
+}
+
 async fn faults_under_load() {
     let mut cluster = Cluster::start(3);
     let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
     let table = crate::harness::unique_name("cluster");
-    create_table(&client(&endpoints[0]), &table).await;
+    // With a global index on `v`: its view is kept by the replicas through the same faults.
+    client(&endpoints[0])
+        .create_table()
+        .table_name(&table)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .attribute_definitions(crate::harness::attribute_definition("pk", ScalarAttributeType::S))
+        .attribute_definitions(crate::harness::attribute_definition("v", ScalarAttributeType::N))
+        .key_schema(crate::harness::key_element("pk", aws_sdk_dynamodb::types::KeyType::Hash))
+        .global_secondary_indexes(
+            aws_sdk_dynamodb::types::GlobalSecondaryIndex::builder()
+                .index_name("by_v")
+                .key_schema(crate::harness::key_element("v", aws_sdk_dynamodb::types::KeyType::Hash))
+                .projection(
+                    aws_sdk_dynamodb::types::Projection::builder()
+                        .projection_type(aws_sdk_dynamodb::types::ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+                .expect("an index"),
+        )
+        .send()
+        .await
+        .expect("create the table");
 
     let stop = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(AtomicBool::new(false));
@@ -412,6 +463,45 @@ async fn faults_under_load() {
              logs:\n{}",
             cluster.logs()
         ),
+    }
+    // Every node's view of the global index converges on the items: one entry per item, with
+    // its latest value.
+    let wanted: std::collections::BTreeSet<(String, String)> = replica_contents(&client(&endpoints[0]), &table)
+        .await
+        .expect("scan")
+        .into_iter()
+        .filter_map(|(pk, item)| match item.get("v") {
+            Some(AttributeValue::N(v)) => Some((pk, v.clone())),
+            _ => None,
+        })
+        .collect();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let started = Instant::now();
+        loop {
+            let seen = index_contents(&client(endpoint), &table).await;
+            if seen.as_ref().is_ok_and(|seen| *seen == wanted) {
+                println!(
+                    "cluster test: node {}'s view of the index holds the {} items' entries {} ms after the tables \
+                     converged",
+                    i + 1,
+                    wanted.len(),
+                    started.elapsed().as_millis()
+                );
+                break;
+            }
+            let difference = seen.map(|seen| {
+                let missing = wanted.difference(&seen).next().cloned();
+                let extra = seen.difference(&wanted).next().cloned();
+                format!("{} entries, missing e.g. {missing:?}, extra e.g. {extra:?}", seen.len())
+            });
+            assert!(
+                started.elapsed() < CONVERGENCE_BOUND,
+                "node {}'s index view did not converge: {difference:?}; logs:\n{}",
+                i + 1,
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     // Hinted handoff took part: nodes 1 and 2 kept hints for the commits node 3 missed while it
     // was down (and node 1 for node 2 while it was paused), and handed them over.

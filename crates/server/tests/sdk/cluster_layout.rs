@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::{BillingMode, KeyType, ScalarAttributeType};
+use aws_sdk_dynamodb::types::{
+    BillingMode, GlobalSecondaryIndex, KeyType, Projection, ProjectionType, ScalarAttributeType,
+};
 use tokio::sync::Mutex;
 
 use crate::cluster::Cluster;
@@ -168,8 +170,18 @@ async fn join_and_decommission() {
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attribute_definition("pk", ScalarAttributeType::S))
         .attribute_definitions(attribute_definition("sk", ScalarAttributeType::N))
+        .attribute_definitions(attribute_definition("v", ScalarAttributeType::N))
         .key_schema(key_element("pk", KeyType::Hash))
         .key_schema(key_element("sk", KeyType::Range))
+        // A global index, placed by its own key: its partitions move with the table's.
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("by_v")
+                .key_schema(key_element("v", KeyType::Hash))
+                .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+                .build()
+                .expect("an index"),
+        )
         .send()
         .await
         .expect("create the table");
@@ -299,6 +311,46 @@ async fn join_and_decommission() {
         }
     }
     assert_eq!(scanned as usize, expected.len() + 1, "a scan through node 4 (the counter included)");
+
+    // The global index moved with the layout: queries of it through every remaining node find
+    // every item by its value (each item's v: before-i has i, during-x-r has r).
+    let v_of = |key: &str| -> i64 { key.rsplit('-').next().and_then(|v| v.parse().ok()).expect("a numbered key") };
+    for v in [0, 1, 5, 17] {
+        let wanted: std::collections::BTreeSet<String> = expected
+            .keys()
+            .filter(|key| v_of(key) == v)
+            .cloned()
+            .chain((value as i64 == v).then(|| "counter".into()))
+            .collect();
+        for (i, reader) in readers.iter().enumerate() {
+            let started = Instant::now();
+            loop {
+                let page = reader
+                    .query()
+                    .table_name(&table)
+                    .index_name("by_v")
+                    .key_condition_expression("v = :v")
+                    .expression_attribute_values(":v", n(v))
+                    .send()
+                    .await
+                    .expect("query the global index");
+                let found: std::collections::BTreeSet<String> = page
+                    .items()
+                    .iter()
+                    .filter_map(|item| item.get("pk").and_then(|pk| pk.as_s().ok()).cloned())
+                    .collect();
+                if found == wanted {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < CHANGE_BOUND,
+                    "index query v = {v} through node {}: {found:?}, wanted {wanted:?}",
+                    i + 2
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
     drop(cluster);
 }
 
