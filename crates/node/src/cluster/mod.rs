@@ -618,7 +618,7 @@ impl Node {
         if let Some(refusal) = below_floor {
             return Ok(refusal);
         }
-        let _commit_gate = match &request {
+        let commit_gate = match &request {
             Request::Commit(version) => {
                 let gate = part.commit_gate().await;
                 // A backfill's entry of an old item is no ghost when the view has nothing there.
@@ -685,6 +685,7 @@ impl Node {
                         )
                         .await?;
                     part.note_commit(ballot);
+                    drop(commit_gate);
                     if let Some(delivery) = views
                         && mode == CommitMode::Remote
                     {
