@@ -36,10 +36,11 @@ use crate::tables::storage_error;
 const BACKFILL_CHUNK: usize = 256;
 
 impl Node {
-    /// Starts the node's background work: the TTL expirer (a pass every `ttl_interval`) and the
-    /// backfill of every index left `Backfilling` by the last run. Needs a Tokio runtime.
+    /// Starts the node's background work: the TTL expirer (a pass every `ttl_interval`), the clock
+    /// marks (`restart.rs`) and the backfill of every index left `Backfilling` by the last run. Needs a Tokio runtime.
     pub fn start_background(&self, ttl_interval: Duration) {
         self.spawn_expirer(ttl_interval);
+        self.spawn_clock_marks();
         for name in self.inner.catalog.names() {
             if let Some(table) = self.inner.catalog.get(&name)
                 && table.indexes.iter().any(|index| index.schema.status == IndexStatus::Backfilling)

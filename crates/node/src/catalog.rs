@@ -3,7 +3,8 @@
 //! Each table's items live in their own storage tree, named after the table's unique id (not its
 //! name), so that a table deleted and created again under the same name never sees old data, and
 //! dropping a table is dropping its tree. Live statistics (item count, size) are kept in memory,
-//! adjusted by every write, and recounted from storage when the node starts.
+//! adjusted by every write, and recounted from storage in the background when the node starts
+//! ([`Recount`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -214,16 +215,17 @@ pub struct Catalog {
     /// Serializes control-plane changes (create, update, delete) so that each one reads and
     /// writes the catalog without interference.
     pub(crate) changes: tokio::sync::Mutex<()>,
-    /// The newest version timestamp found in storage at start: the clock starts after it.
-    pub newest_timestamp: Timestamp,
+    /// The recounts of the statistics, opened at load and not yet taken (see [`Recount`]).
+    recounts: std::sync::Mutex<Vec<Recount>>,
 }
 
 impl Catalog {
-    /// Loads every table's schema and recounts its statistics.
+    /// Loads every table's schema, and opens (without running them) the recounts of their
+    /// statistics: [`Catalog::take_recounts`].
     pub fn load(engine: Arc<dyn Engine>) -> Result<Catalog, String> {
         let catalog_tree = engine.open_tree(CATALOG_TREE).map_err(|error| error.to_string())?;
         let mut tables = BTreeMap::new();
-        let mut newest_timestamp = Timestamp::ZERO;
+        let mut recounts = Vec::new();
         let entries = engine
             .range(&catalog_tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward)
             .map_err(|error| error.to_string())?;
@@ -255,14 +257,11 @@ impl Catalog {
             let tree = engine.open_tree(&items_tree_name(&schema)).map_err(|error| error.to_string())?;
             let indexes = open_indexes(&*engine, &schema, None).map_err(|error| error.to_string())?;
             let handle = TableHandle { schema, tree, stats: Arc::default(), indexes, view: false };
-            let newest = recount(&*engine, &handle.tree, &handle.stats, &handle.schema.name, 0)?;
+            recounts.push(Recount::open(&*engine, &handle.tree, &handle.stats, &handle.schema.name, 0)?);
             for index in &handle.indexes {
-                // A view's entries carry the versions of the items they were made from.
-                let newest =
-                    recount(&*engine, &index.tree, &index.stats, &handle.schema.name, INDEX_ENTRY_OVERHEAD_BYTES)?;
-                newest_timestamp = newest_timestamp.max(newest);
+                let overhead = INDEX_ENTRY_OVERHEAD_BYTES;
+                recounts.push(Recount::open(&*engine, &index.tree, &index.stats, &handle.schema.name, overhead)?);
             }
-            newest_timestamp = newest_timestamp.max(newest);
             for view in handle.views() {
                 tables.insert(view.schema.name.clone(), view);
             }
@@ -274,8 +273,7 @@ impl Catalog {
         let registry = registry_schema();
         let tree = engine.open_tree(&items_tree_name(&registry)).map_err(|error| error.to_string())?;
         let handle = TableHandle { schema: registry, tree, stats: Arc::default(), indexes: Vec::new(), view: false };
-        newest_timestamp =
-            newest_timestamp.max(recount(&*engine, &handle.tree, &handle.stats, REGISTRY_TABLE_NAME, 0)?);
+        recounts.push(Recount::open(&*engine, &handle.tree, &handle.stats, REGISTRY_TABLE_NAME, 0)?);
         tables.insert(REGISTRY_TABLE_NAME.to_string(), Arc::new(handle));
         // The item encoding version is recorded per record; this assertion keeps the two in step.
         debug_assert_eq!(ITEM_FORMAT_VERSION, 1);
@@ -285,8 +283,13 @@ impl Catalog {
             tables: RwLock::new(tables),
             deleted: RwLock::new(deleted),
             changes: tokio::sync::Mutex::new(()),
-            newest_timestamp,
+            recounts: std::sync::Mutex::new(recounts),
         })
+    }
+
+    /// The recounts of the statistics opened at load, for the caller to run (once).
+    pub fn take_recounts(&self) -> Vec<Recount> {
+        std::mem::take(&mut *self.recounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The user table named `name`, if it exists.
@@ -439,29 +442,51 @@ impl Catalog {
     }
 }
 
-/// Recounts the statistics of a table's or an index's tree from storage (`overhead`: bytes
-/// counted per entry beyond its size); returns the newest version timestamp seen.
-fn recount(
-    engine: &dyn Engine,
-    tree: &Tree,
-    stats: &TableStats,
-    table: &str,
+/// The recount of one table's or index's statistics from storage, in the background.
+///
+/// Statistics live in memory, adjusted by every write, and are not stored: a node counts them
+/// again when it starts. Counting reads every record (a million items of 1 KB take seconds), so
+/// it does not hold the start up: the catalog opens each tree's scan at load — a snapshot of the
+/// tree as it is before the node serves anything — and the statistics start at zero, counting
+/// only the writes made after it. Adding the snapshot's count when the scan ends gives the exact
+/// figure. Until every recount ended, whoever shows statistics waits (`Node::recounted`).
+pub struct Recount {
+    table: String,
+    entries: onggi_storage::BoxIter,
+    stats: Arc<TableStats>,
     overhead: usize,
-) -> Result<Timestamp, String> {
-    let (mut count, mut size) = (0i64, 0i64);
-    let mut newest = Timestamp::ZERO;
-    for entry in
-        engine.range(tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward).map_err(|error| error.to_string())?
-    {
-        let (_, value) = entry.map_err(|error| error.to_string())?;
-        let record = Record::decode(&value).map_err(|error| format!("table {table}: {error}"))?;
-        newest = newest.max(record.version.time);
-        if let Some(item) = record.item {
-            count += 1;
-            size += (item_size_bytes(&item) + overhead) as i64;
-        }
+}
+
+impl Recount {
+    fn open(
+        engine: &dyn Engine,
+        tree: &Tree,
+        stats: &Arc<TableStats>,
+        table: &str,
+        overhead: usize,
+    ) -> Result<Recount, String> {
+        let entries = engine
+            .range(tree, Bound::Unbounded, Bound::Unbounded, Direction::Forward)
+            .map_err(|error| error.to_string())?;
+        Ok(Recount { table: table.to_string(), entries, stats: stats.clone(), overhead })
     }
-    stats.item_count.store(count, Ordering::Relaxed);
-    stats.size_bytes.store(size, Ordering::Relaxed);
-    Ok(newest)
+
+    /// Counts the snapshot, adds it to the statistics, and returns the newest version timestamp
+    /// it saw.
+    pub fn run(self) -> Result<Timestamp, String> {
+        let (mut count, mut size) = (0i64, 0i64);
+        let mut newest = Timestamp::ZERO;
+        for entry in self.entries {
+            let (_, value) = entry.map_err(|error| format!("table {}: {error}", self.table))?;
+            let record = Record::decode(&value).map_err(|error| format!("table {}: {error}", self.table))?;
+            newest = newest.max(record.version.time);
+            if let Some(item) = record.item {
+                count += 1;
+                size += (item_size_bytes(&item) + self.overhead) as i64;
+            }
+        }
+        self.stats.item_count.fetch_add(count, Ordering::Relaxed);
+        self.stats.size_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(newest)
+    }
 }

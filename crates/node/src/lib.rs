@@ -29,6 +29,7 @@ mod items;
 mod meta;
 mod reads;
 mod registry;
+mod restart;
 mod tables;
 
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ use onggi_core::hlc::{Clock, Timestamp};
 use onggi_core::layout::NodeId;
 use onggi_core::paxos::Ballot;
 use onggi_core::rng::Rng;
-use onggi_storage::{Engine, FjallEngine, FjallOptions, MemoryEngine};
+use onggi_storage::{Engine, FjallEngine, FjallOptions, MemoryEngine, Tree};
 
 use crate::catalog::Catalog;
 use crate::datadir::DataDir;
@@ -78,6 +79,10 @@ pub(crate) struct Inner {
     rng: Mutex<Rng>,
     pub(crate) locks: items::LockStripes,
     pub(crate) default_region: String,
+    /// Node-wide state kept across restarts (`restart.rs`).
+    pub(crate) node_tree: Tree,
+    /// The statistics' recount at start (`restart.rs`).
+    recounting: restart::Recounting,
     _data_dir: Option<DataDir>,
 }
 
@@ -119,10 +124,14 @@ impl Node {
             tracing::info!(orphans, "removed the data of tables deleted before the last stop");
         }
         // Versions written from now on must order after every version already stored, even if
-        // the wall clock stepped back while the node was down.
+        // the wall clock stepped back while the node was down: the clock starts past its last
+        // mark, and the recount moves it past every version it reads (`restart.rs`).
+        let node_tree =
+            engine.open_tree(restart::NODE_TREE).map_err(|error| format!("cannot open node state: {error}"))?;
         let mut clock = Clock::new();
-        clock.observe(catalog.newest_timestamp, wall_clock_ms());
-        Ok(Node {
+        clock.observe(restart::clock_floor(&*engine, &node_tree)?, wall_clock_ms());
+        let recounts = catalog.take_recounts();
+        let node = Node {
             inner: Arc::new(Inner {
                 engine,
                 catalog,
@@ -132,13 +141,18 @@ impl Node {
                 rng: Mutex::new(Rng::new(os_seed())),
                 locks: items::LockStripes::new(),
                 default_region: config.default_region,
+                node_tree,
+                recounting: restart::Recounting::default(),
                 _data_dir: data_dir,
             }),
-        })
+        };
+        node.spawn_recount(recounts);
+        Ok(node)
     }
 
-    /// Makes everything written so far durable. Called at shutdown.
+    /// Makes everything written so far durable, with a last clock mark. Called at shutdown.
     pub fn flush(&self) -> Result<(), String> {
+        self.write_clock_mark()?;
         self.inner.engine.flush().map_err(|error| error.to_string())
     }
 }

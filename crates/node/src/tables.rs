@@ -153,6 +153,7 @@ impl Node {
     ) -> Result<DescribeTableOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let table = self.table(name).await?;
+        self.recounted().await;
         let mut description = describe(&table, "ACTIVE", self.region(context));
         self.count_across_cluster(&table, &mut description).await;
         Ok(DescribeTableOutput { table: description })
@@ -237,6 +238,7 @@ impl Node {
             })
             .await?;
         let handle = stored(changed)?;
+        self.recounted().await;
         let status = if indexes_changed { "UPDATING" } else { "ACTIVE" };
         let mut table_description = describe(&handle, status, self.region(context));
         self.count_across_cluster(&handle, &mut table_description).await;
@@ -251,6 +253,7 @@ impl Node {
         let name = required_table_name(input.table_name.as_deref())?;
         // Described before the deletion: on a cluster larger than N the counts come from every
         // member, and members forget the table once it is deleted.
+        self.recounted().await;
         let before = match self.inner.catalog.get(name) {
             Some(table) => {
                 let mut description = describe(&table, "DELETING", self.region(context));

@@ -40,7 +40,8 @@ fn local_counts(table: &TableHandle) -> TableCounts {
 
 impl Node {
     /// Answers a peer's [`wire::tag::TABLE_COUNTS`].
-    pub(super) fn answer_table_counts(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+    pub(super) async fn answer_table_counts(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        self.recounted().await;
         let id = wire::decode_table_deleted(payload).map_err(|error| error.to_string())?;
         let counts = match self.inner.catalog.get_by_id(&id) {
             Some(table) => local_counts(&table),

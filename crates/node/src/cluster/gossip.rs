@@ -164,6 +164,7 @@ impl Node {
     fn gossip_round(&self, cluster: &Arc<Cluster>) {
         let layout = cluster.layout();
         let status = match layout.target().node(cluster.me) {
+            None if layout.removed(cluster.me) => Status::Left,
             None => Status::Joining,
             Some(member) if member.state == onggi_core::layout::NodeState::Draining => Status::Leaving,
             Some(_) => Status::Normal,

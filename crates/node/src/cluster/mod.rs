@@ -370,7 +370,9 @@ impl Handler for PeerHandler {
             wire::tag::VIEW_CHANGES => {
                 node.answer_view_changes(&payload, from.addr).await.map(|()| Bytes::new()).map_err(HandlerError::new)
             }
-            wire::tag::TABLE_COUNTS => node.answer_table_counts(&payload).map(Bytes::from).map_err(HandlerError::new),
+            wire::tag::TABLE_COUNTS => {
+                node.answer_table_counts(&payload).await.map(Bytes::from).map_err(HandlerError::new)
+            }
             wire::tag::STRICT_READ => {
                 node.answer_strict_read(&payload, from.addr).await.map(Bytes::from).map_err(HandlerError::new)
             }

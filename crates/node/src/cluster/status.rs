@@ -21,6 +21,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 impl Node {
     /// This node's view of its cluster, as JSON (see the module docs).
     pub(crate) async fn cluster_status_impl(&self) -> Json {
+        self.recounted().await;
         let names = self.inner.catalog.names();
         let tables = names.len();
         // Items this node stores itself, over every table (a drained node's falls to zero).

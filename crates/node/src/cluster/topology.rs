@@ -195,6 +195,16 @@ impl Topology {
         &self.record
     }
 
+    /// Whether `node` was removed from the membership by a completed change (decommissioned,
+    /// then removed; or replaced): it left for good, and its id is never used again.
+    pub(crate) fn removed(&self, node: NodeId) -> bool {
+        let completed = (self.record.epoch / 2) as usize;
+        self.record.changes[..completed.min(self.record.changes.len())]
+            .iter()
+            .flatten()
+            .any(|change| matches!(change, ChangeRecord::Remove(id) if *id == node.0))
+    }
+
     /// The epoch (see the module docs).
     pub(crate) fn epoch(&self) -> u64 {
         self.record.epoch
