@@ -446,6 +446,28 @@ impl MerkleTree {
         self.update(leaf, old_version.map(|old| entry_hash(key, old)), Some(entry_hash(key, new_version)))
     }
 
+    /// The tree of the same entries over the same interval at a smaller `depth`, without the
+    /// entries: leaf `i` at depth `d − 1` covers exactly the tokens of leaves `2i` and `2i + 1` at
+    /// depth `d` (`⌊⌊x⌋ / 2⌋ = ⌊x / 2⌋`), so its sum and count are theirs added. A node that keeps
+    /// one deep tree per partition answers comparisons of any shallower shape with it. Costs one
+    /// pass over the leaves and one hash per node of the result.
+    pub fn folded(&self, depth: u8) -> Result<MerkleTree, MerkleError> {
+        if depth > self.shape.depth {
+            return Err(MerkleError::Depth(depth));
+        }
+        let mut tree = MerkleTree::new(self.shape.first, self.shape.last, depth)?;
+        let shift = self.shape.depth - depth;
+        for (index, leaf) in self.leaves.iter().enumerate() {
+            let slot = &mut tree.leaves[index >> shift];
+            slot.sum = slot.sum.wrapping_add(leaf.sum);
+            slot.count += leaf.count;
+        }
+        tree.len = self.len;
+        tree.dirty.fill(true);
+        tree.refresh();
+        Ok(tree)
+    }
+
     /// Empties the tree, keeping its shape.
     pub fn clear(&mut self) {
         self.leaves.fill(Leaf::default());
@@ -929,6 +951,24 @@ mod tests {
         }
         assert!(comparison.is_finished());
         Ok(comparison)
+    }
+
+    #[test]
+    fn a_folded_tree_is_the_tree_built_at_its_depth() {
+        let mut rng = Rng::new(0xF01D);
+        // A partition's interval (not a power-of-two span) and the whole token space.
+        for (first, last) in [(0x4000_0000_0000_0000, 0x4000_0000_0000_0000 + 1_000_000_006), (0, u64::MAX)] {
+            let entries = random_entries(&mut rng, first, last, 700);
+            let deep = tree_of(Shape { first, last, depth: 10 }, &entries);
+            for depth in 0..=10 {
+                let folded = deep.folded(depth).unwrap();
+                let built = tree_of(Shape { first, last, depth }, &entries);
+                assert_eq!(all_digests(&folded), all_digests(&built), "depth {depth}");
+                assert_eq!(folded.len(), built.len());
+                assert_eq!(folded.shape(), built.shape());
+            }
+            assert_eq!(deep.folded(11).unwrap_err(), MerkleError::Depth(11));
+        }
     }
 
     /// The leaves holding a key whose entry differs between the two sets: the brute-force answer.

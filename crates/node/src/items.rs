@@ -272,6 +272,9 @@ impl Node {
     ) -> Result<(), DynamoError> {
         let old_size = old.map(item_size_bytes);
         let new_size = new.as_ref().map(item_size_bytes);
+        // A cluster of one that grows takes the replicated path from the first join; a write of
+        // this path still landing then is one its partition's live Merkle tree is not told of.
+        let forget = self.inner.cluster.get().map(|cluster| self.live_tree_forgetter(cluster, &table.schema.id, &key));
         let version = self.inner.version();
         let mut batch = WriteBatch::new();
         let index_deltas =
@@ -296,6 +299,9 @@ impl Node {
                     for delta in index_deltas {
                         delta.apply(&table);
                     }
+                }
+                if let Some(Some(forget)) = forget {
+                    forget();
                 }
                 drop(guard);
                 // The receiver is gone if the request was cancelled; the write stands regardless.

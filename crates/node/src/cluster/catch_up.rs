@@ -435,6 +435,21 @@ impl Node {
         let consensus = self.consensus_tree(cluster, table).map_err(|error| error.message)?;
         // Tombstone collection's floors here say what this node held; it holds nothing now.
         self.reset_floors(cluster, &table.schema.id, partition).await?;
+        let dropped = self.drop_partition_records(cluster, table, partition, consensus).await;
+        // Deletions the partition's live Merkle tree is not told of (`live_trees.rs`).
+        if let Some(part) = self.table_floors(cluster, &table.schema.id)?.partition(partition) {
+            part.live.forget();
+        }
+        dropped
+    }
+
+    async fn drop_partition_records(
+        &self,
+        cluster: &Arc<Cluster>,
+        table: &Arc<TableHandle>,
+        partition: PartitionId,
+        consensus: onggi_storage::Tree,
+    ) -> Result<usize, String> {
         let (first, last) = cluster.layout().partition_range(partition);
         let (lower, upper) = repair::token_interval(first, last);
         let mut dropped = 0;

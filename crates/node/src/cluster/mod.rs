@@ -59,6 +59,7 @@ mod counts;
 mod gossip;
 mod hints;
 mod leases;
+mod live_trees;
 mod ranges;
 mod repair;
 mod status;
@@ -81,7 +82,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use onggi_core::consensus_state::ConsensusState;
-use onggi_core::layout::NodeId;
+use onggi_core::layout::{NodeId, PartitionId};
 use onggi_core::paxos::{Acceptor, Ballot, Decision, Knowledge, Proposer, Quorums, Step, Version};
 use onggi_core::record::Record;
 use onggi_model::table::TableSchema;
@@ -94,6 +95,7 @@ use crate::indexing;
 use crate::items::{Effect, WriteOrigin};
 use crate::tables::storage_error;
 use crate::{Inner, Node};
+use tombstones::TableFloors;
 use topology::Topology;
 use wire::{Reply, Request, Value};
 
@@ -414,6 +416,20 @@ impl Handler for PeerHandler {
     }
 }
 
+/// One partition's replica state (floors, commit gate, live Merkle tree), owned: what a storage
+/// completion updates.
+#[derive(Clone)]
+pub(crate) struct PartitionRef {
+    floors: Arc<TableFloors>,
+    partition: PartitionId,
+}
+
+impl PartitionRef {
+    fn get(&self) -> &tombstones::PartitionFloors {
+        self.floors.partition(self.partition).expect("a partition of the layout")
+    }
+}
+
 impl Node {
     /// Joins the cluster `config` describes: binds the cluster transport and computes the layout.
     /// Call once, before serving requests.
@@ -551,6 +567,23 @@ impl Node {
         self.inner.cluster.get().filter(|cluster| cluster.others.load(std::sync::atomic::Ordering::Relaxed) > 0)
     }
 
+    /// What forgets the live Merkle tree of `key`'s partition of table `table_id` (for a write
+    /// the tree is not told of), or `None` when there is nothing to forget.
+    pub(crate) fn live_tree_forgetter(
+        &self,
+        cluster: &Cluster,
+        table_id: &str,
+        key: &[u8],
+    ) -> Option<impl FnOnce() + Send + 'static> {
+        let partition = cluster.layout().partition_of_key(key);
+        let floors = self.table_floors(cluster, table_id).ok()?;
+        Some(move || {
+            if let Some(part) = floors.partition(partition) {
+                part.live.forget();
+            }
+        })
+    }
+
     pub(crate) fn consensus_tree(&self, cluster: &Cluster, table: &TableHandle) -> Result<Tree, DynamoError> {
         let mut trees = cluster.consensus_trees.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(tree) = trees.get(&table.schema.id) {
@@ -647,7 +680,8 @@ impl Node {
                 self.inner.observe(ballot.time);
                 let (promise, changed) = acceptor.prepare(ballot);
                 if changed {
-                    self.persist_state(&consensus, &key, &acceptor).await?;
+                    self.persist_state(&consensus, &key, &acceptor, PartitionRef { floors: floors.clone(), partition })
+                        .await?;
                 }
                 drop(guard);
                 Ok(Reply::Promise(promise))
@@ -664,15 +698,18 @@ impl Node {
                     }
                 };
                 if changed {
-                    self.persist_state(&consensus, &key, &acceptor).await?;
+                    self.persist_state(&consensus, &key, &acceptor, PartitionRef { floors: floors.clone(), partition })
+                        .await?;
                 }
                 drop(guard);
                 Ok(Reply::Acceptance(answer))
             }
             Request::Commit(version) => {
                 let old = acceptor.committed.as_ref().and_then(|committed| committed.value.item.clone());
+                let replaced = acceptor.committed.as_ref().map(|committed| committed.ballot);
                 let ballot = version.ballot;
                 if acceptor.commit(version.clone()) {
+                    let live = (PartitionRef { floors: floors.clone(), partition }, replaced);
                     let views = self
                         .write_committed(
                             &cluster,
@@ -683,7 +720,7 @@ impl Node {
                             version,
                             &acceptor,
                             state_present,
-                            guard,
+                            (guard, live),
                         )
                         .await?;
                     part.note_commit(ballot);
@@ -731,10 +768,22 @@ impl Node {
     }
 
     /// Persists a promise or an accepted proposal, durably, before the answer that depends on it.
-    async fn persist_state(&self, consensus: &Tree, key: &[u8], acceptor: &Acceptor<Value>) -> Result<(), DynamoError> {
+    async fn persist_state(
+        &self,
+        consensus: &Tree,
+        key: &[u8],
+        acceptor: &Acceptor<Value>,
+        part: PartitionRef,
+    ) -> Result<(), DynamoError> {
         let mut batch = WriteBatch::new();
         batch.put(consensus, key.to_vec(), Self::consensus_state(acceptor).encode());
-        self.commit_batch(batch, Durability::Sync, || {}).await
+        let proposal = acceptor.accepted.is_some();
+        self.commit_batch(batch, Durability::Sync, move || {
+            if proposal {
+                part.get().note_proposal_written();
+            }
+        })
+        .await
     }
 
     /// Writes a chosen version as the item's record, with its local index entries and its
@@ -753,7 +802,7 @@ impl Node {
         version: Version<Value>,
         acceptor: &Acceptor<Value>,
         state_present: bool,
-        guard: tokio::sync::OwnedMutexGuard<()>,
+        (guard, (part, replaced)): (tokio::sync::OwnedMutexGuard<()>, (PartitionRef, Option<Ballot>)),
     ) -> Result<Option<tokio::task::JoinHandle<()>>, DynamoError> {
         let mut batch = WriteBatch::new();
         let mut changes = Vec::new();
@@ -768,6 +817,7 @@ impl Node {
         );
         let queued = cluster.views.queue(&mut batch, &key, changes, false);
         let redundant = acceptor.accepted.is_none() && acceptor.promised <= version.ballot;
+        let retained_proposal = acceptor.accepted.is_some();
         if redundant {
             if state_present {
                 batch.delete(consensus, key.clone());
@@ -778,9 +828,15 @@ impl Node {
         let old_size = old.as_ref().map(onggi_model::value::item_size_bytes);
         let new_size = version.value.item.as_ref().map(onggi_model::value::item_size_bytes);
         let record = wire::to_record(&version);
-        batch.put(&table.tree, key, record.encode());
+        batch.put(&table.tree, key.clone(), record.encode());
         let table = table.clone();
+        let ballot = version.ballot;
         self.commit_batch(batch, Durability::Buffered, move || {
+            // In the completion, so that the tree follows every write that lands.
+            part.get().live.replaced(&key, replaced, ballot);
+            if retained_proposal {
+                part.get().note_proposal_written();
+            }
             table.account(old_size, new_size);
             for delta in index_deltas {
                 delta.apply(&table);

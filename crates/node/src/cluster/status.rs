@@ -147,6 +147,7 @@ fn repair_json(counts: super::repair::RepairCounts) -> Json {
         "versions_received": counts.versions_received,
         "versions_applied": counts.versions_applied,
         "proposals_finished": counts.proposals_finished,
+        "live_trees_built": counts.live_trees_built,
     })
 }
 

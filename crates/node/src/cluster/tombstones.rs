@@ -77,12 +77,19 @@ pub const INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 /// The state tree's key prefix of floors.
 const FLOORS_PREFIX: &str = "floors/";
 
-/// One partition's floors, commit gate and count of old commits.
+/// One partition's floors, commit gate and count of old commits, and its live Merkle tree (which
+/// follows the commits the gate orders, `live_trees.rs`).
 #[derive(Default)]
 pub(crate) struct PartitionFloors {
     floors: Mutex<Floors>,
     gate: tokio::sync::RwLock<()>,
     old_commits: AtomicU64,
+    pub(crate) live: super::live_trees::LiveTree,
+    /// Consensus states holding an accepted proposal written here since the node started.
+    proposals_written: AtomicU64,
+    /// One more than the value `proposals_written` had when a scan of the partition's consensus
+    /// state last found no accepted proposal at all (0: none did yet).
+    free_of_proposals_at: AtomicU64,
 }
 
 impl PartitionFloors {
@@ -93,6 +100,35 @@ impl PartitionFloors {
     /// Held shared by a commit from its floor check until its write is done.
     pub(crate) async fn commit_gate(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.gate.read().await
+    }
+
+    /// Held exclusively while no commit of the partition may be under way (a live tree's build
+    /// opens its snapshot under it).
+    pub(crate) async fn commits_stopped(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().await
+    }
+
+    /// Counts a consensus state holding an accepted proposal, once written (in its completion).
+    pub(crate) fn note_proposal_written(&self) {
+        self.proposals_written.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many consensus states holding a proposal were written so far: read before a scan of
+    /// the partition's consensus state, and given to [`PartitionFloors::free_of_proposals`].
+    pub(crate) fn proposals_written(&self) -> u64 {
+        self.proposals_written.load(Ordering::Acquire)
+    }
+
+    /// Records that a scan, started when [`PartitionFloors::proposals_written`] was `written`,
+    /// found no accepted proposal in the partition.
+    pub(crate) fn free_of_proposals(&self, written: u64) {
+        self.free_of_proposals_at.store(written + 1, Ordering::Release);
+    }
+
+    /// Whether the partition's consensus state is known to hold no accepted proposal: a scan found
+    /// none and none was written since (so anti-entropy's walk need not scan it again).
+    pub(crate) fn known_free_of_proposals(&self) -> bool {
+        self.free_of_proposals_at.load(Ordering::Acquire) == self.proposals_written() + 1
     }
 
     /// Counts a commit applied (under the commit gate) if it is at or below the promise floor.
@@ -466,10 +502,13 @@ impl Node {
             let mut batch = WriteBatch::new();
             batch.delete(&table.tree, key.clone());
             if state.is_some() {
-                batch.delete(&consensus, key);
+                batch.delete(&consensus, key.clone());
             }
+            // Under the commit gate, so that the partition's live tree follows (`live_trees.rs`).
+            let _gate = part.commit_gate().await;
             // Not fsynced: a removal lost in a crash leaves the tombstone for a later round.
             self.commit_batch(batch, Durability::Buffered, move || drop(guard)).await.map_err(|error| error.message)?;
+            part.live.removed(&key, version);
             removed += 1;
         }
         cluster.collector.stats.removed.fetch_add(removed, Ordering::Relaxed);

@@ -28,12 +28,14 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType};
 use tokio::sync::Mutex;
 
-use crate::harness::{Server, client, item, n, s, skip_without_own_server};
+use crate::harness::{Server, batch_put, client, item, n, s, skip_without_own_server};
 
 /// Clients incrementing the shared counter.
 const INCREMENTERS: usize = 6;
 /// Clients putting fresh items.
 const PUTTERS: usize = 3;
+/// Items written before the faults: 18 per partition of 256.
+const PRELOADED: u64 = 4_608;
 /// Bound on operations per client, whatever the speed.
 const OPERATIONS_PER_CLIENT_MAX: u64 = 3_000;
 /// The whole test must finish within this.
@@ -420,6 +422,13 @@ async fn faults_under_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
+    // Enough items before the faults that every partition keeps a live Merkle tree (more than 16
+    // items per partition, `live_trees.rs`): the trees follow the commits, hints and repairs of
+    // the faults below, and the replicas must still converge.
+    let preloaded: Vec<(String, u64)> = (0..PRELOADED).map(|i| (format!("pre-{i}"), i)).collect();
+    let items = preloaded.iter().map(|(key, value)| item([("pk", s(key)), ("v", n(*value))])).collect();
+    batch_put(&client(&endpoints[1]), &table, items).await;
+    tally.puts.lock().await.extend(preloaded);
     let mut tasks = Vec::new();
     for i in 0..INCREMENTERS {
         let task = incrementer(endpoints.clone(), i % 3, table.clone(), stop.clone(), killed.clone(), tally.clone());
@@ -512,6 +521,14 @@ async fn faults_under_load() {
         delivered += hints["delivered"].as_u64().unwrap_or(0);
     }
     println!("cluster test: nodes 1 and 2 stored {stored} hints and delivered {delivered}");
+    // Anti-entropy compared the table's partitions on live Merkle trees (the preloaded items make
+    // every partition large enough for one), not only on trees scanned per comparison.
+    let mut live_trees = Vec::new();
+    for endpoint in &endpoints {
+        live_trees.push(cluster_status(endpoint).await["repair"]["live_trees_built"].as_u64().unwrap_or(0));
+    }
+    println!("cluster test: live Merkle trees built by nodes 1, 2 and 3: {live_trees:?}");
+    assert!(live_trees.iter().all(|&built| built > 0), "a node built no live tree: {live_trees:?}");
     assert!(stored > 0 && delivered > 0, "no hint stored ({stored}) or delivered ({delivered})");
     // One-round-trip writes took part: each incrementer sticks to one node, whose next write on
     // the counter may start from the lease its previous one made (the counter checks below are

@@ -23,7 +23,8 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest, ScalarAttributeType,
+    TableStatus, WriteRequest,
 };
 
 /// How long a server may take to print its banner. onggi starts in milliseconds; this bound only
@@ -327,6 +328,30 @@ pub fn attribute_definition(name: &str, attribute_type: ScalarAttributeType) -> 
 /// A key schema element.
 pub fn key_element(name: &str, key_type: KeyType) -> KeySchemaElement {
     KeySchemaElement::builder().attribute_name(name).key_type(key_type).build().unwrap()
+}
+
+/// Writes `items` with BatchWriteItem, 25 at a time, retrying unprocessed items.
+pub async fn batch_put(client: &Client, table: &str, items: Vec<HashMap<String, AttributeValue>>) {
+    for chunk in items.chunks(25) {
+        let mut requests: Vec<WriteRequest> = chunk
+            .iter()
+            .map(|item| {
+                WriteRequest::builder()
+                    .put_request(PutRequest::builder().set_item(Some(item.clone())).build().expect("a put request"))
+                    .build()
+            })
+            .collect();
+        for _ in 0..20 {
+            let output =
+                client.batch_write_item().request_items(table, requests.clone()).send().await.expect("batch write");
+            requests = output.unprocessed_items.and_then(|mut left| left.remove(table)).unwrap_or_default();
+            if requests.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(requests.is_empty(), "unprocessed items left after retries");
+    }
 }
 
 /// An item (or key) from name/value pairs.

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex, GlobalSecondaryIndexUpdate,
-    IndexStatus, KeyType, LocalSecondaryIndex, Projection, ProjectionType, PutRequest, ScalarAttributeType,
-    TimeToLiveSpecification, WriteRequest,
+    IndexStatus, KeyType, LocalSecondaryIndex, Projection, ProjectionType, ScalarAttributeType,
+    TimeToLiveSpecification,
 };
 
-use crate::harness::{TestEnv, attribute_definition, item, key_element, n, s, wait_active};
+use crate::harness::{TestEnv, attribute_definition, batch_put, item, key_element, n, s, wait_active};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -40,30 +40,6 @@ fn number_of(value: &AttributeValue) -> f64 {
 
 fn key_of(item: &Item, names: &[&str]) -> Vec<String> {
     names.iter().map(|name| format!("{:?}", item.get(*name))).collect()
-}
-
-/// Writes `items` with BatchWriteItem, 25 at a time, retrying unprocessed items.
-async fn batch_put(client: &Client, table: &str, items: Vec<Item>) {
-    for chunk in items.chunks(25) {
-        let mut requests: Vec<WriteRequest> = chunk
-            .iter()
-            .map(|item| {
-                WriteRequest::builder()
-                    .put_request(PutRequest::builder().set_item(Some(item.clone())).build().expect("a put request"))
-                    .build()
-            })
-            .collect();
-        for _ in 0..20 {
-            let output =
-                client.batch_write_item().request_items(table, requests.clone()).send().await.expect("batch write");
-            requests = output.unprocessed_items.and_then(|mut left| left.remove(table)).unwrap_or_default();
-            if requests.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(requests.is_empty(), "unprocessed items left after retries");
-    }
 }
 
 /// Every page of a query, following LastEvaluatedKey (bounded).
