@@ -272,9 +272,10 @@ impl Node {
     ) -> Result<(), DynamoError> {
         let old_size = old.map(item_size_bytes);
         let new_size = new.as_ref().map(item_size_bytes);
-        // A cluster of one that grows takes the replicated path from the first join; a write of
-        // this path still landing then is one its partition's live Merkle tree is not told of.
-        let forget = self.inner.cluster.get().map(|cluster| self.live_tree_forgetter(cluster, &table.schema.id, &key));
+        // A cluster of one that grows takes the replicated path from the first join, whose
+        // replica state in memory must not miss a write of this path still landing then.
+        let forget =
+            self.inner.cluster.get().map(|cluster| self.replica_state_forgetter(cluster, &table.schema.id, &key));
         let version = self.inner.version();
         let mut batch = WriteBatch::new();
         let index_deltas =
@@ -300,7 +301,7 @@ impl Node {
                         delta.apply(&table);
                     }
                 }
-                if let Some(Some(forget)) = forget {
+                if let Some(forget) = forget {
                     forget();
                 }
                 drop(guard);

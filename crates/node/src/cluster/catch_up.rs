@@ -497,14 +497,17 @@ impl Node {
                     crate::indexing::Globals::Skip,
                 );
                 batch.delete(&table.tree, key.clone());
-                batch.delete(&consensus, key);
+                batch.delete(&consensus, key.clone());
                 let size = record.item.as_ref().map(onggi_model::value::item_size_bytes);
-                let table = table.clone();
-                self.commit_batch(batch, onggi_storage::Durability::Buffered, move || {
-                    table.account(size, None);
-                    for delta in deltas {
-                        delta.apply(&table);
+                let (table, acceptors) = (table.clone(), cluster.clone());
+                self.commit_batch_then(batch, onggi_storage::Durability::Buffered, move |written| {
+                    if written {
+                        table.account(size, None);
+                        for delta in deltas {
+                            delta.apply(&table);
+                        }
                     }
+                    acceptors.acceptors.forget(&table.schema.id, &key);
                     drop(guard);
                 })
                 .await
@@ -523,15 +526,19 @@ impl Node {
         .map_err(|error| error.to_string())??;
         let consensus = self.consensus_tree(cluster, table).map_err(|error| error.message)?;
         for key in leftovers {
-            let _guard = self.inner.locks.lock(table, &key).await;
+            let guard = self.inner.locks.lock(table, &key).await;
             if cluster.layout().holds(cluster.me, partition) {
                 return Ok(dropped);
             }
             let mut batch = onggi_storage::WriteBatch::new();
-            batch.delete(&consensus, key);
-            self.commit_batch(batch, onggi_storage::Durability::Buffered, || {})
-                .await
-                .map_err(|error| error.message)?;
+            batch.delete(&consensus, key.clone());
+            let (acceptors, table_id) = (cluster.clone(), table.schema.id.clone());
+            self.commit_batch_then(batch, onggi_storage::Durability::Buffered, move |_| {
+                acceptors.acceptors.forget(&table_id, &key);
+                drop(guard);
+            })
+            .await
+            .map_err(|error| error.message)?;
         }
         Ok(dropped)
     }

@@ -53,6 +53,7 @@
 //! counts towards the quorum (Dynamo's sloppy quorum): strict mode's majorities are of the item's
 //! own replicas, and hints only make a replica catch up sooner.
 
+mod acceptors;
 mod catalog_sync;
 mod catch_up;
 mod counts;
@@ -181,6 +182,8 @@ pub(crate) struct Cluster {
     views: views::Views,
     /// Leases of this node's last writes on items (see `leases.rs`).
     leases: leases::Leases,
+    /// The replica states of recently used items (`acceptors.rs`).
+    acceptors: acceptors::Acceptors,
     /// Tombstone collection's floors, rounds and counters (`tombstones.rs`).
     collector: tombstones::Collector,
     /// Commits this node sent to other replicas and has not yet seen acknowledged or kept as
@@ -526,6 +529,7 @@ impl Node {
             hints,
             views,
             leases: leases::Leases::default(),
+            acceptors: acceptors::Acceptors::default(),
             collector: tombstones::Collector::new(self.inner.random_below(u64::MAX)),
             sent_commits: SentCommits::default(),
             gossip,
@@ -567,21 +571,24 @@ impl Node {
         self.inner.cluster.get().filter(|cluster| cluster.others.load(std::sync::atomic::Ordering::Relaxed) > 0)
     }
 
-    /// What forgets the live Merkle tree of `key`'s partition of table `table_id` (for a write
-    /// the tree is not told of), or `None` when there is nothing to forget.
-    pub(crate) fn live_tree_forgetter(
+    /// What forgets, in a write's completion, what the replica keeps in memory about `key` of
+    /// table `table_id` — its cached state and its partition's live Merkle tree — for a write
+    /// neither is told of (a cluster of one's single-node path).
+    pub(crate) fn replica_state_forgetter(
         &self,
-        cluster: &Cluster,
+        cluster: &Arc<Cluster>,
         table_id: &str,
         key: &[u8],
-    ) -> Option<impl FnOnce() + Send + 'static> {
+    ) -> impl FnOnce() + Send + 'static {
         let partition = cluster.layout().partition_of_key(key);
-        let floors = self.table_floors(cluster, table_id).ok()?;
-        Some(move || {
-            if let Some(part) = floors.partition(partition) {
+        let floors = self.table_floors(cluster, table_id).ok();
+        let (cluster, table_id, key) = (cluster.clone(), table_id.to_string(), key.to_vec());
+        move || {
+            cluster.acceptors.forget(&table_id, &key);
+            if let Some(part) = floors.as_ref().and_then(|floors| floors.partition(partition)) {
                 part.live.forget();
             }
-        })
+        }
     }
 
     pub(crate) fn consensus_tree(&self, cluster: &Cluster, table: &TableHandle) -> Result<Tree, DynamoError> {
@@ -667,7 +674,14 @@ impl Node {
             }
             _ => None,
         };
-        let (mut acceptor, state_present) = self.load_acceptor(&table, &consensus, &key)?;
+        let (mut acceptor, state_present) = match cluster.acceptors.get(table_id, &key) {
+            Some(cached) => (cached.acceptor.clone(), cached.present),
+            None => {
+                let (acceptor, present) = self.load_acceptor(&table, &consensus, &key)?;
+                cluster.acceptors.set(table_id, &key, acceptor.clone(), present);
+                (acceptor, present)
+            }
+        };
         let request_next = match request {
             Request::AcceptPromising(_, next) => Some(next),
             _ => None,
@@ -680,10 +694,9 @@ impl Node {
                 self.inner.observe(ballot.time);
                 let (promise, changed) = acceptor.prepare(ballot);
                 if changed {
-                    self.persist_state(&consensus, &key, &acceptor, PartitionRef { floors: floors.clone(), partition })
-                        .await?;
+                    let part = PartitionRef { floors: floors.clone(), partition };
+                    self.persist_state(&cluster, &consensus, table_id, key, acceptor, part, guard).await?;
                 }
-                drop(guard);
                 Ok(Reply::Promise(promise))
             }
             Request::Accept(proposal) | Request::AcceptPromising(proposal, _) => {
@@ -698,10 +711,9 @@ impl Node {
                     }
                 };
                 if changed {
-                    self.persist_state(&consensus, &key, &acceptor, PartitionRef { floors: floors.clone(), partition })
-                        .await?;
+                    let part = PartitionRef { floors: floors.clone(), partition };
+                    self.persist_state(&cluster, &consensus, table_id, key, acceptor, part, guard).await?;
                 }
-                drop(guard);
                 Ok(Reply::Acceptance(answer))
             }
             Request::Commit(version) => {
@@ -718,7 +730,7 @@ impl Node {
                             key,
                             old,
                             version,
-                            &acceptor,
+                            acceptor,
                             state_present,
                             (guard, live),
                         )
@@ -767,21 +779,33 @@ impl Node {
         ConsensusState { promised: acceptor.promised, accepted: acceptor.accepted.as_ref().map(wire::to_record) }
     }
 
-    /// Persists a promise or an accepted proposal, durably, before the answer that depends on it.
+    /// Persists a promise or an accepted proposal, durably, before the answer that depends on it;
+    /// the item's lock is released (and its cached state set) when the write is done, even if the
+    /// caller stops waiting (`acceptors.rs`).
+    #[allow(clippy::too_many_arguments)]
     async fn persist_state(
         &self,
+        cluster: &Arc<Cluster>,
         consensus: &Tree,
-        key: &[u8],
-        acceptor: &Acceptor<Value>,
+        table_id: &str,
+        key: Vec<u8>,
+        acceptor: Acceptor<Value>,
         part: PartitionRef,
+        guard: tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<(), DynamoError> {
         let mut batch = WriteBatch::new();
-        batch.put(consensus, key.to_vec(), Self::consensus_state(acceptor).encode());
-        let proposal = acceptor.accepted.is_some();
-        self.commit_batch(batch, Durability::Sync, move || {
-            if proposal {
-                part.get().note_proposal_written();
+        batch.put(consensus, key.clone(), Self::consensus_state(&acceptor).encode());
+        let (cluster, table_id) = (cluster.clone(), table_id.to_string());
+        self.commit_batch_then(batch, Durability::Sync, move |written| {
+            if written {
+                if acceptor.accepted.is_some() {
+                    part.get().note_proposal_written();
+                }
+                cluster.acceptors.set(&table_id, &key, acceptor, true);
+            } else {
+                cluster.acceptors.forget(&table_id, &key);
             }
+            drop(guard);
         })
         .await
     }
@@ -800,7 +824,7 @@ impl Node {
         key: Vec<u8>,
         old: Option<Item>,
         version: Version<Value>,
-        acceptor: &Acceptor<Value>,
+        acceptor: Acceptor<Value>,
         state_present: bool,
         (guard, (part, replaced)): (tokio::sync::OwnedMutexGuard<()>, (PartitionRef, Option<Ballot>)),
     ) -> Result<Option<tokio::task::JoinHandle<()>>, DynamoError> {
@@ -823,7 +847,7 @@ impl Node {
                 batch.delete(consensus, key.clone());
             }
         } else {
-            batch.put(consensus, key.clone(), Self::consensus_state(acceptor).encode());
+            batch.put(consensus, key.clone(), Self::consensus_state(&acceptor).encode());
         }
         let old_size = old.as_ref().map(onggi_model::value::item_size_bytes);
         let new_size = version.value.item.as_ref().map(onggi_model::value::item_size_bytes);
@@ -831,15 +855,27 @@ impl Node {
         batch.put(&table.tree, key.clone(), record.encode());
         let table = table.clone();
         let ballot = version.ballot;
-        self.commit_batch(batch, Durability::Buffered, move || {
-            // In the completion, so that the tree follows every write that lands.
-            part.get().live.replaced(&key, replaced, ballot);
-            if retained_proposal {
-                part.get().note_proposal_written();
-            }
-            table.account(old_size, new_size);
-            for delta in index_deltas {
-                delta.apply(&table);
+        let acceptors = cluster.clone();
+        let mut acceptor = acceptor;
+        if redundant {
+            // As a load finds it without a consensus-state entry: promised what it committed.
+            acceptor.promised = ballot;
+        }
+        self.commit_batch_then(batch, Durability::Buffered, move |written| {
+            if written {
+                // In the completion, so that the tree and the cached state follow every write
+                // that lands (`live_trees.rs`, `acceptors.rs`).
+                part.get().live.replaced(&key, replaced, ballot);
+                if retained_proposal {
+                    part.get().note_proposal_written();
+                }
+                table.account(old_size, new_size);
+                for delta in index_deltas {
+                    delta.apply(&table);
+                }
+                acceptors.acceptors.set(&table.schema.id, &key, acceptor, !redundant);
+            } else {
+                acceptors.acceptors.forget(&table.schema.id, &key);
             }
             drop(guard);
         })
@@ -853,14 +889,28 @@ impl Node {
         durability: Durability,
         on_success: impl FnOnce() + Send + 'static,
     ) -> Result<(), DynamoError> {
+        self.commit_batch_then(batch, durability, move |written| {
+            if written {
+                on_success();
+            }
+        })
+        .await
+    }
+
+    /// Commits `batch`; `on_done` runs in the storage completion, told whether the batch was
+    /// written, whether or not the caller still waits.
+    pub(crate) async fn commit_batch_then(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+        on_done: impl FnOnce(bool) + Send + 'static,
+    ) -> Result<(), DynamoError> {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         self.inner.engine.commit(
             batch,
             durability,
             Box::new(move |result| {
-                if result.is_ok() {
-                    on_success();
-                }
+                on_done(result.is_ok());
                 let _ = sender.send(result);
             }),
         );

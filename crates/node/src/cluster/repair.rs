@@ -1192,6 +1192,22 @@ pub(super) mod tests {
         }
     }
 
+    /// Checks that every replica state `node` holds in memory for the test table's items is the
+    /// one its storage holds (`acceptors.rs`), and that it holds some.
+    pub(in crate::cluster) fn assert_cached_states_match_storage(node: &Node, keys: impl IntoIterator<Item = Vec<u8>>) {
+        let cluster = node.cluster().unwrap().clone();
+        let table = node.inner.catalog.get("repairs").unwrap();
+        let consensus = node.consensus_tree(&cluster, &table).unwrap();
+        let mut cached = 0;
+        for key in keys {
+            let Some(held) = cluster.acceptors.get(&table.schema.id, &key) else { continue };
+            let (stored, present) = node.load_acceptor(&table, &consensus, &key).unwrap();
+            assert_eq!((&held.acceptor, held.present), (&stored, present), "key {key:?}");
+            cached += 1;
+        }
+        assert!(cached > 0, "node {} holds no state in memory", cluster.me.0);
+    }
+
     /// Checks that every live tree of the test table on `node` is the tree a scan of its storage
     /// builds.
     pub(in crate::cluster) async fn assert_live_trees_follow_storage(node: &Node) {
@@ -1287,6 +1303,7 @@ pub(super) mod tests {
         assert_eq!(expected.len(), 119);
         for node in &nodes {
             assert_live_trees_follow_storage(node).await;
+            assert_cached_states_match_storage(node, expected.keys().cloned());
         }
         let before = nodes[0].cluster().unwrap().repair.stats.snapshot();
         compare_all(&nodes[0], NodeId(3)).await;

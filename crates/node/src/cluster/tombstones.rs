@@ -506,8 +506,14 @@ impl Node {
             }
             // Under the commit gate, so that the partition's live tree follows (`live_trees.rs`).
             let _gate = part.commit_gate().await;
+            let (acceptors, table_id, removed_key) = (cluster.clone(), table.schema.id.clone(), key.clone());
             // Not fsynced: a removal lost in a crash leaves the tombstone for a later round.
-            self.commit_batch(batch, Durability::Buffered, move || drop(guard)).await.map_err(|error| error.message)?;
+            self.commit_batch_then(batch, Durability::Buffered, move |_| {
+                acceptors.acceptors.forget(&table_id, &removed_key);
+                drop(guard);
+            })
+            .await
+            .map_err(|error| error.message)?;
             part.live.removed(&key, version);
             removed += 1;
         }
@@ -768,6 +774,13 @@ mod tests {
         }
         let removed: u64 = nodes.iter().map(|node| stats(node).2).sum();
         assert_eq!(removed, 30);
+        // What the replicas keep in memory followed: no state of a collected item, and the
+        // others' as stored.
+        for node in &nodes {
+            let (cluster, table) = (node.cluster().unwrap(), node.inner.catalog.get("repairs").unwrap());
+            assert!(deleted_keys.iter().all(|key| cluster.acceptors.get(&table.schema.id, key).is_none()));
+            crate::cluster::repair::tests::assert_cached_states_match_storage(node, records(node).into_keys());
+        }
         for node in &nodes {
             for sk in 0..20 {
                 assert_eq!(get(node, "p", sk).await, sk >= 10, "item {sk} through {:?}", node.cluster().unwrap().me);
