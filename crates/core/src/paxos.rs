@@ -253,7 +253,9 @@ impl Lineaged for u64 {
 }
 
 /// The recent writers of a value: the attempt ballots of the writes in its history since a
-/// time, complete from that time on. A writer adds its attempt's ballot; entries older than a
+/// time, complete from that time on. (A shell may list other ballots too, as long as no attempt
+/// ever has them: the node adds the *mark* of a write it may run twice, a ballot minted for the
+/// write and never proposed with, to apply it once.) A writer adds its attempt's ballot; entries older than a
 /// window behind the newest are dropped (raising `since`), so the lineage of an item written
 /// rarely is empty, and a contended one holds the writes of the last window — longer than any
 /// operation's retries last.

@@ -39,6 +39,29 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Validation,
+        ErrorKind::Serialization,
+        ErrorKind::UnknownOperation,
+        ErrorKind::MissingAuthenticationToken,
+        ErrorKind::UnrecognizedClient,
+        ErrorKind::ResourceNotFound,
+        ErrorKind::ResourceInUse,
+        ErrorKind::ConditionalCheckFailed,
+        ErrorKind::LimitExceeded,
+        ErrorKind::Throttling,
+        ErrorKind::RequestEntityTooLarge,
+        ErrorKind::InternalServer,
+        ErrorKind::ServiceUnavailable,
+    ];
+
+    /// The kind whose [`ErrorKind::type_name`] is `name` (how a node reads an error another node
+    /// answered with).
+    pub fn from_type_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|kind| kind.type_name() == name)
+    }
+
     /// The `__type` value DynamoDB sends for this kind.
     pub fn type_name(self) -> &'static str {
         match self {
@@ -115,3 +138,33 @@ impl fmt::Display for DynamoError {
 }
 
 impl std::error::Error for DynamoError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_listed_and_found_by_its_type_name() {
+        for (index, kind) in ErrorKind::ALL.into_iter().enumerate() {
+            // Exhaustive: a new kind does not compile until it has a place in `ALL`.
+            let place = match kind {
+                ErrorKind::Validation => 0,
+                ErrorKind::Serialization => 1,
+                ErrorKind::UnknownOperation => 2,
+                ErrorKind::MissingAuthenticationToken => 3,
+                ErrorKind::UnrecognizedClient => 4,
+                ErrorKind::ResourceNotFound => 5,
+                ErrorKind::ResourceInUse => 6,
+                ErrorKind::ConditionalCheckFailed => 7,
+                ErrorKind::LimitExceeded => 8,
+                ErrorKind::Throttling => 9,
+                ErrorKind::RequestEntityTooLarge => 10,
+                ErrorKind::InternalServer => 11,
+                ErrorKind::ServiceUnavailable => 12,
+            };
+            assert_eq!(place, index);
+            assert_eq!(ErrorKind::from_type_name(kind.type_name()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_type_name("ValidationException"), None);
+    }
+}

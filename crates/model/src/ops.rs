@@ -32,8 +32,9 @@ pub struct RequestContext {
 /// A raw JSON object (an item, a key, or a map of expression attribute values).
 pub type JsonMap = Map<String, Json>;
 
-/// PutItem's input.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// PutItem's input. Serializable, as UpdateItem's and DeleteItem's, so that a node can hand the
+/// write to the item's home coordinator.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PutItemInput {
     pub table_name: Option<String>,
@@ -63,7 +64,7 @@ pub struct GetItemInput {
 }
 
 /// UpdateItem's input.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UpdateItemInput {
     pub table_name: Option<String>,
@@ -82,7 +83,7 @@ pub struct UpdateItemInput {
 }
 
 /// DeleteItem's input.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DeleteItemInput {
     pub table_name: Option<String>,
@@ -215,7 +216,7 @@ pub struct TagsInput {
 }
 
 /// Capacity consumed by one request, when the client asks for it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ConsumedCapacity {
     pub table_name: String,
@@ -233,7 +234,7 @@ pub struct ConsumedCapacity {
 }
 
 /// Capacity units of one table or index.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CapacityUnits {
     pub capacity_units: f64,

@@ -22,6 +22,15 @@ pub(crate) enum CapacityReport {
 }
 
 impl CapacityReport {
+    /// The `ReturnConsumedCapacity` value that asks for this report (`None` for none).
+    pub(crate) fn name(self) -> Option<&'static str> {
+        match self {
+            CapacityReport::None => None,
+            CapacityReport::Total => Some("TOTAL"),
+            CapacityReport::Indexes => Some("INDEXES"),
+        }
+    }
+
     /// Parses `ReturnConsumedCapacity`.
     pub(crate) fn parse(value: Option<&str>) -> Result<CapacityReport, DynamoError> {
         match value {

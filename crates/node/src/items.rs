@@ -35,6 +35,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::Node;
 use crate::capacity::{self, CapacityReport};
 use crate::catalog::TableHandle;
+use crate::cluster::{self, wire::WriteKind};
 use crate::expressions;
 use crate::indexing;
 use crate::tables::{storage_error, table_not_found};
@@ -161,6 +162,19 @@ pub(crate) enum Effect {
     Put(Item),
     /// Store a tombstone.
     Delete,
+}
+
+/// Where a client write may run: on its item's home coordinator, handed there when that is
+/// another node (`cluster::forward`), or here whatever the home (a write handed to this node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Home,
+    Here,
+}
+
+/// Whether a write's `ReturnValues` asks for attributes back.
+fn asks_values(return_values: &Option<String>) -> bool {
+    return_values.as_deref().is_some_and(|value| value != "NONE")
 }
 
 fn condition_failed(old: Option<&Item>, return_old: bool) -> DynamoError {
@@ -312,7 +326,11 @@ impl Node {
         receiver.await.unwrap_or(Err(onggi_storage::StorageError::Closed)).map_err(storage_error)
     }
 
-    pub(crate) async fn put_item_impl(&self, input: PutItemInput) -> Result<WriteItemOutput, DynamoError> {
+    pub(crate) async fn put_item_routed(
+        &self,
+        input: PutItemInput,
+        route: Route,
+    ) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let raw_item = required_item(input.item.as_ref())?;
         let options = WriteOptions::parse(
@@ -328,6 +346,12 @@ impl Node {
             prepared.check_against(&table.schema)?;
             let item = item_from_json(raw_item)?;
             let key = Self::checked_put_key(&table, &item)?;
+            if route == Route::Home
+                && let Some(answer) =
+                    self.forward_write(&table, &key, WriteKind::Put, &input, asks_values(&input.return_values)).await
+            {
+                return answer;
+            }
             if let Some(output) = self.put_once(&table, key, item, &prepared, &options).await? {
                 return Ok(output);
             }
@@ -376,6 +400,12 @@ impl Node {
         loop {
             let table = self.table(name).await?;
             let key = Self::checked_put_key(&table, &item)?;
+            if self.cluster().is_some() {
+                let input = cluster::batch_put_input(name, &item, report.name());
+                if let Some(answer) = self.forward_write(&table, &key, WriteKind::Put, &input, false).await {
+                    return answer.map(|output| output.consumed_capacity);
+                }
+            }
             if let Some(output) = self.put_once(&table, key, item.clone(), &prepared, &options).await? {
                 return Ok(output.consumed_capacity);
             }
@@ -395,6 +425,12 @@ impl Node {
             let table = self.table(name).await?;
             let ItemKey { partition, sort } = table.schema.key_from_key_map(key)?;
             let storage_key = item_key(&partition, sort.as_ref());
+            if self.cluster().is_some() {
+                let input = cluster::batch_delete_input(name, key, report.name());
+                if let Some(answer) = self.forward_write(&table, &storage_key, WriteKind::Delete, &input, false).await {
+                    return answer.map(|output| output.consumed_capacity);
+                }
+            }
             if let Some(output) =
                 self.delete_once(&table, storage_key, &prepared, &options, WriteOrigin::Client).await?
             {
@@ -445,7 +481,11 @@ impl Node {
         }
     }
 
-    pub(crate) async fn update_item_impl(&self, input: UpdateItemInput) -> Result<WriteItemOutput, DynamoError> {
+    pub(crate) async fn update_item_routed(
+        &self,
+        input: UpdateItemInput,
+        route: Route,
+    ) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let raw_key = required_key(input.key.as_ref())?;
         let options = WriteOptions::parse(
@@ -466,6 +506,12 @@ impl Node {
             let prepared = expressions::for_update(&input, &table.schema)?;
             prepared.check_against(&table.schema)?;
             let (key_item, key) = Self::key_of(&table, raw_key)?;
+            if route == Route::Home
+                && let Some(answer) =
+                    self.forward_write(&table, &key, WriteKind::Update, &input, asks_values(&input.return_values)).await
+            {
+                return answer;
+            }
             if let Some(output) = self.update_once(&table, key_item, key, &prepared, &options, &input).await? {
                 return Ok(output);
             }
@@ -511,7 +557,11 @@ impl Node {
         .await
     }
 
-    pub(crate) async fn delete_item_impl(&self, input: DeleteItemInput) -> Result<WriteItemOutput, DynamoError> {
+    pub(crate) async fn delete_item_routed(
+        &self,
+        input: DeleteItemInput,
+        route: Route,
+    ) -> Result<WriteItemOutput, DynamoError> {
         let name = required_table_name(input.table_name.as_deref())?;
         let raw_key = required_key(input.key.as_ref())?;
         let options = WriteOptions::parse(
@@ -526,6 +576,12 @@ impl Node {
             let table = self.table(name).await?;
             prepared.check_against(&table.schema)?;
             let (_, key) = Self::key_of(&table, raw_key)?;
+            if route == Route::Home
+                && let Some(answer) =
+                    self.forward_write(&table, &key, WriteKind::Delete, &input, asks_values(&input.return_values)).await
+            {
+                return answer;
+            }
             if let Some(output) = self.delete_once(&table, key, &prepared, &options, WriteOrigin::Client).await? {
                 return Ok(output);
             }
@@ -598,7 +654,7 @@ impl onggi_model::ops::Backend for Node {
     }
 
     async fn put_item(&self, _context: &RequestContext, input: PutItemInput) -> Result<WriteItemOutput, DynamoError> {
-        self.put_item_impl(input).await
+        self.put_item_routed(input, Route::Home).await
     }
 
     async fn get_item(&self, _context: &RequestContext, input: GetItemInput) -> Result<GetItemOutput, DynamoError> {
@@ -610,7 +666,7 @@ impl onggi_model::ops::Backend for Node {
         _context: &RequestContext,
         input: UpdateItemInput,
     ) -> Result<WriteItemOutput, DynamoError> {
-        self.update_item_impl(input).await
+        self.update_item_routed(input, Route::Home).await
     }
 
     async fn delete_item(
@@ -618,7 +674,7 @@ impl onggi_model::ops::Backend for Node {
         _context: &RequestContext,
         input: DeleteItemInput,
     ) -> Result<WriteItemOutput, DynamoError> {
-        self.delete_item_impl(input).await
+        self.delete_item_routed(input, Route::Home).await
     }
 
     async fn query(

@@ -167,6 +167,11 @@ impl Conn {
     }
 
     /// Whether the connection has closed (it never reopens).
+    /// When a frame was last received, in milliseconds of the transport's clock.
+    pub(crate) fn last_received_ms(&self) -> u64 {
+        self.last_received_ms.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

@@ -304,6 +304,16 @@ impl Transport {
         }
     }
 
+    /// Whether a frame (an answer, a request, a pong) came from `peer` on a connection this node
+    /// opened to it within the last `within`: recent evidence that the peer is alive and reachable,
+    /// for callers that would rather not hand it work otherwise.
+    pub fn heard_from_within(&self, peer: SocketAddr, within: Duration) -> bool {
+        let Some(slot) = lock(&self.inner.peers).get(&peer).cloned() else { return false };
+        let now = self.inner.shared.now_ms();
+        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        slot.lanes.iter().filter_map(LaneSlot::live).any(|conn| now.saturating_sub(conn.last_received_ms()) <= within)
+    }
+
     /// Whether an open connection to `peer` exists on `lane`.
     pub fn is_connected(&self, peer: SocketAddr, lane: Lane) -> bool {
         let slot = lock(&self.inner.peers).get(&peer).cloned();

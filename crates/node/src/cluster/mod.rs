@@ -57,6 +57,7 @@ mod acceptors;
 mod catalog_sync;
 mod catch_up;
 mod counts;
+mod forward;
 mod gossip;
 mod hints;
 mod leases;
@@ -68,6 +69,7 @@ mod tombstones;
 mod topology;
 mod views;
 
+pub(crate) use forward::{batch_delete_input, batch_put_input};
 pub use hints::HINTS_MAX_DEFAULT;
 pub use status::render_status;
 pub use tombstones::{
@@ -184,6 +186,13 @@ pub(crate) struct Cluster {
     leases: leases::Leases,
     /// The replica states of recently used items (`acceptors.rs`).
     acceptors: acceptors::Acceptors,
+    /// What this node's coordinated operations ran into (shown by `onggi cluster status`).
+    consensus_stats: ConsensusStats,
+    /// Whether client writes go to their item's home coordinator (`forward.rs`); tests of other
+    /// mechanisms turn it off to choose who coordinates.
+    forwarding: std::sync::atomic::AtomicBool,
+    /// Homes recently passed over (`forward.rs`).
+    homes: forward::Homes,
     /// Tombstone collection's floors, rounds and counters (`tombstones.rs`).
     collector: tombstones::Collector,
     /// Commits this node sent to other replicas and has not yet seen acknowledged or kept as
@@ -194,6 +203,27 @@ pub(crate) struct Cluster {
     /// Replicas that failed, or were still silent when a round asked the others too, with when
     /// to stop avoiding them (see [`Cluster::avoids`]).
     laggards: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
+}
+
+/// Counters of the operations a node coordinates, since it started.
+#[derive(Default)]
+pub(crate) struct ConsensusStats {
+    /// Rounds started again because a replica had promised a higher ballot: contention with
+    /// another coordinator on the same item.
+    pub(crate) contended: std::sync::atomic::AtomicU64,
+    /// Rounds started again because no quorum answered in time.
+    pub(crate) timed_out: std::sync::atomic::AtomicU64,
+    /// Operations given up at their deadline.
+    pub(crate) past_deadline: std::sync::atomic::AtomicU64,
+    /// Operations that ended not knowing whether their write took effect: a newer version whose
+    /// history (its lineage) no longer tells whether it derives from one of their attempts.
+    pub(crate) indeterminate: std::sync::atomic::AtomicU64,
+    /// Writes this node handed to their item's home coordinator and got an answer for
+    /// (`forward.rs`).
+    pub(crate) forwarded: std::sync::atomic::AtomicU64,
+    /// Writes this node handed to their home and then ran itself: not sent, started too late
+    /// there, or not answered in time (`forward.rs`).
+    pub(crate) taken_over: std::sync::atomic::AtomicU64,
 }
 
 /// The commits a coordinator sent to other replicas, in flight until acknowledged or kept as a
@@ -354,6 +384,9 @@ impl Handler for PeerHandler {
                     .await
                     .map_err(HandlerError::new)?;
                 Ok(Bytes::from(wire::encode_reply(&reply)))
+            }
+            wire::tag::FORWARD => {
+                node.answer_forwarded(&payload, NodeId(from.node_id)).await.map(Bytes::from).map_err(HandlerError::new)
             }
             wire::tag::TOPOLOGY => node.answer_topology(&payload).await.map(Bytes::from).map_err(HandlerError::new),
             wire::tag::CATCH_UP => {
@@ -530,6 +563,9 @@ impl Node {
             views,
             leases: leases::Leases::default(),
             acceptors: acceptors::Acceptors::default(),
+            consensus_stats: ConsensusStats::default(),
+            forwarding: std::sync::atomic::AtomicBool::new(true),
+            homes: forward::Homes::default(),
             collector: tombstones::Collector::new(self.inner.random_below(u64::MAX)),
             sent_commits: SentCommits::default(),
             gossip,
@@ -1085,6 +1121,7 @@ impl Node {
         let mut decisions: Vec<(Ballot, Result<T, DynamoError>)> = Vec::new();
         loop {
             if started.elapsed() > OPERATION_DEADLINE {
+                cluster.consensus_stats.past_deadline.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(self.gave_up(proposer.maybe_applied()));
             }
             // A replica is in a newer layout epoch: learn it, and go on among that epoch's
@@ -1113,6 +1150,7 @@ impl Node {
                         // A round timed out, or every replica answered without a majority (some
                         // with errors): start a new one after a short random pause, so that
                         // replicas failing fast do not make this a busy loop until the deadline.
+                        cluster.consensus_stats.timed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let pause = Duration::from_millis(5 + self.inner.random_below(45));
                         tokio::time::sleep(pause).await;
                         let ballot = self.new_ballot(proposer.ballot());
@@ -1130,8 +1168,26 @@ impl Node {
                     }
                     Step::Apply(current) => {
                         let current = current.map(|version| version.value).unwrap_or_default();
-                        let lineage = current.lineage.with_writer(proposer.ballot(), LINEAGE_WINDOW_MS);
-                        let (decision, answer) = match decide(current.item.as_ref()) {
+                        let mut lineage = current.lineage.with_writer(proposer.ballot(), LINEAGE_WINDOW_MS);
+                        // A marked write (`forward.rs`) is applied once, whoever runs it.
+                        let applied = match forward::check_mark(&table_id, &key, &current) {
+                            forward::MarkCheck::Unmarked => false,
+                            forward::MarkCheck::Apply(mark) => {
+                                lineage = lineage.with_writer(mark, LINEAGE_WINDOW_MS);
+                                false
+                            }
+                            forward::MarkCheck::AppliedBefore => true,
+                            forward::MarkCheck::Unknown => {
+                                cluster
+                                    .consensus_stats
+                                    .indeterminate
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                return Err(self.gave_up(true));
+                            }
+                        };
+                        let decided =
+                            if applied { Err(forward::applied_before()) } else { decide(current.item.as_ref()) };
+                        let (decision, answer) = match decided {
                             Ok((Effect::Put(new), answer)) => {
                                 (Decision::Write(Value { item: Some(new), lineage, expired: false }), Ok(answer))
                             }
@@ -1158,6 +1214,7 @@ impl Node {
                         .await
                     }
                     Step::Retry(above) => {
+                        cluster.consensus_stats.contended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let backoff = Duration::from_millis(1 + self.inner.random_below(20));
                         tokio::time::sleep(backoff).await;
                         let ballot = self.new_ballot(above.max(proposer.ballot()));
@@ -1184,7 +1241,10 @@ impl Node {
                             .ok_or_else(|| DynamoError::internal("consensus finished without its decision"))?;
                         return decisions.swap_remove(position).1.map(|answer| (answer, current));
                     }
-                    Step::Indeterminate => return Err(self.gave_up(true)),
+                    Step::Indeterminate => {
+                        cluster.consensus_stats.indeterminate.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Err(self.gave_up(true));
+                    }
                 };
         }
     }
@@ -1214,6 +1274,10 @@ impl Node {
         chosen: Version<Value>,
     ) {
         let local = replicas.contains(&cluster.me).then(|| Request::Commit(chosen.clone()));
+        // A forwarded write's sender gets its commit in the answer (`forward.rs`).
+        let diverted = forward::divert_commit(table_id, key, &chosen);
+        let replicas: Vec<NodeId> = replicas.iter().copied().filter(|&replica| Some(replica) != diverted).collect();
+        let replicas = &replicas[..];
         if replicas.iter().any(|&replica| replica != cluster.me) {
             // The epoch lets a replica that has not heard of a layout change yet learn it first:
             // it may be a new replica of the item, which would otherwise ignore the commit.

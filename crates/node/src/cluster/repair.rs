@@ -1122,6 +1122,10 @@ pub(super) mod tests {
                 replication: count.min(3),
             };
             node.start_cluster(config).await.unwrap();
+            // These tests choose which node coordinates a write: the one they send it to.
+            if let Some(cluster) = node.cluster() {
+                cluster.forwarding.store(false, Ordering::Relaxed);
+            }
             nodes.push(node);
         }
         (nodes, addresses)

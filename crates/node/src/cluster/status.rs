@@ -96,6 +96,7 @@ impl Node {
             "hints": hints_json(cluster.hints.counts()),
             "repair": repair_json(cluster.repair.stats.snapshot()),
             "leases": leases_json(cluster.leases.counts()),
+            "consensus": consensus_json(&cluster.consensus_stats),
             "tombstones": tombstones_json(&cluster.collector.stats),
             "views": views_json(&cluster.views.stats),
         })
@@ -130,6 +131,18 @@ fn tombstones_json(stats: &super::tombstones::CollectionStats) -> Json {
         "rounds_abandoned": read(&stats.rounds_abandoned),
         "removed": read(&stats.removed),
         "commits_dropped": read(&stats.commits_dropped),
+    })
+}
+
+fn consensus_json(stats: &super::ConsensusStats) -> Json {
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    json!({
+        "contended": read(&stats.contended),
+        "timed_out": read(&stats.timed_out),
+        "past_deadline": read(&stats.past_deadline),
+        "indeterminate": read(&stats.indeterminate),
+        "forwarded": read(&stats.forwarded),
+        "taken_over": read(&stats.taken_over),
     })
 }
 
@@ -224,6 +237,18 @@ pub fn render_status(status: &Json) -> String {
             "writes coordinated here that ended with a lease: {}; started from one (no prepare): {}\n",
             text(&leases["formed"]),
             text(&leases["used"]),
+        ));
+    }
+    if let Some(consensus) = status["consensus"].as_object() {
+        out.push_str(&format!(
+            "writes handed to their item's home: {}, taken back: {}; rounds that met another coordinator: {}, \
+             timed out: {}; operations given up at their deadline: {}, unsure of their outcome: {}\n",
+            text(&consensus["forwarded"]),
+            text(&consensus["taken_over"]),
+            text(&consensus["contended"]),
+            text(&consensus["timed_out"]),
+            text(&consensus["past_deadline"]),
+            text(&consensus["indeterminate"]),
         ));
     }
     if let Some(repair) = status["repair"].as_object() {

@@ -80,6 +80,174 @@ pub mod tag {
     /// Changes to a global index's view for one of its replicas (`super::super::views`):
     /// [`super::encode_view_changes`], answered with an empty payload once applied.
     pub const VIEW_CHANGES: u16 = 17;
+    /// A write handed to its item's home coordinator (`super::super::forward`):
+    /// [`super::encode_forwarded`], answered by [`super::encode_forward_reply`].
+    pub const FORWARD: u16 = 18;
+}
+
+/// Which write a [`Forwarded`] carries (its input is that operation's request JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteKind {
+    Put,
+    Update,
+    Delete,
+}
+
+/// A write handed to its item's home coordinator, to be started before `start_by_ms` (the
+/// sender's wall clock) or not at all.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Forwarded {
+    pub(crate) kind: WriteKind,
+    pub(crate) start_by_ms: u64,
+    /// The write's mark: a ballot the sender minted and proposes nothing with, added to the
+    /// item's lineage by whoever applies the write, so it is applied once.
+    pub(crate) mark: Ballot,
+    /// The item's table and storage key, as the sender found them.
+    pub(crate) table_id: String,
+    pub(crate) key: Vec<u8>,
+    /// The operation's input, as the JSON of its DynamoDB request.
+    pub(crate) input: Vec<u8>,
+}
+
+/// A DynamoDB error as one node tells another: the kind by its `__type`, the message, and the
+/// item (ReturnValuesOnConditionCheckFailure) as DynamoDB JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ForwardedError {
+    pub(crate) type_name: String,
+    pub(crate) message: String,
+    pub(crate) item: Option<Vec<u8>>,
+}
+
+/// The version a forwarded write chose, for its sender to commit: the item's table and storage key.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ForwardedCommit {
+    pub(crate) table_id: String,
+    pub(crate) key: Vec<u8>,
+    pub(crate) version: Version<Value>,
+}
+
+/// The home coordinator's answer to a [`Forwarded`] write.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ForwardReply {
+    /// The write ran: its output (the JSON of the DynamoDB response) or its error, and the
+    /// version it chose, for the sender to commit itself when it is one of the item's replicas
+    /// (the home sends it no commit of its own).
+    Done { answer: Result<Vec<u8>, ForwardedError>, commit: Option<Box<ForwardedCommit>> },
+    /// The write arrived after its start-by time and was not started: it took no effect.
+    Expired,
+}
+
+/// Encodes a [`Forwarded`]: `[version][kind u8: 1 put, 2 update, 3 delete][start by u64][mark:
+/// time u64, node u64][table id: u16 length + UTF-8][key: u32 length][input: u32 length + JSON]`.
+pub(crate) fn encode_forwarded(forwarded: &Forwarded) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.u8(match forwarded.kind {
+        WriteKind::Put => 1,
+        WriteKind::Update => 2,
+        WriteKind::Delete => 3,
+    });
+    out.u64(forwarded.start_by_ms);
+    out.ballot(forwarded.mark);
+    out.bytes16(forwarded.table_id.as_bytes());
+    out.bytes32(&forwarded.key);
+    out.bytes32(&forwarded.input);
+    out.0
+}
+
+pub(crate) fn decode_forwarded(bytes: &[u8]) -> Result<Forwarded, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let kind = match input.u8()? {
+        1 => WriteKind::Put,
+        2 => WriteKind::Update,
+        3 => WriteKind::Delete,
+        other => return Err(WireError(format!("forwarded write kind {other}"))),
+    };
+    let start_by_ms = input.u64()?;
+    let mark = input.ballot()?;
+    let table_id = input.table_id()?;
+    let key = input.bytes32()?.to_vec();
+    let json = input.bytes32()?.to_vec();
+    input.finish()?;
+    Ok(Forwarded { kind, start_by_ms, mark, table_id, key, input: json })
+}
+
+/// Encodes a [`ForwardReply`]: `[version]` then `[1]` for done — `[0][output: u32 length + JSON]`
+/// or `[1][type: u16 length + UTF-8][message: u32 length + UTF-8][0 | 1 + item: u32 length +
+/// JSON]`, then `[0]` or `[1][table id: u16 length + UTF-8][key: u32 length][version as a
+/// record]` — or `[2]` for expired.
+pub(crate) fn encode_forward_reply(reply: &ForwardReply) -> Vec<u8> {
+    let mut out = Writer::new();
+    match reply {
+        ForwardReply::Done { answer, commit } => {
+            out.u8(1);
+            match answer {
+                Ok(output) => {
+                    out.u8(0);
+                    out.bytes32(output);
+                }
+                Err(error) => {
+                    out.u8(1);
+                    out.bytes16(error.type_name.as_bytes());
+                    out.bytes32(error.message.as_bytes());
+                    match &error.item {
+                        None => out.u8(0),
+                        Some(item) => {
+                            out.u8(1);
+                            out.bytes32(item);
+                        }
+                    }
+                }
+            }
+            match commit {
+                None => out.u8(0),
+                Some(commit) => {
+                    out.u8(1);
+                    out.bytes16(commit.table_id.as_bytes());
+                    out.bytes32(&commit.key);
+                    out.version(&commit.version);
+                }
+            }
+        }
+        ForwardReply::Expired => out.u8(2),
+    }
+    out.0
+}
+
+pub(crate) fn decode_forward_reply(bytes: &[u8]) -> Result<ForwardReply, WireError> {
+    let mut input = Reader::start(bytes)?;
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| WireError("text".into()));
+    let reply = match input.u8()? {
+        1 => {
+            let answer = match input.u8()? {
+                0 => Ok(input.bytes32()?.to_vec()),
+                1 => {
+                    let type_name = text(input.bytes16()?)?;
+                    let message = text(input.bytes32()?)?;
+                    let item = match input.u8()? {
+                        0 => None,
+                        1 => Some(input.bytes32()?.to_vec()),
+                        other => return Err(WireError(format!("presence flag {other}"))),
+                    };
+                    Err(ForwardedError { type_name, message, item })
+                }
+                other => return Err(WireError(format!("answer kind {other}"))),
+            };
+            let commit = match input.u8()? {
+                0 => None,
+                1 => Some(Box::new(ForwardedCommit {
+                    table_id: input.table_id()?,
+                    key: input.bytes32()?.to_vec(),
+                    version: input.version()?,
+                })),
+                other => return Err(WireError(format!("presence flag {other}"))),
+            };
+            ForwardReply::Done { answer, commit }
+        }
+        2 => ForwardReply::Expired,
+        other => return Err(WireError(format!("forward reply kind {other}"))),
+    };
+    input.finish()?;
+    Ok(reply)
 }
 
 /// A phase of a tombstone-collection round (see `onggi_core::tombstones`), sent by the round's
@@ -1167,6 +1335,51 @@ mod tests {
 
     fn record(item: Option<Item>) -> Record {
         Record { version: ballot(3, 1), item, expired: false, lineage: None }
+    }
+
+    #[test]
+    fn forwarded_writes_and_their_replies_round_trip() {
+        let mut item = Item::new();
+        item.insert("pk".into(), AttributeValue::S("a".into()));
+        let version = Version {
+            ballot: ballot(7, 2),
+            value: Value { item: Some(item), lineage: Lineage::default(), expired: false },
+        };
+        for kind in [WriteKind::Put, WriteKind::Update, WriteKind::Delete] {
+            let forwarded = Forwarded {
+                kind,
+                start_by_ms: 1_796_000_000_000,
+                mark: ballot(1_796_000_000_000 << 16, 7 << 32),
+                table_id: "t-id".into(),
+                key: b"\x00key".to_vec(),
+                input: br#"{"TableName":"t"}"#.to_vec(),
+            };
+            let bytes = encode_forwarded(&forwarded);
+            assert_eq!(decode_forwarded(&bytes), Ok(forwarded));
+            for cut in 0..bytes.len() {
+                assert!(decode_forwarded(&bytes[..cut]).is_err());
+            }
+        }
+        let error = ForwardedError {
+            type_name: "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException".into(),
+            message: "The conditional request failed".into(),
+            item: Some(br#"{"pk":{"S":"a"}}"#.to_vec()),
+        };
+        for reply in [
+            ForwardReply::Done {
+                answer: Ok(b"{}".to_vec()),
+                commit: Some(Box::new(ForwardedCommit { table_id: "t-id".into(), key: b"\x00k".to_vec(), version })),
+            },
+            ForwardReply::Done { answer: Err(error.clone()), commit: None },
+            ForwardReply::Done { answer: Err(ForwardedError { item: None, ..error }), commit: None },
+            ForwardReply::Expired,
+        ] {
+            let bytes = encode_forward_reply(&reply);
+            assert_eq!(decode_forward_reply(&bytes), Ok(reply));
+            for cut in 0..bytes.len() {
+                assert!(decode_forward_reply(&bytes[..cut]).is_err());
+            }
+        }
     }
 
     #[test]
