@@ -74,8 +74,10 @@ struct ServeArgs {
     /// Where this node listens for its cluster peers. Needed with --members.
     #[arg(long, env = "ONGGI_CLUSTER_LISTEN")]
     cluster_listen: Option<SocketAddr>,
-    /// Every member of the cluster, this node included, as ID=HOST:PORT (cluster addresses),
-    /// comma-separated. Without it the node forms a cluster of one.
+    /// Every member of the cluster, this node included, as ID=HOST:PORT (cluster addresses) or
+    /// ID=HOST:PORT@ZONE (a failure domain: replicas of a partition go to distinct zones when
+    /// there are enough), comma-separated, the same on every member. Read when the cluster is
+    /// first formed; its stored layout wins afterwards. Without it the node forms a cluster of one.
     #[arg(long, env = "ONGGI_MEMBERS", value_delimiter = ',')]
     members: Vec<String>,
     /// Cluster addresses (HOST:PORT) of running members, comma-separated: this node learns the
@@ -125,6 +127,10 @@ enum ClusterCommand {
         /// The new node's cluster address (its --cluster-listen).
         #[arg(long)]
         address: SocketAddr,
+        /// The new node's zone (failure domain: rack, data centre): a partition's replicas go to
+        /// distinct zones when there are enough.
+        #[arg(long)]
+        zone: Option<String>,
     },
     /// Remove a decommissioned node (drained, holding nothing) from the membership: members stop
     /// probing it and sending it anything.
@@ -152,6 +158,9 @@ enum ClusterCommand {
         /// The new node's cluster address (its --cluster-listen).
         #[arg(long)]
         address: SocketAddr,
+        /// The new node's zone (failure domain).
+        #[arg(long)]
+        zone: Option<String>,
     },
     /// Decommission a node: its replicas move to the others online; once `status` shows the
     /// change done, the node holds nothing and can be stopped.
@@ -180,23 +189,39 @@ struct DevArgs {
     /// Keep data in memory only.
     #[arg(long)]
     in_memory: bool,
+    /// Spread the nodes over this many zones (`zone-1`, `zone-2`, ...; node i in zone i mod Z), so
+    /// that each partition's replicas sit in distinct zones. 0: no zones.
+    #[arg(long, default_value_t = 0)]
+    zones: usize,
 }
 
-/// Parses `--members` entries.
-fn parse_members(entries: &[String]) -> Result<Vec<(u64, SocketAddr)>, String> {
-    entries
-        .iter()
-        .map(|entry| {
-            let (id, address) =
-                entry.split_once('=').ok_or_else(|| format!("--members entry {entry:?} is not ID=HOST:PORT"))?;
-            let id = id.trim().parse().map_err(|_| format!("--members entry {entry:?}: {id:?} is not a node id"))?;
-            let address = address
-                .trim()
-                .parse()
-                .map_err(|_| format!("--members entry {entry:?}: {address:?} is not an address"))?;
-            Ok((id, address))
-        })
-        .collect()
+/// A cluster's first members as `--members` gives them: ids and cluster addresses, and the
+/// zones of those that name one.
+type Members = (Vec<(u64, SocketAddr)>, std::collections::BTreeMap<u64, String>);
+
+/// Parses `--members` entries: `ID=HOST:PORT`, or `ID=HOST:PORT@ZONE`.
+fn parse_members(entries: &[String]) -> Result<Members, String> {
+    let mut members = Vec::new();
+    let mut zones = std::collections::BTreeMap::new();
+    for entry in entries {
+        let (id, rest) =
+            entry.split_once('=').ok_or_else(|| format!("--members entry {entry:?} is not ID=HOST:PORT[@ZONE]"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("--members entry {entry:?}: {id:?} is not a node id"))?;
+        let (address, zone) = match rest.split_once('@') {
+            Some((address, zone)) => (address, Some(zone.trim())),
+            None => (rest, None),
+        };
+        let address =
+            address.trim().parse().map_err(|_| format!("--members entry {entry:?}: {address:?} is not an address"))?;
+        if let Some(zone) = zone {
+            if zone.is_empty() {
+                return Err(format!("--members entry {entry:?}: the zone after @ is empty"));
+            }
+            zones.insert(id, zone.to_string());
+        }
+        members.push((id, address));
+    }
+    Ok((members, zones))
 }
 
 fn init_logging(format: LogFormat) {
@@ -249,7 +274,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             onggi_node::cluster::TOMBSTONE_GRACE_MIN.as_secs()
         ));
     }
-    let members = parse_members(&args.members)?;
+    let (members, zones) = parse_members(&args.members)?;
     if !members.is_empty() || !args.seeds.is_empty() {
         let node_id = args.node_id.ok_or("--members and --seeds need --node-id")?;
         let listen = match args.cluster_listen {
@@ -267,6 +292,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             members,
             seeds: args.seeds.clone(),
             replication: args.replication,
+            zones,
         };
         node.start_cluster(config).await?;
         node.set_hint_limit(args.hints_max);
@@ -350,7 +376,9 @@ fn dev(args: DevArgs) -> Result<(), String> {
     if cluster_port(args.nodes) > usize::from(u16::MAX) {
         return Err("--base-port is too high".into());
     }
-    let members: Vec<String> = (0..args.nodes).map(|i| format!("{}=127.0.0.1:{}", i + 1, cluster_port(i))).collect();
+    let zone = |i: usize| if args.zones == 0 { String::new() } else { format!("@zone-{}", i % args.zones + 1) };
+    let members: Vec<String> =
+        (0..args.nodes).map(|i| format!("{}=127.0.0.1:{}{}", i + 1, cluster_port(i), zone(i))).collect();
     let mut children = Vec::new();
     for i in 0..args.nodes {
         let mut command = std::process::Command::new(&executable);
@@ -468,9 +496,12 @@ fn main() -> ExitCode {
         Command::Cluster(command) => {
             let (name, result) = match command {
                 ClusterCommand::Status { endpoint, json } => ("status", cluster_status(&endpoint, json)),
-                ClusterCommand::Join { endpoint, node_id, address } => (
+                ClusterCommand::Join { endpoint, node_id, address, zone } => (
                     "join",
-                    cluster_change(&endpoint, serde_json::json!({"join": [{"id": node_id, "address": address}]})),
+                    cluster_change(
+                        &endpoint,
+                        serde_json::json!({"join": [{"id": node_id, "address": address, "zone": zone}]}),
+                    ),
                 ),
                 ClusterCommand::Decommission { endpoint, node_id } => {
                     ("decommission", cluster_change(&endpoint, serde_json::json!({"decommission": [node_id]})))
@@ -478,11 +509,14 @@ fn main() -> ExitCode {
                 ClusterCommand::Remove { endpoint, node_id } => {
                     ("remove", cluster_change(&endpoint, serde_json::json!({"remove": [node_id]})))
                 }
-                ClusterCommand::Replace { endpoint, dead, node_id, address } => (
+                ClusterCommand::Replace { endpoint, dead, node_id, address, zone } => (
                     "replace",
                     cluster_change(
                         &endpoint,
-                        serde_json::json!({"join": [{"id": node_id, "address": address}], "decommission": [dead]}),
+                        serde_json::json!({
+                            "join": [{"id": node_id, "address": address, "zone": zone}],
+                            "decommission": [dead]
+                        }),
                     ),
                 ),
             };

@@ -148,6 +148,9 @@ pub struct ClusterConfig {
     pub seeds: Vec<SocketAddr>,
     /// Replicas per item (N).
     pub replication: usize,
+    /// The zones (failure domains) of `members` that have one, by id: a partition's replicas go
+    /// to distinct zones when there are enough. Read only when the cluster is first formed.
+    pub zones: BTreeMap<u64, String>,
 }
 
 /// A node's cluster state.
@@ -515,8 +518,9 @@ impl Node {
                 topology
             }
             None => {
-                let topology = Topology::initial(PARTITIONS_DEFAULT, config.replication, &config.members)
-                    .map_err(|error| format!("cannot lay out the cluster: {error}"))?;
+                let topology =
+                    Topology::initial(PARTITIONS_DEFAULT, config.replication, &config.members, &config.zones)
+                        .map_err(|error| format!("cannot lay out the cluster: {error}"))?;
                 let mut batch = WriteBatch::new();
                 let encoded = serde_json::to_vec(topology.record()).expect("a topology serializes");
                 batch.put(&state_tree, topology::TOPOLOGY_KEY.to_vec(), encoded);

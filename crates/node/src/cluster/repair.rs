@@ -1125,6 +1125,7 @@ pub(super) mod tests {
                 members: members.clone(),
                 seeds: Vec::new(),
                 replication: count.min(3),
+                zones: BTreeMap::new(),
             };
             node.start_cluster(config).await.unwrap();
             // These tests choose which node coordinates a write: the one they send it to.

@@ -62,6 +62,7 @@ impl Node {
             members.push(json!({
                 "id": id.0,
                 "address": address.to_string(),
+                "zone": layout.target().node(id).and_then(|member| member.zone.clone()),
                 "state": state,
                 "phi": phi,
                 "suspected": id != cluster.me && cluster.gossip.suspects(id),
@@ -196,8 +197,8 @@ pub fn render_status(status: &Json) -> String {
         None => out.push_str(&format!("no layout change in progress (epoch {})\n", text(&status["layout_epoch"]))),
     }
     out.push_str(&format!(
-        "{:>6}  {:<22} {:<12} {:>10} {:>8}  {}\n",
-        "node", "cluster address", "state", "partitions", "after", "failure detector"
+        "{:>6}  {:<22} {:<10} {:<12} {:>10} {:>8}  {}\n",
+        "node", "cluster address", "zone", "state", "partitions", "after", "failure detector"
     ));
     for member in status["members"].as_array().into_iter().flatten() {
         let state = match (text(&member["state"]), member["draining"].as_bool()) {
@@ -210,9 +211,10 @@ pub fn render_status(status: &Json) -> String {
             _ => "-".to_string(),
         };
         out.push_str(&format!(
-            "{:>6}  {:<22} {:<12} {:>10} {:>8}  {}\n",
+            "{:>6}  {:<22} {:<10} {:<12} {:>10} {:>8}  {}\n",
             text(&member["id"]),
             text(&member["address"]),
+            text(&member["zone"]),
             state,
             text(&member["partitions"]),
             text(&member["partitions_after_change"]),

@@ -172,11 +172,12 @@ impl Topology {
         Ok(Topology { record, current: layout, next, moved })
     }
 
-    /// The first topology of a cluster of these members.
+    /// The first topology of a cluster of these members, in these zones (by id, where given).
     pub(crate) fn initial(
         partitions: u32,
         replication: usize,
         members: &[(u64, SocketAddr)],
+        zones: &BTreeMap<u64, String>,
     ) -> Result<Topology, String> {
         // N is kept even while the cluster has fewer members (a cluster of one has one replica
         // per partition): each partition gains replicas as members join, up to N.
@@ -184,7 +185,10 @@ impl Topology {
             epoch: 0,
             partitions,
             replication,
-            initial: members.iter().map(|(id, _)| MemberRecord::active(*id)).collect(),
+            initial: members
+                .iter()
+                .map(|(id, _)| MemberRecord { zone: zones.get(id).cloned(), ..MemberRecord::active(*id) })
+                .collect(),
             changes: Vec::new(),
             addresses: members.iter().copied().collect(),
             caught_up: BTreeMap::new(),
@@ -586,8 +590,32 @@ mod tests {
     }
 
     #[test]
+    fn replicas_go_to_distinct_zones_from_the_first_layout_and_after_a_join() {
+        let zone_of = |topology: &Topology, id: NodeId| topology.target().node(id).unwrap().zone.clone().unwrap();
+        let zones: BTreeMap<u64, String> =
+            [(1, "a"), (2, "a"), (3, "b"), (4, "b")].into_iter().map(|(id, zone)| (id, zone.to_string())).collect();
+        let first = Topology::initial(64, 2, &members(4), &zones).unwrap();
+        for partition in (0..64).map(PartitionId) {
+            let replicas = first.replicas(partition);
+            assert_eq!(replicas.len(), 2);
+            assert_ne!(zone_of(&first, replicas[0]), zone_of(&first, replicas[1]), "partition {}", partition.0);
+        }
+        // A node joining in a third zone: each partition still spans two zones.
+        let member = MemberRecord { zone: Some("c".into()), ..MemberRecord::active(5) };
+        let address: SocketAddr = "127.0.0.1:9005".parse().unwrap();
+        let joining = first.start_change(vec![ChangeRecord::Join(member)], &[(5, address)]).unwrap();
+        let next = joining.next().unwrap();
+        assert!(next.partitions_of(NodeId(5)).count() > 0);
+        for partition in (0..64).map(PartitionId) {
+            let replicas = next.replicas(partition);
+            assert_ne!(zone_of(&joining, replicas[0]), zone_of(&joining, replicas[1]), "partition {}", partition.0);
+        }
+        assert!(Topology::initial(64, 2, &members(2), &[(1, String::new())].into_iter().collect()).is_err());
+    }
+
+    #[test]
     fn a_join_goes_through_a_joint_epoch_and_travels_as_history() {
-        let first = Topology::initial(64, 3, &members(3)).unwrap();
+        let first = Topology::initial(64, 3, &members(3), &BTreeMap::new()).unwrap();
         assert_eq!((first.epoch(), first.changing()), (0, false));
         let address: SocketAddr = "127.0.0.1:9004".parse().unwrap();
         let joining = first.start_change(vec![ChangeRecord::Join(MemberRecord::active(4))], &[(4, address)]).unwrap();
