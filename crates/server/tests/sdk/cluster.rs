@@ -730,9 +730,9 @@ const GRACE_SECONDS: u64 = 15;
 const HELD_BACK_FOR: Duration = Duration::from_secs(GRACE_SECONDS + 8);
 /// How soon after the replica's return every tombstone must be gone: hints bring it the deletes
 /// within a second, then the next sweep's rounds collect (6–7 s on a quiet machine). A bound
-/// against a hang, not a speed test: once, in a local run of the whole suite, collection was not
-/// over after 30 s (rounds time out after 500 ms, and the suite's other clusters load the two
-/// cores), so it leaves room.
+/// against a hang, not a speed test. (Two failures here, once at 30 s and once at 45 s, were the
+/// test's count, not collection: an item whose put node 3 never received before its kill has
+/// no tombstone there to remove — see the loop below.)
 const COLLECTION_BOUND: Duration = Duration::from_secs(45);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -781,10 +781,13 @@ async fn tombstone_collection() {
             statuses.push(cluster_status(endpoint).await);
         }
         let total = removed(&statuses, "removed");
-        if total == expected {
+        assert!(total <= expected, "{total} tombstones removed, {expected} were written: {statuses:?}");
+        // A put whose commit node 3 missed before it was killed, of an item deleted while it was
+        // down, leaves node 3 nothing to collect: its hint arrives after the other replicas have
+        // collected the tombstone, below the adopted floor, and is dropped (counted).
+        if total + removed(&statuses, "commits_dropped") >= expected {
             break restarted.elapsed();
         }
-        assert!(total < expected, "{total} tombstones removed, {expected} were written: {statuses:?}");
         assert!(
             restarted.elapsed() < COLLECTION_BOUND,
             "{total} of {expected} tombstones removed {COLLECTION_BOUND:?} after node 3's return: {statuses:?}"
