@@ -68,7 +68,8 @@ struct ServeArgs {
     /// about this long (plus the pass itself) after its TTL passes.
     #[arg(long, env = "ONGGI_TTL_INTERVAL", default_value_t = 10.0)]
     ttl_interval: f64,
-    /// This node's id in its cluster: unique, never reused. Needed with --members.
+    /// This node's id in its cluster: unique, never reused. Needed with --members or --seeds;
+    /// with --cluster-listen alone, the node forms a cluster of one that others can join.
     #[arg(long, env = "ONGGI_NODE_ID")]
     node_id: Option<u64>,
     /// Where this node listens for its cluster peers. Needed with --members.
@@ -274,7 +275,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             onggi_node::cluster::TOMBSTONE_GRACE_MIN.as_secs()
         ));
     }
-    let (members, zones) = parse_members(&args.members)?;
+    let (mut members, zones) = parse_members(&args.members)?;
+    if members.is_empty()
+        && args.seeds.is_empty()
+        && let (Some(node_id), Some(listen)) = (args.node_id, args.cluster_listen)
+    {
+        // A node given an identity and a cluster address but no members or seeds forms a cluster
+        // of one, which others can join.
+        members.push((node_id, listen));
+    }
     if !members.is_empty() || !args.seeds.is_empty() {
         let node_id = args.node_id.ok_or("--members and --seeds need --node-id")?;
         let listen = match args.cluster_listen {

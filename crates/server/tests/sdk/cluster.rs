@@ -1,7 +1,9 @@
 //! A three-node cluster of real `onggi serve` processes under real faults.
 //!
 //! Clients talk to different nodes through the Rust SDK while one node is killed with `kill -9`
-//! and restarted on its data directory, and another is frozen with SIGSTOP and thawed. Every
+//! and restarted on its data directory, another is frozen with SIGSTOP and thawed, and then a
+//! third is cut off — every link into it stalls in a fault-injecting proxy (`proxy.rs`) while it
+//! still reaches the others — and reconnected. Every
 //! operation's outcome is recorded, and the test checks what strict mode promises:
 //! - conditional increments of one counter from many clients sum exactly to the increments
 //!   acknowledged (plus at most those whose outcome the client never learned);
@@ -61,6 +63,10 @@ pub(crate) struct Cluster {
     pub(crate) nodes: Vec<Option<Server>>,
     /// Flags every node is started with, besides its identity and the members.
     flags: Vec<String>,
+    /// When the nodes' links pass through proxies (`proxy.rs`): each node's real cluster address
+    /// (its `--cluster-listen`; `members` names the proxies), and the proxies.
+    listens: Vec<String>,
+    pub(crate) proxies: Vec<crate::proxy::LinkProxy>,
 }
 
 impl Cluster {
@@ -80,7 +86,44 @@ impl Cluster {
             let members =
                 (0..size).map(|i| format!("{}=127.0.0.1:{}", i + 1, free_port())).collect::<Vec<_>>().join(",");
             let flags = flags.iter().map(|flag| flag.to_string()).collect();
-            let mut cluster = Cluster { directory, api, members, nodes: (0..size).map(|_| None).collect(), flags };
+            let mut cluster = Cluster {
+                directory,
+                api,
+                members,
+                nodes: (0..size).map(|_| None).collect(),
+                flags,
+                listens: Vec::new(),
+                proxies: Vec::new(),
+            };
+            match (0..size).try_for_each(|i| cluster.try_start_node(i)) {
+                Ok(()) => return cluster,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("the cluster did not start: {last_error}");
+    }
+
+    /// Starts `size` nodes whose links pass through proxies that can cut them (`proxy.rs`):
+    /// `proxies[i]` stands in front of node `i + 1`.
+    pub(crate) async fn start_proxied(size: usize) -> Cluster {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let listens: Vec<String> = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+            let mut proxies = Vec::new();
+            for listen in &listens {
+                proxies.push(crate::proxy::LinkProxy::start(listen.parse().expect("an address")).await);
+            }
+            let members =
+                proxies.iter().enumerate().map(|(i, proxy)| format!("{}={}", i + 1, proxy.listen)).collect::<Vec<_>>();
+            let mut cluster = Cluster {
+                directory: tempfile::tempdir().expect("temporary directory"),
+                api: (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
+                members: members.join(","),
+                nodes: (0..size).map(|_| None).collect(),
+                flags: Vec::new(),
+                listens,
+                proxies,
+            };
             match (0..size).try_for_each(|i| cluster.try_start_node(i)) {
                 Ok(()) => return cluster,
                 Err(error) => last_error = error,
@@ -96,6 +139,9 @@ impl Cluster {
     fn try_start_node(&mut self, i: usize) -> Result<(), String> {
         let mut extra =
             vec!["--node-id".to_string(), (i + 1).to_string(), "--members".to_string(), self.members.clone()];
+        if let Some(listen) = self.listens.get(i) {
+            extra.extend(["--cluster-listen".to_string(), listen.clone()]);
+        }
         extra.extend(self.flags.iter().cloned());
         let data = self.directory.path().join(format!("node-{}", i + 1));
         let log = self.directory.path().join(format!("node-{}.log", i + 1));
@@ -342,7 +388,7 @@ async fn wait_for_convergence(endpoints: &[String], table: &str) -> Result<(Dura
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_three_node_cluster_keeps_every_acknowledged_write_through_kill_and_pause() {
+async fn a_three_node_cluster_keeps_every_acknowledged_write_through_kill_pause_and_cut_link() {
     if skip_without_own_server("cluster fault test") {
         return;
     }
@@ -392,7 +438,7 @@ async fn index_contents(client: &Client, table: &str) -> Result<std::collections
 }
 
 async fn faults_under_load() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_proxied(3).await;
     let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
     let table = crate::harness::unique_name("cluster");
     // With a global index on `v`: its view is kept by the replicas through the same faults.
@@ -449,6 +495,11 @@ async fn faults_under_load() {
     cluster.signal(1, "-STOP");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     cluster.signal(1, "-CONT");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Node 1 cut off: nobody reaches it, while it still reaches the others (its clients go on).
+    cluster.proxies[0].cut();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.proxies[0].heal();
     let faults_over = Instant::now();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     stop.store(true, Ordering::Relaxed);
@@ -542,22 +593,11 @@ async fn faults_under_load() {
     println!("cluster test: {formed} writes ended with a lease, {used} started from one");
     assert!(formed > 0 && used > 0, "no lease formed ({formed}) or used ({used})");
     // The restarted node serves every acknowledged put to eventually consistent reads.
-    let restarted = client(&endpoints[2]);
-    for (key, value) in &puts {
-        let answer = restarted
-            .get_item()
-            .table_name(&table)
-            .key("pk", s(key))
-            .send()
-            .await
-            .unwrap_or_else(|error| panic!("read {key}: {error:?}"));
-        let stored = answer.item().and_then(|item| item.get("v")).cloned();
-        assert_eq!(
-            stored,
-            Some(AttributeValue::N(value.to_string())),
-            "acknowledged put {key} not seen by an eventually consistent read through the restarted node"
-        );
-    }
+    let lost = read_back(&client(&endpoints[2]), &table, &puts, false).await;
+    assert!(
+        lost.is_empty(),
+        "acknowledged puts not seen by eventually consistent reads through the restarted node: {lost:?}"
+    );
 
     let acknowledged = tally.increments_acknowledged.load(Ordering::Relaxed);
     let unknown = tally.increments_unknown.load(Ordering::Relaxed);
@@ -586,19 +626,29 @@ async fn faults_under_load() {
     );
     assert!(!puts.is_empty(), "no put was acknowledged");
     // Every acknowledged put, read strictly through the node that was killed and restarted.
-    let reader = client(&endpoints[2]);
-    for (key, value) in &puts {
-        let answer = reader
-            .get_item()
-            .table_name(&table)
-            .key("pk", s(key))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap_or_else(|error| panic!("read {key}: {error:?}"));
-        let stored = answer.item().and_then(|item| item.get("v")).cloned();
-        assert_eq!(stored, Some(AttributeValue::N(value.to_string())), "acknowledged put {key} lost");
+    let lost = read_back(&client(&endpoints[2]), &table, &puts, true).await;
+    assert!(lost.is_empty(), "acknowledged puts lost: {lost:?}");
+}
+
+/// Reads every `(key, value)` of `puts` back through `client` (32 reads at a time), strictly or
+/// not; returns those missing or holding another value.
+async fn read_back(client: &Client, table: &str, puts: &[(String, u64)], consistent: bool) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for chunk in puts.chunks(32) {
+        let mut reads = tokio::task::JoinSet::new();
+        for (key, value) in chunk.iter().cloned() {
+            let get = client.get_item().table_name(table).key("pk", s(&key)).consistent_read(consistent);
+            reads.spawn(async move {
+                let answer = get.send().await.unwrap_or_else(|error| panic!("read {key}: {error:?}"));
+                let stored = answer.item().and_then(|item| item.get("v")).cloned();
+                (stored != Some(AttributeValue::N(value.to_string()))).then_some(key)
+            });
+        }
+        while let Some(read) = reads.join_next().await {
+            wrong.extend(read.expect("a read task"));
+        }
     }
+    wrong
 }
 
 /// A node's `GET /onggi/cluster/status` (onggi's own endpoint, outside the DynamoDB API).

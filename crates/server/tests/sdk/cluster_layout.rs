@@ -498,3 +498,29 @@ async fn grow() {
         "the table created alone exists for the registry: {again:?}"
     );
 }
+
+/// A node given `--node-id` and `--cluster-listen` but neither members nor seeds forms a cluster
+/// of one (which others can join), and says so; one given neither stays a plain single node.
+#[test]
+fn a_node_with_a_cluster_address_and_no_seeds_is_a_cluster_of_one() {
+    if skip_without_own_server("cluster of one test") {
+        return;
+    }
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("address");
+    let extra = ["--node-id".to_string(), "7".to_string(), "--cluster-listen".to_string(), listen.to_string()];
+    let node = crate::harness::Server::start_with(
+        &directory.path().join("data"),
+        &directory.path().join("node.log"),
+        "127.0.0.1:0",
+        &extra,
+    );
+    let one = status(&node.endpoint).expect("cluster status");
+    assert_eq!(one["node"], 7);
+    let members = one["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{one}");
+    assert_eq!(members[0]["address"], listen.to_string());
+    let alone = crate::harness::Server::start(&directory.path().join("plain"), &directory.path().join("plain.log"));
+    let plain = status(&alone.endpoint).expect("status of a plain node");
+    assert_eq!((&plain["node"], &plain["cluster"]), (&serde_json::json!(0), &serde_json::Value::Null), "{plain}");
+}

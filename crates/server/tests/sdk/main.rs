@@ -8,7 +8,8 @@
 //! Tests that need to own the server process (crash, shutdown, data directory checks) are skipped
 //! then, saying so on stdout.
 //!
-//! Layout: `harness` starts servers and builds clients; the other modules are groups of tests.
+//! Layout: `harness` starts servers and builds clients, `proxy` cuts links between cluster nodes;
+//! the other modules are groups of tests.
 
 mod harness;
 
@@ -22,5 +23,6 @@ mod errors;
 mod expressions;
 mod items;
 mod process;
+mod proxy;
 mod reads;
 mod tables;
